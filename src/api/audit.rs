@@ -1,0 +1,240 @@
+//! Auditor endpoints: server-side verification (a signed report; a job for large ranges) and
+//! export bundles for the offline verifier.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::entry::Seq;
+use crate::report::SignedReport;
+use crate::verify::TrustedKeys;
+
+/// Ranges up to this many entries are verified within the request; larger ones run as a job.
+pub const SYNC_VERIFY_MAX_ENTRIES: u64 = 100_000;
+/// Verification jobs that may run at once.
+pub const MAX_RUNNING_JOBS: usize = 2;
+/// Finished jobs kept for polling.
+const MAX_KEPT_JOBS: usize = 100;
+
+/// A verification job.
+#[derive(Debug)]
+pub struct Job {
+    total: u64,
+    checked: Arc<AtomicU64>,
+    result: Mutex<Option<Result<SignedReport, String>>>,
+}
+
+/// Verification jobs, in memory (a restart forgets them; run the verification again).
+#[derive(Debug, Default)]
+pub struct Jobs(Mutex<HashMap<String, Arc<Job>>>);
+
+impl Jobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn lock_result(job: &Job) -> std::sync::MutexGuard<'_, Option<Result<SignedReport, String>>> {
+    job.result.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Query of a verification.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyQuery {
+    /// First seq (default 0).
+    from_seq: Option<u64>,
+    /// Last seq, inclusive (default: the head when the run starts).
+    to_seq: Option<u64>,
+    /// Run as a job even if the range is small.
+    #[serde(rename = "async")]
+    run_async: Option<bool>,
+}
+
+/// A verification job's state.
+#[derive(Serialize, ToSchema)]
+pub struct JobOut {
+    /// Job id.
+    job_id: String,
+    /// `running`, `done` or `failed` (could not run; `error` says why).
+    status: &'static str,
+    /// Entries verified so far.
+    entries_checked: u64,
+    /// Entries to verify.
+    entries_total: u64,
+    /// The signed report once done.
+    report: Option<SignedReport>,
+    /// Why the job could not run.
+    error: Option<String>,
+    /// Where to poll.
+    poll: String,
+}
+
+fn job_out(id: &str, job: &Job) -> JobOut {
+    let result = lock_result(job).clone();
+    let (status, report, error) = match result {
+        None => ("running", None, None),
+        Some(Ok(r)) => ("done", Some(r), None),
+        Some(Err(e)) => ("failed", None, Some(e)),
+    };
+    JobOut {
+        job_id: id.to_owned(),
+        status,
+        entries_checked: job.checked.load(Ordering::Relaxed),
+        entries_total: job.total,
+        report,
+        error,
+        poll: format!("/v1/audit/verify/jobs/{id}"),
+    }
+}
+
+/// `from_seq` (default 0) and `to_seq` (default: the head), in order.
+fn seq_range(from: Option<u64>, to: Option<u64>) -> Result<(Seq, Option<Seq>), ApiError> {
+    let from = Seq(from.unwrap_or(0));
+    let to = to.map(Seq);
+    if to.is_some_and(|t| t < from) {
+        return Err(ApiError::BadRequest("to_seq is below from_seq".to_owned()));
+    }
+    Ok((from, to))
+}
+
+fn trusted(state: &AppState) -> TrustedKeys {
+    let mut keys = TrustedKeys::new();
+    keys.insert(state.0.ledger.signing_key().public_key());
+    keys
+}
+
+/// Verify the stored ledger: digests, hashes, links, signatures, and the Merkle root of every
+/// stored checkpoint in range. Small ranges answer with the signed report (200); large ones
+/// (or `async=true`) start a job (202) to poll.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", params(VerifyQuery),
+    responses(
+        (status = 200, description = "Signed verification report", body = SignedReport),
+        (status = 202, description = "Started as a job; poll it", body = JobOut),
+        (status = 400, description = "Bad range", content_type = "application/problem+json"),
+        (status = 503, description = "Too many verification jobs running", content_type = "application/problem+json"),
+    ))]
+pub async fn verify(
+    State(state): State<AppState>,
+    query: Result<Query<VerifyQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    let (from, to) = seq_range(q.from_seq, q.to_seq)?;
+    let store = Arc::clone(state.0.ledger.store());
+    let total = crate::audit::range_len(store.as_ref(), from, to).await?;
+    let keys = trusted(&state);
+    if total <= SYNC_VERIFY_MAX_ENTRIES && q.run_async != Some(true) {
+        let report = crate::audit::verify_range(store, keys, from, to, Arc::default())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        return Ok(Json(report.sign(state.0.ledger.signing_key())).into_response());
+    }
+    let mut id_bytes = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut id_bytes);
+    let id = hex::encode(id_bytes);
+    let job = Arc::new(Job {
+        total,
+        checked: Arc::default(),
+        result: Mutex::new(None),
+    });
+    {
+        let mut jobs = state.0.jobs.lock();
+        let running = jobs.values().filter(|j| lock_result(j).is_none()).count();
+        if running >= MAX_RUNNING_JOBS {
+            return Err(ApiError::Unavailable(format!(
+                "{running} verification jobs are running; poll them or retry later"
+            )));
+        }
+        if jobs.len() >= MAX_KEPT_JOBS {
+            jobs.retain(|_, j| lock_result(j).is_none());
+        }
+        jobs.insert(id.clone(), Arc::clone(&job));
+    }
+    let (task_job, task_state) = (Arc::clone(&job), state.clone());
+    tokio::spawn(async move {
+        let outcome =
+            crate::audit::verify_range(store, keys, from, to, Arc::clone(&task_job.checked)).await;
+        let result = outcome
+            .map(|r| r.sign(task_state.0.ledger.signing_key()))
+            .map_err(|e| {
+                tracing::error!(error = %e, "verification job failed");
+                "the verification could not run; the cause has been logged".to_owned()
+            });
+        *lock_result(&task_job) = Some(result);
+    });
+    Ok((StatusCode::ACCEPTED, Json(job_out(&id, &job))).into_response())
+}
+
+/// Poll a verification job.
+#[utoipa::path(get, path = "/v1/audit/verify/jobs/{job_id}", tag = "audit",
+    params(("job_id" = String, Path, description = "As returned when the job started")),
+    responses(
+        (status = 200, description = "The job's state, with the report once done", body = JobOut),
+        (status = 404, description = "No such job", content_type = "application/problem+json"),
+    ))]
+pub async fn job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobOut>, ApiError> {
+    let job = state
+        .0
+        .jobs
+        .lock()
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("no verification job {id}")))?;
+    Ok(Json(job_out(&id, &job)))
+}
+
+/// Query of an export.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// First seq (default 0).
+    from_seq: Option<u64>,
+    /// Last seq, inclusive (default: the head).
+    to_seq: Option<u64>,
+}
+
+/// Stream an export bundle (NDJSON; docs/FORMAT.md): entries with sealed payloads (never
+/// decrypted), the checkpoints they complete, the public keys.
+#[utoipa::path(get, path = "/v1/export", tag = "audit", params(ExportQuery),
+    responses(
+        (status = 200, description = "The bundle, one JSON object per line", content_type = "application/x-ndjson"),
+        (status = 400, description = "Bad range", content_type = "application/problem+json"),
+    ))]
+pub async fn export(
+    State(state): State<AppState>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    let (from, to) = seq_range(q.from_seq, q.to_seq)?;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let store = Arc::clone(state.0.ledger.store());
+    tokio::spawn(async move {
+        if let Err(e) = crate::export::write_bundle(store.as_ref(), from, to, sender).await {
+            // The body ends without a footer; the verifier reports the bundle incomplete.
+            tracing::warn!(error = %e, "export stopped");
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut r| async move {
+        r.recv().await.map(|b| (Ok::<Bytes, std::io::Error>(b), r))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

@@ -1,0 +1,219 @@
+//! The HTTP error policy, in one place:
+//!
+//! - every error is an RFC 9457 `application/problem+json` body with a stable `type` URN;
+//! - bad input is a 4xx whose `detail` says what is wrong and names the field, and nothing is
+//!   written;
+//! - a 5xx says nothing internal: the cause is logged once, here, and the body stays generic;
+//! - no secret, plaintext or subject identifier ever goes into a body or a log line.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::ledger::{AppendError, ExpectedVersion, ReadError};
+
+/// Prefix of every problem `type`.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:auditledger:problem:";
+
+/// An error as the API reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request: unparseable JSON, a bad query parameter, a bad path segment.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed but invalid content (a missing or wrongly typed field).
+    #[error("{0}")]
+    Invalid(String),
+    /// Over a configured size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// No such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// Wrong method for the path.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Optimistic-concurrency conflict.
+    #[error("version conflict")]
+    VersionConflict {
+        /// Stream id.
+        stream: String,
+        /// What was expected.
+        expected: ExpectedVersion,
+        /// What the stream is at.
+        actual: Option<u64>,
+    },
+    /// Temporarily unable to serve (shutting down, database unavailable); safe to retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The stored ledger is inconsistent at `seq`: evidence of tampering or corruption.
+    #[error("integrity failure at seq {seq}")]
+    Integrity {
+        /// Where.
+        seq: u64,
+    },
+    /// Anything else; the cause is logged, not shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Problem {
+    #[serde(rename = "type")]
+    type_: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+fn expected_json(e: ExpectedVersion) -> Value {
+    match e {
+        ExpectedVersion::Any => Value::from("any"),
+        ExpectedVersion::NoStream => Value::from("no_stream"),
+        ExpectedVersion::Exact(v) => Value::from(v),
+    }
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::Invalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-input",
+                "Invalid input",
+            ),
+            ApiError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Content too large",
+            ),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::VersionConflict { .. } => {
+                (StatusCode::CONFLICT, "version-conflict", "Version conflict")
+            }
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            ApiError::Integrity { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "integrity-failure",
+                "Ledger integrity failure",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        let mut extra = Map::new();
+        let detail = match &self {
+            ApiError::VersionConflict {
+                stream,
+                expected,
+                actual,
+            } => {
+                extra.insert("stream_id".into(), Value::from(stream.clone()));
+                extra.insert("expected_version".into(), expected_json(*expected));
+                extra.insert(
+                    "actual_version".into(),
+                    actual.map_or(Value::from("no_stream"), Value::from),
+                );
+                let actual = actual.map_or("no events".to_owned(), |v| format!("version {v}"));
+                format!(
+                    "stream {stream} has {actual}, but the request expected {}",
+                    expected_json(*expected)
+                )
+            }
+            ApiError::Integrity { seq } => {
+                tracing::error!(seq, "ledger integrity failure while reading");
+                extra.insert("seq".into(), Value::from(*seq));
+                format!(
+                    "the entry at seq {seq} failed an integrity check; run `auditledger verify`"
+                )
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(cause = %cause, "internal error");
+                "the server failed to handle the request; the cause has been logged".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = Problem {
+            type_: format!("{PROBLEM_TYPE_PREFIX}{slug}"),
+            title,
+            status: status.as_u16(),
+            detail,
+            extra,
+        };
+        let mut response = (status, Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> ApiError {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> ApiError {
+        match e {
+            AppendError::VersionConflict {
+                stream,
+                expected,
+                actual,
+            } => ApiError::VersionConflict {
+                stream: stream.to_string(),
+                expected,
+                actual,
+            },
+            AppendError::Unavailable(_) => ApiError::Unavailable(
+                "the ledger could not commit the append; nothing was written, retry".to_owned(),
+            ),
+            AppendError::ShuttingDown => {
+                ApiError::Unavailable("the service is shutting down; retry elsewhere".to_owned())
+            }
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> ApiError {
+        match e {
+            ReadError::Malformed(m) => ApiError::Integrity { seq: m.seq.0 },
+            ReadError::Tampered { seq, .. } => ApiError::Integrity { seq: seq.0 },
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        match e {
+            crate::store::StoreError::Malformed(m) => ApiError::Integrity { seq: m.seq.0 },
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}

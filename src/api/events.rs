@@ -1,0 +1,447 @@
+//! Appending and reading events.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use zeroize::Zeroizing;
+
+use super::AppState;
+use super::error::ApiError;
+use super::json;
+use crate::entry::{
+    EventType, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, Seq, StreamId,
+};
+use crate::ledger::{AppendRequest, ExpectedVersion, NewEvent, ReadEvent, SYSTEM_STREAM_PREFIX};
+use crate::timefmt::format_micros;
+
+/// Most events returned by one read.
+pub const MAX_READ_LIMIT: u32 = 1000;
+/// Events returned by a read that names no limit.
+pub const DEFAULT_READ_LIMIT: u32 = 100;
+/// Most events in one append request.
+pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
+
+/// The expected version as JSON: a non-negative integer, `"any"` or `"no_stream"`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExpectedVersionIn(ExpectedVersion);
+
+impl<'de> Deserialize<'de> for ExpectedVersionIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ExpectedVersionIn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a non-negative integer, "any" or "no_stream""#)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(ExpectedVersionIn(ExpectedVersion::Exact(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "any" => Ok(ExpectedVersionIn(ExpectedVersion::Any)),
+                    "no_stream" => Ok(ExpectedVersionIn(ExpectedVersion::NoStream)),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn expected_version_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .description(Some("the stream's last event must have this version")),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["any", "no_stream"]))
+                .description(Some("any: no check; no_stream: the stream must be empty")),
+        )
+        .build()
+        .into()
+}
+
+/// Body of an append.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendBody {
+    /// Optimistic-concurrency check; default `"any"`.
+    #[serde(default)]
+    #[schema(schema_with = expected_version_schema)]
+    expected_version: ExpectedVersionIn,
+    /// One or more events, committed together or not at all.
+    events: Vec<EventIn>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One event to append.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    /// Event type: 1 to 128 characters of `A-Z a-z 0-9 _ - . :`.
+    #[serde(rename = "type")]
+    event_type: String,
+    /// Schema version of the event type, from 1; default 1.
+    #[serde(default = "one")]
+    schema_version: u32,
+    /// The data subject's own identifier (e.g. a customer id). Never stored.
+    #[serde(default)]
+    subject: Option<String>,
+    /// Event data, any JSON value; encrypted at rest.
+    #[schema(value_type = Object)]
+    data: serde_json::Value,
+    /// Plaintext metadata (no personal data): an object of string values.
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Reply to a committed append.
+#[derive(Serialize, ToSchema)]
+pub struct AppendResponse {
+    /// Seq of the first event.
+    first_seq: u64,
+    /// Seq of the last event.
+    last_seq: u64,
+    /// The stream's version after the append.
+    stream_version: u64,
+    /// Each event's seq and entry hash.
+    entries: Vec<AppendedEntry>,
+}
+
+/// One appended entry.
+#[derive(Serialize, ToSchema)]
+pub struct AppendedEntry {
+    /// Global position.
+    seq: u64,
+    /// Entry hash, lowercase hex.
+    entry_hash: String,
+}
+
+/// An event as read back.
+#[derive(Serialize, ToSchema)]
+pub struct EventOut {
+    /// Global position.
+    pub seq: u64,
+    /// Stream.
+    pub stream_id: String,
+    /// Position in the stream, from 0.
+    pub stream_version: u64,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Schema version.
+    pub schema_version: u32,
+    /// Subject handle (32 hex digits), or null.
+    pub subject: Option<String>,
+    /// Server time of the append, RFC 3339, UTC, microseconds.
+    pub recorded_at: String,
+    /// Plaintext metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Decrypted event data; null when erased.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    /// True when the data's key was destroyed (crypto-shredded).
+    pub erased: bool,
+    /// SHA-256 of the sealed payload, hex.
+    pub payload_digest: String,
+    /// Entry hash, hex.
+    pub entry_hash: String,
+    /// Previous entry's hash, hex.
+    pub prev_hash: String,
+    /// Ed25519 signature, hex.
+    pub signature: String,
+    /// Signing key id, hex.
+    pub key_id: String,
+}
+
+impl From<ReadEvent> for EventOut {
+    fn from(e: ReadEvent) -> EventOut {
+        let r = e.record;
+        let h = r.entry.header;
+        EventOut {
+            seq: h.seq.0,
+            stream_id: h.stream_id.to_string(),
+            stream_version: h.stream_version,
+            event_type: h.event_type.to_string(),
+            schema_version: h.schema_version,
+            subject: h.subject.map(|s| s.to_hex()),
+            recorded_at: format_micros(h.recorded_at_micros),
+            metadata: h.metadata,
+            data: e.data.unwrap_or(serde_json::Value::Null),
+            erased: e.erased,
+            payload_digest: r.entry.payload_digest.to_hex(),
+            entry_hash: r.entry_hash.to_hex(),
+            prev_hash: r.entry.prev_hash.to_hex(),
+            signature: r.signature.to_hex(),
+            key_id: r.key_id.to_hex(),
+        }
+    }
+}
+
+/// A page of a stream.
+#[derive(Serialize, ToSchema)]
+pub struct StreamPage {
+    /// The stream.
+    stream_id: String,
+    /// Events in stream order.
+    events: Vec<EventOut>,
+    /// `from_version` for the next page, or null at the end.
+    next_from_version: Option<u64>,
+}
+
+/// A page of the global log.
+#[derive(Serialize, ToSchema)]
+pub struct LogPage {
+    /// Events in seq order.
+    events: Vec<EventOut>,
+    /// `from_seq` for the next page, or null at the end.
+    next_from_seq: Option<u64>,
+}
+
+/// Query of a stream read.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// First stream version to return (default 0).
+    from_version: Option<u64>,
+    /// Most events to return, 1 to 1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// Query of a global read.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// First seq to return (default 0).
+    from_seq: Option<u64>,
+    /// Most events to return, 1 to 1000 (default 100).
+    limit: Option<u32>,
+}
+
+fn parse_stream_id(raw: &str) -> Result<StreamId, ApiError> {
+    StreamId::parse(raw).map_err(|e| ApiError::BadRequest(format!("stream_id {e}")))
+}
+
+/// Longest subject identifier, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+
+fn check_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(DEFAULT_READ_LIMIT) {
+        0 => Err(ApiError::BadRequest("limit must be at least 1".to_owned())),
+        l if l > MAX_READ_LIMIT => Err(ApiError::BadRequest(format!(
+            "limit must be at most {MAX_READ_LIMIT}"
+        ))),
+        l => Ok(l),
+    }
+}
+
+/// Parses and validates an append body: everything that can be wrong with the input is found
+/// here, before the writer sees it.
+fn parse_append(
+    stream: StreamId,
+    body: &[u8],
+    max_event_bytes: usize,
+) -> Result<AppendRequest, ApiError> {
+    let parsed: AppendBody = json::parse(body)?;
+    if parsed.events.is_empty() {
+        return Err(ApiError::Invalid(
+            "events: must contain at least one event".to_owned(),
+        ));
+    }
+    if parsed.events.len() > MAX_EVENTS_PER_REQUEST {
+        return Err(ApiError::TooLarge(format!(
+            "events: at most {MAX_EVENTS_PER_REQUEST} events per request"
+        )));
+    }
+    let mut events = Vec::with_capacity(parsed.events.len());
+    for (i, ev) in parsed.events.into_iter().enumerate() {
+        let field = |name: &str| format!("events[{i}].{name}");
+        let event_type = EventType::parse(&ev.event_type)
+            .map_err(|e| ApiError::Invalid(format!("{} {e}", field("type"))))?;
+        if ev.schema_version == 0 {
+            return Err(ApiError::Invalid(format!(
+                "{} must be at least 1",
+                field("schema_version")
+            )));
+        }
+        let subject = ev.subject.map(Zeroizing::new);
+        if let Some(s) = &subject {
+            json::check_text(&field("subject"), s, MAX_SUBJECT_BYTES)?;
+        }
+        let metadata = ev.metadata.unwrap_or_default();
+        if metadata.len() > MAX_METADATA_PAIRS {
+            return Err(ApiError::Invalid(format!(
+                "{} has more than {MAX_METADATA_PAIRS} keys",
+                field("metadata")
+            )));
+        }
+        for (k, v) in &metadata {
+            if k.is_empty() || k.len() > MAX_NAME_BYTES {
+                return Err(ApiError::Invalid(format!(
+                    "{}: keys must be 1 to {MAX_NAME_BYTES} bytes",
+                    field("metadata")
+                )));
+            }
+            if v.len() > MAX_METADATA_VALUE_BYTES {
+                return Err(ApiError::Invalid(format!(
+                    "{} is longer than {MAX_METADATA_VALUE_BYTES} bytes",
+                    field(&format!("metadata.{k}"))
+                )));
+            }
+            // Metadata stays plaintext after erasure: refuse the one personal datum we know.
+            if subject
+                .as_ref()
+                .is_some_and(|s| v.contains(s.as_str()) || k.contains(s.as_str()))
+            {
+                return Err(ApiError::Invalid(format!(
+                    "{} must not contain the event's subject identifier: metadata is never encrypted",
+                    field(&format!("metadata.{k}"))
+                )));
+            }
+        }
+        let data = Zeroizing::new(
+            serde_json::to_vec(&ev.data).map_err(|e| ApiError::Internal(e.to_string()))?,
+        );
+        if data.len() > max_event_bytes {
+            return Err(ApiError::TooLarge(format!(
+                "{} is {} bytes; the limit is {max_event_bytes}",
+                field("data"),
+                data.len()
+            )));
+        }
+        events.push(NewEvent {
+            subject,
+            event_type,
+            schema_version: ev.schema_version,
+            data,
+            metadata,
+        });
+    }
+    Ok(AppendRequest {
+        stream,
+        expected: parsed.expected_version.0,
+        events,
+    })
+}
+
+/// Append events to a stream.
+#[utoipa::path(
+    post, path = "/v1/streams/{stream_id}/events", tag = "events",
+    params(("stream_id" = String, Path, description = "1-128 chars of A-Z a-z 0-9 _ - . :")),
+    request_body = AppendBody,
+    responses(
+        (status = 201, description = "Committed durably", body = AppendResponse),
+        (status = 400, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 409, description = "Version conflict", content_type = "application/problem+json"),
+        (status = 413, description = "Over a size limit", content_type = "application/problem+json"),
+        (status = 422, description = "Invalid event", content_type = "application/problem+json"),
+        (status = 503, description = "Not committed; retry", content_type = "application/problem+json"),
+    )
+)]
+pub async fn append(
+    State(state): State<AppState>,
+    Path(stream_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<AppendResponse>), ApiError> {
+    let stream = parse_stream_id(&stream_id)?;
+    if stream.as_str().starts_with(SYSTEM_STREAM_PREFIX) {
+        return Err(ApiError::BadRequest(format!(
+            "stream_id: streams starting with {SYSTEM_STREAM_PREFIX} are the ledger's own"
+        )));
+    }
+    let body = json::body(body, state.0.limits.max_request_bytes)?;
+    let request = parse_append(stream, &body, state.0.limits.max_event_bytes)?;
+    let done = state.0.ledger.append(request).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AppendResponse {
+            first_seq: done.first_seq.0,
+            last_seq: done.last_seq.0,
+            stream_version: done.stream_version,
+            entries: done
+                .entries
+                .into_iter()
+                .map(|(seq, h)| AppendedEntry {
+                    seq: seq.0,
+                    entry_hash: h.to_hex(),
+                })
+                .collect(),
+        }),
+    ))
+}
+
+/// Read a stream's events, decrypted.
+#[utoipa::path(
+    get, path = "/v1/streams/{stream_id}/events", tag = "events",
+    params(("stream_id" = String, Path, description = "The stream"), StreamQuery),
+    responses(
+        (status = 200, description = "A page of the stream", body = StreamPage),
+        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+    )
+)]
+pub async fn read_stream(
+    State(state): State<AppState>,
+    Path(stream_id): Path<String>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Json<StreamPage>, ApiError> {
+    let stream = parse_stream_id(&stream_id)?;
+    let Query(q) = query?;
+    let limit = check_limit(q.limit)?;
+    let from = q.from_version.unwrap_or(0);
+    let events = state.0.ledger.read_stream(&stream, from, limit).await?;
+    let next_from_version = (events.len() == limit as usize)
+        .then(|| {
+            events
+                .last()
+                .map(|e| e.record.entry.header.stream_version + 1)
+        })
+        .flatten();
+    Ok(Json(StreamPage {
+        stream_id: stream.to_string(),
+        events: events.into_iter().map(EventOut::from).collect(),
+        next_from_version,
+    }))
+}
+
+/// Read the global log, decrypted.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events",
+    params(LogQuery),
+    responses(
+        (status = 200, description = "A page of the log", body = LogPage),
+        (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
+    )
+)]
+pub async fn read_global(
+    State(state): State<AppState>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<LogPage>, ApiError> {
+    let Query(q) = query?;
+    let limit = check_limit(q.limit)?;
+    let from = Seq(q.from_seq.unwrap_or(0));
+    let events = state.0.ledger.read_global(from, limit).await?;
+    let next_from_seq = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| e.record.entry.header.seq.0 + 1))
+        .flatten();
+    Ok(Json(LogPage {
+        events: events.into_iter().map(EventOut::from).collect(),
+        next_from_seq,
+    }))
+}

@@ -1,0 +1,114 @@
+//! The HTTP API (v1): one route table, one error policy, the OpenAPI document generated from
+//! the handlers. Only this module knows HTTP.
+
+pub mod audit;
+pub mod checkpoints;
+pub mod error;
+pub mod events;
+pub mod json;
+pub mod ops;
+pub mod subjects;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+use crate::ledger::Ledger;
+use error::ApiError;
+
+/// Size limits on input.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest `data` of one event, serialized, in bytes.
+    pub max_event_bytes: usize,
+    /// Largest request body, in bytes.
+    pub max_request_bytes: usize,
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct App {
+    /// The ledger.
+    pub ledger: Ledger,
+    /// Input limits.
+    pub limits: Limits,
+    /// Verification jobs.
+    pub jobs: audit::Jobs,
+}
+
+/// Handler state.
+#[derive(Clone, Debug)]
+pub struct AppState(pub Arc<App>);
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "auditledger", description = "Tamper-evident, crypto-shredding audit ledger"),
+    paths(
+        events::append, events::read_stream, events::read_global,
+        subjects::erase, subjects::export,
+        checkpoints::latest, checkpoints::create, checkpoints::list,
+        checkpoints::inclusion, checkpoints::consistency,
+        audit::verify, audit::job, audit::export,
+        ops::keys, ops::healthz, ops::readyz, ops::metrics,
+    ),
+    tags(
+        (name = "events", description = "Append and read events"),
+        (name = "subjects", description = "Erasure and access requests of data subjects"),
+        (name = "checkpoints", description = "Signed tree heads and Merkle proofs"),
+        (name = "audit", description = "Verification reports and export bundles"),
+        (name = "keys", description = "Public signing keys"),
+        (name = "operations", description = "Health and readiness"),
+    )
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such resource".to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// The route table.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.0.limits.max_request_bytes;
+    Router::new()
+        .route(
+            "/v1/streams/{stream_id}/events",
+            get(events::read_stream).post(events::append),
+        )
+        .route("/v1/events", get(events::read_global))
+        .route("/v1/subjects/erase", post(subjects::erase))
+        .route("/v1/subjects/export", post(subjects::export))
+        .route("/v1/keys", get(ops::keys))
+        .route("/v1/checkpoints/latest", get(checkpoints::latest))
+        .route(
+            "/v1/checkpoints",
+            get(checkpoints::list).post(checkpoints::create),
+        )
+        .route("/v1/proofs/inclusion", get(checkpoints::inclusion))
+        .route("/v1/proofs/consistency", get(checkpoints::consistency))
+        .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/audit/verify/jobs/{job_id}", get(audit::job))
+        .route("/v1/export", get(audit::export))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,242 @@
+//! The keys directory: the Ed25519 signing key, the key-encryption key and the subject index
+//! key, each a file of 64 hex digits, mode 0600, in a directory of mode 0700. A public copy of
+//! the signing key (`signing.pub`) sits beside them for auditors.
+//!
+//! Errors name the file and what is wrong with it, never its contents.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::crypto::{Kek, LedgerSigningKey, PublicKey, SubjectIndexKey};
+
+/// Private signing key file name.
+pub const SIGNING_KEY_FILE: &str = "signing.key";
+/// Public signing key file name.
+pub const SIGNING_PUB_FILE: &str = "signing.pub";
+/// Key-encryption key file name.
+pub const KEK_FILE: &str = "kek.key";
+/// Subject index key file name.
+pub const INDEX_KEY_FILE: &str = "index.key";
+const SECRET_FILES: [&str; 3] = [SIGNING_KEY_FILE, KEK_FILE, INDEX_KEY_FILE];
+
+/// Why the keys could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// A key file that should be there is not.
+    #[error(
+        "key file {0} is missing (run `auditledger keygen` or restore it from your key backup)"
+    )]
+    Missing(PathBuf),
+    /// Some key files exist and others do not: refuse to guess.
+    #[error(
+        "keys directory {dir} is incomplete: {missing} is missing but other key files exist; restore it from your key backup"
+    )]
+    Incomplete {
+        /// The directory.
+        dir: PathBuf,
+        /// The missing file.
+        missing: PathBuf,
+    },
+    /// A key file could not be read or written.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A key file that is not 64 hex digits.
+    #[error("key file {0} is malformed: expected 64 hex digits")]
+    Malformed(PathBuf),
+    /// `keygen` refuses to replace existing keys.
+    #[error("key file {0} already exists; refusing to overwrite it")]
+    AlreadyExists(PathBuf),
+}
+
+/// The service's secret keys, loaded into zeroizing buffers.
+pub struct KeyMaterial {
+    /// Signs entries.
+    pub signing: LedgerSigningKey,
+    /// Wraps data keys.
+    pub kek: Kek,
+    /// Keys the subject index.
+    pub index: SubjectIndexKey,
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyMaterial({:?}, {:?})", self.signing, self.kek)
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyFileError + '_ {
+    move |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn read_hex32(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            KeyFileError::Missing(path.to_owned())
+        } else {
+            io_err(path)(e)
+        }
+    })?);
+    let mut out = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text.trim(), out.as_mut())
+        .map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
+    Ok(out)
+}
+
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyFileError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                KeyFileError::AlreadyExists(path.to_owned())
+            } else {
+                io_err(path)(e)
+            }
+        })?;
+    f.write_all(contents).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
+    Ok(())
+}
+
+fn write_secret(path: &Path, key: &[u8; 32]) -> Result<(), KeyFileError> {
+    let mut text = Zeroizing::new(hex::encode(key));
+    text.push('\n');
+    write_new(path, text.as_bytes(), 0o600)
+}
+
+/// Creates a fresh set of keys in `dir`, refusing to overwrite any existing key file.
+pub fn create(dir: &Path) -> Result<KeyMaterial, KeyFileError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))?;
+    for name in SECRET_FILES {
+        let p = dir.join(name);
+        if p.exists() {
+            return Err(KeyFileError::AlreadyExists(p));
+        }
+    }
+    let keys = KeyMaterial {
+        signing: LedgerSigningKey::generate(),
+        kek: Kek::generate(),
+        index: SubjectIndexKey::generate(),
+    };
+    write_secret(&dir.join(SIGNING_KEY_FILE), &keys.signing.seed())?;
+    write_secret(&dir.join(KEK_FILE), keys.kek.expose())?;
+    write_secret(&dir.join(INDEX_KEY_FILE), keys.index.expose())?;
+    let public = format!("{}\n", hex::encode(keys.signing.public_key().to_bytes()));
+    let pub_path = dir.join(SIGNING_PUB_FILE);
+    if !pub_path.exists() {
+        write_new(&pub_path, public.as_bytes(), 0o644)?;
+    }
+    Ok(keys)
+}
+
+/// Loads the keys in `dir`.
+pub fn load(dir: &Path) -> Result<KeyMaterial, KeyFileError> {
+    for name in SECRET_FILES {
+        let p = dir.join(name);
+        if let Ok(meta) = fs::metadata(&p)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %p.display(), "key file is readable by group or others; chmod 600 it");
+        }
+    }
+    let signing = LedgerSigningKey::from_seed(&*read_hex32(&dir.join(SIGNING_KEY_FILE))?);
+    let kek_path = dir.join(KEK_FILE);
+    let kek = Kek::from_slice(read_hex32(&kek_path)?.as_ref())
+        .map_err(|_| KeyFileError::Malformed(kek_path))?;
+    let index_path = dir.join(INDEX_KEY_FILE);
+    let index = SubjectIndexKey::from_slice(read_hex32(&index_path)?.as_ref())
+        .map_err(|_| KeyFileError::Malformed(index_path))?;
+    Ok(KeyMaterial {
+        signing,
+        kek,
+        index,
+    })
+}
+
+/// Loads the keys in `dir`, or creates them if none exists yet. `true` means created.
+pub fn load_or_create(dir: &Path) -> Result<(KeyMaterial, bool), KeyFileError> {
+    let present: Vec<bool> = SECRET_FILES.iter().map(|n| dir.join(n).exists()).collect();
+    if present.iter().all(|p| !p) {
+        return create(dir).map(|k| (k, true));
+    }
+    if let Some(i) = present.iter().position(|p| !p) {
+        return Err(KeyFileError::Incomplete {
+            dir: dir.to_owned(),
+            missing: dir.join(SECRET_FILES[i]),
+        });
+    }
+    load(dir).map(|k| (k, false))
+}
+
+/// Reads a public key file (64 hex digits), as written to `signing.pub`.
+pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyFileError> {
+    let text = fs::read_to_string(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            KeyFileError::Missing(path.to_owned())
+        } else {
+            io_err(path)(e)
+        }
+    })?;
+    let bytes = hex::decode(text.trim()).map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
+    PublicKey::from_bytes(&bytes).map_err(|_| KeyFileError::Malformed(path.to_owned()))
+}
+
+/// Whether a secret key file's mode lets anyone but the owner read it.
+#[must_use]
+pub fn is_private(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.permissions().mode().trailing_zeros() >= 6)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn created_keys_load_back_and_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = create(dir.path()).unwrap();
+        assert!(is_private(&dir.path().join(SIGNING_KEY_FILE)));
+        assert!(is_private(&dir.path().join(KEK_FILE)));
+        let loaded = load(dir.path()).unwrap();
+        assert_eq!(made.signing.key_id(), loaded.signing.key_id());
+        assert_eq!(made.kek.id(), loaded.kek.id());
+        assert!(matches!(
+            create(dir.path()),
+            Err(KeyFileError::AlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn a_damaged_or_partial_keys_dir_is_refused_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        create(dir.path()).unwrap();
+        fs::write(dir.path().join(KEK_FILE), "not hex").unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("kek.key") && err.contains("malformed"),
+            "{err}"
+        );
+        fs::remove_file(dir.path().join(KEK_FILE)).unwrap();
+        let err = load_or_create(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("incomplete"), "{err}");
+    }
+}

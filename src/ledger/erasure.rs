@@ -1,0 +1,173 @@
+//! Erasure by crypto-shredding, run by the writer in a transaction of its own:
+//!
+//! 1. look the identifier up (HMAC under the index key); no live subject → the receipt of an
+//!    erasure within the tombstone window, or 404; nothing written;
+//! 2. append a `SubjectErased` entry to the system stream `auditledger:subject-erasures`, its
+//!    payload (handle, reason, request reference — never the identifier) sealed under the
+//!    system key, its header naming the handle;
+//! 3. delete the subject's data key and index row (SQLite `secure_delete` overwrites them) and
+//!    record the handle as erased;
+//! 4. sign a receipt; keep it for a bounded time under a separate HMAC of the identifier, so a
+//!    repeated request returns the same receipt and appends nothing;
+//! 5. commit; drop the key from the in-memory cache; truncate the WAL.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::writer::{Draft, WriteError, Writer, extend_tree, load_tree, next_position};
+use crate::crypto::KeyRef;
+use crate::entry::{EventType, Metadata, StreamId};
+use crate::receipt::{ReceiptFacts, ReceiptJson};
+use crate::timefmt::format_micros;
+
+/// The system stream that `SubjectErased` entries go to. Streams starting with
+/// [`SYSTEM_STREAM_PREFIX`] are the ledger's own; callers cannot append to them.
+pub const ERASURE_STREAM: &str = "auditledger:subject-erasures";
+/// Prefix reserved for the ledger's own streams.
+pub const SYSTEM_STREAM_PREFIX: &str = "auditledger:";
+/// Event type of an erasure entry.
+pub const SUBJECT_ERASED: &str = "SubjectErased";
+
+/// An erasure request, validated.
+pub struct EraseRequest {
+    /// The subject's own identifier; zeroized when dropped, never logged.
+    pub subject: Zeroizing<String>,
+    /// Why (e.g. `GDPR Art. 17(1)(a)`); must not hold personal data.
+    pub reason: String,
+    /// The caller's reference for the request (a ticket number).
+    pub request_ref: String,
+}
+
+/// Why an erasure did not happen. In every case nothing was written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EraseError {
+    /// No live subject has this identifier (never seen, or erased longer ago than the
+    /// tombstone window).
+    #[error("no subject with this identifier is known")]
+    UnknownSubject,
+    /// The database failed; rolled back.
+    #[error("the erasure could not be committed")]
+    Unavailable,
+    /// The service is shutting down.
+    #[error("the ledger is shutting down")]
+    ShuttingDown,
+}
+
+enum Outcome {
+    Receipt(Box<ReceiptJson>),
+    Unknown,
+}
+
+impl Writer {
+    pub(super) async fn erase(&mut self, request: EraseRequest) -> Result<ReceiptJson, EraseError> {
+        match self.try_erase(&request).await {
+            Ok(Outcome::Receipt(r)) => Ok(*r),
+            Ok(Outcome::Unknown) => Err(EraseError::UnknownSubject),
+            Err(err) => {
+                tracing::error!(error = %err, "erasure rolled back");
+                Err(EraseError::Unavailable)
+            }
+        }
+    }
+
+    async fn try_erase(&mut self, request: &EraseRequest) -> Result<Outcome, WriteError> {
+        let mut tx = self.store.begin_append().await?;
+        let now = crate::timefmt::now_micros();
+        let tombstone_mac = self.index.tombstone(&request.subject);
+        // A live subject is always erased, even if this identifier was erased before and has
+        // since been used again (a fresh subject): only with no live subject does a
+        // tombstone answer for a repeated request.
+        let index_mac = self.index.index(&request.subject);
+        let Some(handle) = tx.subject_handle(&index_mac).await? else {
+            if let Some(t) = tx.tombstone(&tombstone_mac, now).await? {
+                // Erased before: the same receipt, nothing appended (the transaction rolls back).
+                let receipt = serde_json::from_str(&t.receipt)
+                    .map_err(|e| WriteError::Internal(format!("stored receipt unreadable: {e}")))?;
+                return Ok(Outcome::Receipt(Box::new(receipt)));
+            }
+            return Ok(Outcome::Unknown);
+        };
+
+        let head = tx.head().await?;
+        let (seq, prev_hash, recorded_at) = next_position(head);
+        let stream = StreamId::parse(ERASURE_STREAM)
+            .map_err(|e| WriteError::Internal(format!("erasure stream id: {e}")))?;
+        let stream_version = tx.stream_version(&stream).await?.map_or(0, |v| v + 1);
+        let data = json!({
+            "subject_handle": handle.to_hex(),
+            "reason": request.reason,
+            "request_ref": request.request_ref,
+        });
+        let (system_ref, system_key) = self.vault.system_key();
+        let draft = Draft {
+            header: crate::entry::EntryHeader {
+                seq,
+                stream_id: stream,
+                stream_version,
+                event_type: EventType::parse(SUBJECT_ERASED)
+                    .map_err(|e| WriteError::Internal(format!("event type: {e}")))?,
+                schema_version: 1,
+                subject: Some(handle),
+                recorded_at_micros: recorded_at,
+                metadata: Metadata::new(),
+            },
+            data: Zeroizing::new(serde_json::to_vec(&data).unwrap_or_default()),
+            key_ref: system_ref,
+            key: Arc::clone(&system_key),
+        };
+        let records = self.build(vec![draft], prev_hash).await?;
+        let entry_hash = records[0].entry_hash;
+        let mut tree = load_tree(tx.as_mut(), head).await?;
+        // The erasure entry is the last leaf: its inclusion path is the right edge before it.
+        let inclusion_proof: Vec<String> =
+            tree.nodes().iter().rev().map(|(_, h)| h.to_hex()).collect();
+        let nodes = extend_tree(&mut tree, &records);
+        let checkpoint = self.sign_checkpoint(&tree, &records[0]);
+        tx.insert(&records).await?;
+        tx.insert_merkle_nodes(&nodes).await?;
+        tx.insert_checkpoint(&checkpoint).await?;
+        tx.erase_subject(&index_mac, &handle, seq, recorded_at)
+            .await?;
+
+        let facts = ReceiptFacts {
+            subject_handle: handle,
+            erased_at_micros: recorded_at,
+            erasure_seq: seq,
+            erasure_entry_hash: entry_hash,
+            request_ref: request.request_ref.clone(),
+        };
+        let (key_id, signature) = facts.sign(&self.signing);
+        let receipt = ReceiptJson {
+            subject_handle: handle.to_hex(),
+            erased_at: format_micros(recorded_at),
+            erasure_seq: seq.0,
+            erasure_entry_hash: entry_hash.to_hex(),
+            request_ref: request.request_ref.clone(),
+            key_id: key_id.to_hex(),
+            signature: signature.to_hex(),
+            checkpoint: Some(checkpoint.to_json()),
+            inclusion_proof,
+        };
+        if self.tombstone_ttl_micros > 0 {
+            let text =
+                serde_json::to_string(&receipt).map_err(|e| WriteError::Internal(e.to_string()))?;
+            tx.insert_tombstone(
+                &tombstone_mac,
+                &text,
+                now.saturating_add(self.tombstone_ttl_micros),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.publish(checkpoint);
+        self.vault.forget(&KeyRef::Subject(handle));
+        metrics::counter!(crate::telemetry::ERASURES).increment(1);
+        tracing::info!(subject = %handle.to_hex(), seq = seq.0, "subject erased");
+        if let Err(e) = self.store.compact_after_erasure().await {
+            tracing::warn!(error = %e, "could not truncate the WAL after an erasure; it will be on the next checkpoint");
+        }
+        Ok(Outcome::Receipt(Box::new(receipt)))
+    }
+}

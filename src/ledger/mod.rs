@@ -1,0 +1,470 @@
+//! The ledger: appends and erasures through the writer task (see `writer`), reads and subject
+//! access straight from the store, payloads opened through the vault.
+
+mod erasure;
+mod proofs;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use crate::checkpoint::Checkpoint;
+use crate::crypto::{LedgerSigningKey, SealError, SubjectIndexKey};
+use crate::entry::{EntryHash, EventType, Metadata, Seq, StreamId, SubjectHandle};
+use crate::receipt::ReceiptJson;
+use crate::record::Record;
+use crate::store::{ChainHead, EntryRow, MalformedRow, Store, StoreError};
+use crate::timefmt::now_micros;
+use crate::vault::{Vault, VaultError};
+use writer::{Pending, PendingErase, Writer, WriterMsg};
+
+pub use erasure::{ERASURE_STREAM, EraseError, EraseRequest, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
+pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
+
+/// Requests waiting for the writer before senders are made to wait.
+const QUEUE_REQUESTS: usize = 4096;
+/// How often expired erasure tombstones are deleted.
+const TOMBSTONE_PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// What the caller expects the stream's current version to be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    #[default]
+    Any,
+    /// The stream must have no events yet.
+    NoStream,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    fn admits(self, current: Option<u64>) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::Exact(v) => current == Some(v),
+        }
+    }
+}
+
+/// One event to append, already validated.
+pub struct NewEvent {
+    /// Its type.
+    pub event_type: EventType,
+    /// Its schema version.
+    pub schema_version: u32,
+    /// The data subject's own identifier, if any; zeroized when dropped, never stored.
+    pub subject: Option<Zeroizing<String>>,
+    /// The event data as JSON bytes: plaintext, zeroized once sealed.
+    pub data: Zeroizing<Vec<u8>>,
+    /// Plaintext metadata.
+    pub metadata: Metadata,
+}
+
+/// An append request: events for one stream, committed together or not at all.
+pub struct AppendRequest {
+    /// The stream.
+    pub stream: StreamId,
+    /// The optimistic-concurrency check.
+    pub expected: ExpectedVersion,
+    /// At least one event.
+    pub events: Vec<NewEvent>,
+}
+
+/// A committed append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Seq of the first event appended.
+    pub first_seq: Seq,
+    /// Seq of the last event appended.
+    pub last_seq: Seq,
+    /// The stream's version after the append (that of its last event).
+    pub stream_version: u64,
+    /// Each appended entry's seq and hash.
+    pub entries: Vec<(Seq, EntryHash)>,
+}
+
+/// Why an append was not committed. In every case nothing of it was written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    /// The stream's version is not the expected one.
+    #[error("stream {stream} is at version {actual:?}, expected {expected:?}")]
+    VersionConflict {
+        /// The stream.
+        stream: StreamId,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's version (`None`: no events).
+        actual: Option<u64>,
+    },
+    /// The database failed; the batch was rolled back.
+    #[error("the ledger could not commit: {0}")]
+    Unavailable(String),
+    /// The service is shutting down and takes no new appends.
+    #[error("the ledger is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A row does not decode.
+    #[error(transparent)]
+    Malformed(#[from] MalformedRow),
+    /// The vault failed.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// A payload does not open under its key with its header: it was changed or moved.
+    #[error("payload of the entry at seq {seq} fails authentication: {reason}")]
+    Tampered {
+        /// Where.
+        seq: Seq,
+        /// What the sealing layer said.
+        reason: SealError,
+    },
+}
+
+/// An entry read back, with its payload opened when its key still exists.
+#[derive(Debug)]
+pub struct ReadEvent {
+    /// The stored record.
+    pub record: Record,
+    /// The decrypted event data, or `None` if erased.
+    pub data: Option<serde_json::Value>,
+    /// Whether the data's key has been destroyed (or the payload purged).
+    pub erased: bool,
+}
+
+/// Cumulative time the writer spent in each stage, for the benchmark.
+#[derive(Debug, Default)]
+pub struct StageStats {
+    /// Entries committed.
+    pub entries: AtomicU64,
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Nanoseconds sealing payloads.
+    pub seal_ns: AtomicU64,
+    /// Nanoseconds hashing the chain.
+    pub hash_ns: AtomicU64,
+    /// Nanoseconds signing.
+    pub sign_ns: AtomicU64,
+    /// Nanoseconds inserting rows and committing (including the fsync).
+    pub insert_ns: AtomicU64,
+}
+
+/// Settings of the ledger.
+#[derive(Clone, Copy, Debug)]
+pub struct LedgerConfig {
+    /// Most events in one commit.
+    pub max_batch_events: usize,
+    /// How long an erasure receipt stays retrievable by identifier (0: not at all).
+    pub tombstone_ttl: Duration,
+    /// A checkpoint is made in the commit that brings the log this many entries past the last.
+    pub checkpoint_every: u64,
+    /// A checkpoint is also made this often if the log grew.
+    pub checkpoint_interval: Duration,
+}
+
+/// The keys the ledger signs and indexes with.
+pub struct LedgerKeys {
+    /// Signs entries and receipts.
+    pub signing: Arc<LedgerSigningKey>,
+    /// Keys the subject index.
+    pub index: Arc<SubjectIndexKey>,
+}
+
+/// The ledger: appends through the writer task, reads straight from the store.
+pub struct Ledger {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+    signing: Arc<LedgerSigningKey>,
+    index: Arc<SubjectIndexKey>,
+    sender: mpsc::Sender<WriterMsg>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    purger: JoinHandle<()>,
+    ticker: JoinHandle<()>,
+    stats: Arc<StageStats>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ledger({:?})", self.signing)
+    }
+}
+
+impl Ledger {
+    /// Starts the writer task and the tombstone purger.
+    #[must_use]
+    pub fn start(
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+        keys: LedgerKeys,
+        config: LedgerConfig,
+        publisher: Option<mpsc::UnboundedSender<Checkpoint>>,
+    ) -> Ledger {
+        let (sender, receiver) = mpsc::channel(QUEUE_REQUESTS);
+        let stats = Arc::new(StageStats::default());
+        let writer = Writer {
+            store: Arc::clone(&store),
+            vault: Arc::clone(&vault),
+            signing: Arc::clone(&keys.signing),
+            index: Arc::clone(&keys.index),
+            max_batch_events: config.max_batch_events.max(1),
+            tombstone_ttl_micros: i64::try_from(config.tombstone_ttl.as_micros())
+                .unwrap_or(i64::MAX),
+            checkpoint_every: config.checkpoint_every.max(1),
+            key_marked: false,
+            stats: Arc::clone(&stats),
+            published: publisher,
+        };
+        let handle = tokio::spawn(writer.run(receiver));
+        let tick_sender = sender.clone();
+        let interval = config.checkpoint_interval.max(Duration::from_millis(100));
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(interval);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if tick_sender.send(WriterMsg::Checkpoint(None)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let purge_store = Arc::clone(&store);
+        let purger = tokio::spawn(async move {
+            let mut every = tokio::time::interval(TOMBSTONE_PURGE_INTERVAL);
+            loop {
+                every.tick().await;
+                match purge_store.purge_tombstones(now_micros()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "expired erasure tombstones deleted"),
+                    Err(e) => tracing::warn!(error = %e, "could not delete expired tombstones"),
+                }
+            }
+        });
+        Ledger {
+            store,
+            vault,
+            signing: keys.signing,
+            index: keys.index,
+            sender,
+            writer: Mutex::new(Some(handle)),
+            purger,
+            ticker,
+            stats,
+        }
+    }
+
+    /// Makes a checkpoint of the current head if the log grew since the last one; returns the
+    /// newest checkpoint (`None` while the log is empty).
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(WriterMsg::Checkpoint(Some(reply)))
+            .await
+            .map_err(|_| AppendError::ShuttingDown)?;
+        answer
+            .await
+            .unwrap_or(Err(()))
+            .map_err(|()| AppendError::Unavailable("checkpoint failed".to_owned()))
+    }
+
+    /// Appends events; returns once they are durably committed.
+    pub async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(WriterMsg::Append(Pending { request, reply }))
+            .await
+            .map_err(|_| AppendError::ShuttingDown)?;
+        // A dropped reply means the writer died before answering: nothing was acknowledged.
+        answer
+            .await
+            .unwrap_or_else(|_| Err(AppendError::Unavailable("writer stopped".to_owned())))
+    }
+
+    /// Erases a subject: destroys its key, appends a `SubjectErased` entry, returns the signed
+    /// receipt. A repeated request within the tombstone window returns the first receipt.
+    pub async fn erase(&self, request: EraseRequest) -> Result<ReceiptJson, EraseError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(WriterMsg::Erase(PendingErase { request, reply }))
+            .await
+            .map_err(|_| EraseError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(EraseError::Unavailable))
+    }
+
+    /// Subject access: up to `limit` of the subject's events from `from`, decrypted, in seq
+    /// order. `None` if no live subject has this identifier.
+    pub async fn export_subject(
+        &self,
+        identifier: &str,
+        from: Seq,
+        limit: u32,
+    ) -> Result<Option<(SubjectHandle, Vec<ReadEvent>)>, ReadError> {
+        let mac = self.index.index(identifier);
+        let Some(handle) = self.store.subject_handle(&mac).await? else {
+            return Ok(None);
+        };
+        let rows = self.store.read_subject(&handle, from, limit).await?;
+        Ok(Some((handle, self.open_rows(rows).await?)))
+    }
+
+    /// Stops taking appends, commits everything already queued, and waits for the writer.
+    pub async fn shutdown(&self) {
+        self.purger.abort();
+        self.ticker.abort();
+        let (ack, done) = oneshot::channel();
+        if self.sender.send(WriterMsg::Shutdown(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+        if let Some(handle) = self.writer.lock().await.take() {
+            let _ = handle.await;
+        }
+    }
+
+    /// Whether the writer task is alive and taking appends.
+    #[must_use]
+    pub fn is_writable(&self) -> bool {
+        !self.sender.is_closed()
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The signing key.
+    #[must_use]
+    pub fn signing_key(&self) -> &LedgerSigningKey {
+        &self.signing
+    }
+
+    /// Stage timings.
+    #[must_use]
+    pub fn stats(&self) -> &StageStats {
+        &self.stats
+    }
+
+    /// The last entry, if any.
+    pub async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
+        self.store.head().await
+    }
+
+    /// Up to `limit` events of the global log from `from`.
+    pub async fn read_global(&self, from: Seq, limit: u32) -> Result<Vec<ReadEvent>, ReadError> {
+        let rows = self.store.read_global(from, None, limit).await?;
+        self.open_rows(rows).await
+    }
+
+    /// Up to `limit` events of one stream from `from_version`.
+    pub async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: u32,
+    ) -> Result<Vec<ReadEvent>, ReadError> {
+        let rows = self.store.read_stream(stream, from_version, limit).await?;
+        self.open_rows(rows).await
+    }
+
+    async fn open_rows(&self, rows: Vec<EntryRow>) -> Result<Vec<ReadEvent>, ReadError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let erased = row.erased();
+            let record = row.into_record()?;
+            // A subject erased by any instance reads as erased here too, whatever this
+            // process's key cache still holds; the erasure entry itself stays readable.
+            if erased && record.entry.header.stream_id.as_str() != ERASURE_STREAM {
+                out.push(ReadEvent {
+                    record,
+                    data: None,
+                    erased: true,
+                });
+            } else {
+                out.push(self.open_record(record).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens a record's payload if its key still exists.
+    pub async fn open_record(&self, record: Record) -> Result<ReadEvent, ReadError> {
+        let seq = record.entry.header.seq;
+        let Some(payload) = &record.payload else {
+            return Ok(ReadEvent {
+                record,
+                data: None,
+                erased: true,
+            });
+        };
+        let key_ref = payload
+            .key_ref()
+            .map_err(|reason| ReadError::Tampered { seq, reason })?;
+        let Some(key) = self.vault.key(&key_ref).await? else {
+            return Ok(ReadEvent {
+                record,
+                data: None,
+                erased: true,
+            });
+        };
+        let plain = crate::crypto::open(&key, payload, &record.entry.header.payload_aad())
+            .map_err(|reason| ReadError::Tampered { seq, reason })?;
+        let data = serde_json::from_slice(&plain).map_err(|_| ReadError::Tampered {
+            seq,
+            reason: SealError::Malformed,
+        })?;
+        Ok(ReadEvent {
+            record,
+            data: Some(data),
+            erased: false,
+        })
+    }
+}
+
+/// Rows read per query while rebuilding the tree.
+const REBUILD_CHUNK_ROWS: u32 = 10_000;
+
+/// Makes sure every perfect subtree of the log is stored (a ledger written before the tree
+/// existed, or restored without it); returns how many entries were rehashed, if any.
+pub async fn rebuild_tree_if_needed(store: &dyn Store) -> Result<Option<u64>, StoreError> {
+    let Some(head) = store.head().await? else {
+        return Ok(None);
+    };
+    let size = head.seq.0 + 1;
+    let needed: Vec<_> = crate::merkle::decompose(0, size)
+        .into_iter()
+        .filter(|id| id.level > 0)
+        .collect();
+    if store.merkle_nodes(&needed).await?.len() == needed.len() {
+        return Ok(None);
+    }
+    let mut tree = crate::merkle::CompactRange::new();
+    let mut from = Seq(0);
+    while from.0 < size {
+        let rows = store
+            .read_global(from, Some(head.seq), REBUILD_CHUNK_ROWS)
+            .await?;
+        if rows.is_empty() {
+            break;
+        }
+        let records = rows
+            .into_iter()
+            .map(EntryRow::into_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        from = records.last().map_or(from, |r| r.entry.header.seq.next());
+        store
+            .insert_merkle_nodes(&writer::extend_tree(&mut tree, &records))
+            .await?;
+    }
+    Ok(Some(tree.size()))
+}

@@ -1,0 +1,557 @@
+//! The writer task: the only code that extends the chain.
+//!
+//! It owns the chain head. Requests arrive on a channel; the writer takes as many as are
+//! waiting (up to a batch limit), and for the whole batch, in one transaction: checks each
+//! request's expected stream version, resolves each event's subject to its handle and data key
+//! (creating both for a new subject), assigns seqs, seals, hashes (sequential by nature), signs
+//! (spread over cores), inserts and commits. Only after the commit returns is any caller
+//! answered; if anything fails, every caller of the batch gets an error and nothing of it is
+//! visible. An erasure runs alone, in its own transaction, after the appends queued before it,
+//! so an append racing an erasure is either wholly before it (and erased) or wholly after it
+//! (under a fresh handle and key).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use rand::RngCore;
+use rayon::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+use super::erasure::{EraseError, EraseRequest};
+use super::{AppendError, AppendRequest, Appended, StageStats};
+use crate::checkpoint::Checkpoint;
+use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, SubjectIndexKey, seal};
+use crate::entry::{
+    Entry, EntryHash, EntryHeader, GENESIS_PREV_HASH, Seq, StreamId, SubjectHandle,
+};
+use crate::merkle::{CompactRange, MerkleHash, NodeId, decompose, leaf_hash};
+use crate::receipt::ReceiptJson;
+use crate::record::Record;
+use crate::store::{AppendTx, ChainHead, Store, StoreError, VaultRow};
+use crate::telemetry;
+use crate::timefmt::now_micros;
+use crate::vault::{Vault, VaultError};
+
+/// Below this many entries, signing on the writer's own thread beats fanning out.
+const PARALLEL_SIGN_MIN: usize = 32;
+
+pub(super) enum WriterMsg {
+    Append(Pending),
+    Erase(PendingErase),
+    /// Make a checkpoint if the log grew since the last one; answer with the newest.
+    Checkpoint(Option<oneshot::Sender<Result<Option<Checkpoint>, ()>>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Work that runs alone, in a transaction of its own, after the appends queued before it.
+enum Solo {
+    Erase(PendingErase),
+    Checkpoint(Option<oneshot::Sender<Result<Option<Checkpoint>, ()>>>),
+}
+
+pub(super) struct Pending {
+    pub request: AppendRequest,
+    pub reply: oneshot::Sender<Result<Appended, AppendError>>,
+}
+
+pub(super) struct PendingErase {
+    pub request: EraseRequest,
+    pub reply: oneshot::Sender<Result<ReceiptJson, EraseError>>,
+}
+
+/// Why a write transaction failed; it was rolled back.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WriteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// An entry with its seq and header fixed, waiting to be sealed, hashed and signed.
+pub(super) struct Draft {
+    pub header: EntryHeader,
+    pub data: Zeroizing<Vec<u8>>,
+    pub key_ref: KeyRef,
+    pub key: Arc<DataKey>,
+}
+
+/// Where the next entry goes: its seq, the hash it links to, and the earliest time it may carry
+/// (time never runs backwards along the chain, so time travel by timestamp is sound).
+pub(super) fn next_position(head: Option<ChainHead>) -> (Seq, EntryHash, i64) {
+    (
+        head.map_or(Seq(0), |h| h.seq.next()),
+        head.map_or(GENESIS_PREV_HASH, |h| h.entry_hash),
+        now_micros().max(head.map_or(i64::MIN, |h| h.recorded_at_micros)),
+    )
+}
+
+/// Subjects resolved within one transaction, and the keys it created.
+#[derive(Default)]
+struct SubjectKeys {
+    by_mac: HashMap<[u8; 32], (SubjectHandle, Arc<DataKey>)>,
+    created: Vec<(KeyRef, Arc<DataKey>)>,
+}
+
+pub(super) struct Writer {
+    pub store: Arc<dyn Store>,
+    pub vault: Arc<Vault>,
+    pub signing: Arc<LedgerSigningKey>,
+    pub index: Arc<SubjectIndexKey>,
+    pub max_batch_events: usize,
+    pub tombstone_ttl_micros: i64,
+    pub checkpoint_every: u64,
+    pub key_marked: bool,
+    pub stats: Arc<StageStats>,
+    /// Newly committed checkpoints go to the witness publisher.
+    pub published: Option<mpsc::UnboundedSender<Checkpoint>>,
+}
+
+impl Writer {
+    pub(super) async fn run(mut self, mut receiver: mpsc::Receiver<WriterMsg>) {
+        let mut shutdown_acks = Vec::new();
+        while let Some(first) = receiver.recv().await {
+            let mut batch = Vec::new();
+            let mut solo = None;
+            let mut events = 0;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    WriterMsg::Append(p) => {
+                        events += p.request.events.len();
+                        batch.push(p);
+                    }
+                    WriterMsg::Erase(e) => {
+                        // Runs alone, after the appends that were queued before it.
+                        solo = Some(Solo::Erase(e));
+                        break;
+                    }
+                    WriterMsg::Checkpoint(reply) => {
+                        solo = Some(Solo::Checkpoint(reply));
+                        break;
+                    }
+                    WriterMsg::Shutdown(ack) => {
+                        // Refuse new sends; what is already queued still gets committed.
+                        receiver.close();
+                        shutdown_acks.push(ack);
+                    }
+                }
+                if events < self.max_batch_events {
+                    next = receiver.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit_batch(batch).await;
+            }
+            match solo {
+                Some(Solo::Erase(e)) => {
+                    let result = self.erase(e.request).await;
+                    let _ = e.reply.send(result);
+                }
+                Some(Solo::Checkpoint(reply)) => {
+                    let result = self.checkpoint_now().await.map_err(|e| {
+                        tracing::error!(error = %e, "checkpoint rolled back");
+                    });
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+                None => {}
+            }
+        }
+        for ack in shutdown_acks {
+            let _ = ack.send(());
+        }
+    }
+
+    async fn commit_batch(&mut self, batch: Vec<Pending>) {
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut requests = Vec::with_capacity(batch.len());
+        for p in batch {
+            replies.push(p.reply);
+            requests.push(p.request);
+        }
+        match self.write_batch(requests).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "append batch rolled back");
+                metrics::counter!(telemetry::COMMIT_FAILURES).increment(1);
+                for reply in replies {
+                    let _ = reply.send(Err(AppendError::Unavailable(
+                        "the database refused the write".to_owned(),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The data key of the subject named by `identifier`, creating subject and key if new.
+    async fn subject_key(
+        &self,
+        tx: &mut dyn AppendTx,
+        keys: &mut SubjectKeys,
+        identifier: &str,
+    ) -> Result<(SubjectHandle, Arc<DataKey>), WriteError> {
+        let mac = self.index.index(identifier);
+        if let Some((h, k)) = keys.by_mac.get(&mac) {
+            return Ok((*h, Arc::clone(k)));
+        }
+        let (handle, key) = if let Some(handle) = tx.subject_handle(&mac).await? {
+            let key = self
+                .vault
+                .key(&KeyRef::Subject(handle))
+                .await?
+                .ok_or_else(|| {
+                    WriteError::Internal(format!(
+                        "subject {} is indexed but its key is missing",
+                        handle.to_hex()
+                    ))
+                })?;
+            (handle, key)
+        } else {
+            let mut id = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut id);
+            let handle = SubjectHandle(id);
+            let key = Arc::new(DataKey::generate());
+            let key_ref = KeyRef::Subject(handle);
+            let kek = self.vault.kek();
+            let row = VaultRow {
+                key_ref,
+                wrapped: kek.wrap(&key, &key_ref),
+                kek_id: kek.id().to_hex(),
+            };
+            tx.insert_subject(&mac, &handle, &row).await?;
+            keys.created.push((key_ref, Arc::clone(&key)));
+            (handle, key)
+        };
+        keys.by_mac.insert(mac, (handle, Arc::clone(&key)));
+        Ok((handle, key))
+    }
+
+    /// Runs one transaction for `requests`; returns one result per request, in order.
+    async fn write_batch(
+        &mut self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<Appended, AppendError>>, WriteError> {
+        let mut tx = self.store.begin_append().await?;
+        let head = tx.head().await?;
+        let (mut next_seq, prev_hash, recorded_at) = next_position(head);
+        let (system_ref, system_key) = self.vault.system_key();
+
+        let mut versions: HashMap<StreamId, Option<u64>> = HashMap::new();
+        let mut subjects = SubjectKeys::default();
+        let mut drafts = Vec::new();
+        let mut results = Vec::with_capacity(requests.len());
+        for req in requests {
+            let current = if let Some(v) = versions.get(&req.stream) {
+                *v
+            } else {
+                let v = tx.stream_version(&req.stream).await?;
+                versions.insert(req.stream.clone(), v);
+                v
+            };
+            if !req.expected.admits(current) {
+                results.push(Err(AppendError::VersionConflict {
+                    stream: req.stream,
+                    expected: req.expected,
+                    actual: current,
+                }));
+                continue;
+            }
+            let first_version = current.map_or(0, |v| v + 1);
+            let first_seq = next_seq;
+            let count = req.events.len() as u64;
+            for (i, ev) in (0u64..).zip(req.events) {
+                let (subject, key_ref, key) = match &ev.subject {
+                    None => (None, system_ref, Arc::clone(&system_key)),
+                    Some(identifier) => {
+                        let (handle, key) = self
+                            .subject_key(tx.as_mut(), &mut subjects, identifier)
+                            .await?;
+                        (Some(handle), KeyRef::Subject(handle), key)
+                    }
+                };
+                drafts.push(Draft {
+                    header: EntryHeader {
+                        seq: next_seq,
+                        stream_id: req.stream.clone(),
+                        stream_version: first_version + i,
+                        event_type: ev.event_type,
+                        schema_version: ev.schema_version,
+                        subject,
+                        recorded_at_micros: recorded_at,
+                        metadata: ev.metadata,
+                    },
+                    data: ev.data,
+                    key_ref,
+                    key,
+                });
+                next_seq = next_seq.next();
+            }
+            let last_version = first_version + count - 1;
+            versions.insert(req.stream, Some(last_version));
+            results.push(Ok(Appended {
+                first_seq,
+                last_seq: Seq(next_seq.0 - 1),
+                stream_version: last_version,
+                entries: (first_seq.0..next_seq.0)
+                    .map(|s| (Seq(s), EntryHash([0; 32])))
+                    .collect(),
+            }));
+        }
+        let conflicts = results.iter().filter(|r| r.is_err()).count() as u64;
+        metrics::counter!(telemetry::VERSION_CONFLICTS).increment(conflicts);
+        if drafts.is_empty() {
+            // Only conflicts: nothing to write, and the dropped transaction rolls back.
+            return Ok(results);
+        }
+
+        let records = self.build(drafts, prev_hash).await?;
+        let started = Instant::now();
+        let checkpoint = self.insert_records(tx.as_mut(), head, &records).await?;
+        tx.commit().await?;
+        self.key_marked = true;
+        if let Some(cp) = checkpoint {
+            self.publish(cp);
+        }
+        for (key_ref, key) in subjects.created {
+            self.vault.remember(key_ref, key);
+        }
+        record_commit_metrics(&records, started);
+        self.stats
+            .insert_ns
+            .fetch_add(elapsed_ns(started), Ordering::Relaxed);
+        self.stats
+            .entries
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        fill_hashes(&mut results, &records);
+        Ok(results)
+    }
+
+    /// Inserts records and the tree nodes they complete; signs and inserts a checkpoint if one
+    /// is due.
+    async fn insert_records(
+        &self,
+        tx: &mut dyn AppendTx,
+        head: Option<ChainHead>,
+        records: &[Record],
+    ) -> Result<Option<Checkpoint>, WriteError> {
+        // `head` was read under this transaction's lock: nobody has appended since.
+        let mut tree = load_tree(tx, head).await?;
+        let nodes = extend_tree(&mut tree, records);
+        tx.insert(records).await?;
+        tx.insert_merkle_nodes(&nodes).await?;
+        if !self.key_marked {
+            tx.mark_signing_key_used(&self.signing.key_id(), records[0].entry.header.seq)
+                .await?;
+        }
+        let last_checkpoint = tx.latest_checkpoint().await?.map_or(0, |c| c.tree_size);
+        if tree.size() - last_checkpoint < self.checkpoint_every {
+            return Ok(None);
+        }
+        let cp = self.sign_checkpoint(&tree, &records[records.len() - 1]);
+        tx.insert_checkpoint(&cp).await?;
+        Ok(Some(cp))
+    }
+
+    /// Seals, hashes and signs drafts on a blocking thread.
+    pub(super) async fn build(
+        &self,
+        drafts: Vec<Draft>,
+        prev_hash: EntryHash,
+    ) -> Result<Vec<Record>, WriteError> {
+        let signing = Arc::clone(&self.signing);
+        let stats = Arc::clone(&self.stats);
+        tokio::task::spawn_blocking(move || build_records(drafts, prev_hash, &signing, &stats))
+            .await
+            .map_err(|e| WriteError::Internal(format!("record builder failed: {e}")))
+    }
+}
+
+impl Writer {
+    /// Signs a checkpoint of `tree`, whose last entry is `last`.
+    pub(super) fn sign_checkpoint(&self, tree: &CompactRange, last: &Record) -> Checkpoint {
+        Checkpoint::sign(
+            &self.signing,
+            tree.size(),
+            tree.root(),
+            last.entry_hash,
+            last.entry.header.recorded_at_micros.max(now_micros()),
+        )
+    }
+
+    /// Hands a committed checkpoint to the witness publisher.
+    pub(super) fn publish(&self, cp: Checkpoint) {
+        metrics::counter!(telemetry::CHECKPOINTS).increment(1);
+        #[expect(clippy::cast_precision_loss, reason = "a tree size as a gauge value")]
+        metrics::gauge!(telemetry::CHECKPOINT_TREE_SIZE).set(cp.tree_size as f64);
+        if let Some(p) = &self.published {
+            let _ = p.send(cp);
+        }
+    }
+
+    /// Makes a checkpoint of the current head if the log grew since the last one.
+    async fn checkpoint_now(&mut self) -> Result<Option<Checkpoint>, WriteError> {
+        let mut tx = self.store.begin_append().await?;
+        let Some(head) = tx.head().await? else {
+            return Ok(None);
+        };
+        let latest = tx.latest_checkpoint().await?;
+        if latest
+            .as_ref()
+            .is_some_and(|c| c.tree_size == head.seq.0 + 1)
+        {
+            return Ok(latest);
+        }
+        let tree = load_tree(tx.as_mut(), Some(head)).await?;
+        let cp = Checkpoint::sign(
+            &self.signing,
+            tree.size(),
+            tree.root(),
+            head.entry_hash,
+            now_micros().max(head.recorded_at_micros),
+        );
+        tx.insert_checkpoint(&cp).await?;
+        tx.commit().await?;
+        self.publish(cp.clone());
+        Ok(Some(cp))
+    }
+}
+
+/// The right edge of the tree as of `head`, read from stored nodes under the transaction.
+pub(super) async fn load_tree(
+    tx: &mut dyn AppendTx,
+    head: Option<ChainHead>,
+) -> Result<CompactRange, WriteError> {
+    let Some(head) = head else {
+        return Ok(CompactRange::new());
+    };
+    let size = head.seq.0 + 1;
+    let ids = decompose(0, size);
+    let inner: Vec<NodeId> = ids.iter().filter(|id| id.level > 0).copied().collect();
+    let stored = tx.merkle_nodes(&inner).await?;
+    let hashes = ids
+        .iter()
+        .map(|id| {
+            if id.level == 0 {
+                // The only leaf on the right edge is the head itself.
+                Some(leaf_hash(&head.entry_hash.0))
+            } else {
+                stored.get(id).copied()
+            }
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            WriteError::Internal(format!(
+                "the stored Merkle tree is incomplete at size {size}"
+            ))
+        })?;
+    CompactRange::from_hashes(size, &hashes).map_err(|e| WriteError::Internal(e.to_string()))
+}
+
+/// Appends `records` as leaves; returns the perfect subtrees of height >= 1 they complete.
+pub(super) fn extend_tree(
+    tree: &mut CompactRange,
+    records: &[Record],
+) -> Vec<(NodeId, MerkleHash)> {
+    let mut nodes = Vec::with_capacity(records.len() + 8);
+    for r in records {
+        tree.append(leaf_hash(&r.entry_hash.0), |id, hash| {
+            if id.level > 0 {
+                nodes.push((id, hash));
+            }
+        });
+    }
+    nodes
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counts and seqs as metric samples"
+)]
+fn record_commit_metrics(records: &[Record], started: Instant) {
+    metrics::counter!(telemetry::EVENTS_APPENDED).increment(records.len() as u64);
+    metrics::counter!(telemetry::COMMITS).increment(1);
+    metrics::histogram!(telemetry::COMMIT_BATCH_EVENTS).record(records.len() as f64);
+    metrics::histogram!(telemetry::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+    if let Some(last) = records.last() {
+        metrics::gauge!(telemetry::HEAD_SEQ).set(last.entry.header.seq.0 as f64);
+    }
+}
+
+/// Fills in each acknowledged entry's hash, now that it exists; records are in seq order.
+fn fill_hashes(results: &mut [Result<Appended, AppendError>], records: &[Record]) {
+    let base = records[0].entry.header.seq.0;
+    for appended in results.iter_mut().flatten() {
+        for (seq, hash) in &mut appended.entries {
+            let idx = usize::try_from(seq.0 - base).unwrap_or(usize::MAX);
+            if let Some(r) = records.get(idx) {
+                *hash = r.entry_hash;
+            }
+        }
+    }
+}
+
+pub(super) fn elapsed_ns(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Seals, hashes and signs drafts that continue a chain whose last hash is `prev_hash`.
+fn build_records(
+    drafts: Vec<Draft>,
+    mut prev_hash: EntryHash,
+    signing: &LedgerSigningKey,
+    stats: &StageStats,
+) -> Vec<Record> {
+    let parallel = drafts.len() >= PARALLEL_SIGN_MIN;
+    let t = Instant::now();
+    let seal_one = |d: &Draft| seal(&d.key, &d.key_ref, &d.header.payload_aad(), &d.data);
+    let sealed: Vec<_> = if parallel {
+        drafts.par_iter().map(seal_one).collect()
+    } else {
+        drafts.iter().map(seal_one).collect()
+    };
+    stats.seal_ns.fetch_add(elapsed_ns(t), Ordering::Relaxed);
+
+    // The chain is sequential by nature: each hash covers the one before.
+    let t = Instant::now();
+    let mut chained = Vec::with_capacity(drafts.len());
+    for (draft, payload) in drafts.into_iter().zip(sealed) {
+        let entry = Entry {
+            header: draft.header,
+            payload_digest: payload.digest(),
+            prev_hash,
+        };
+        let entry_hash = entry.hash();
+        prev_hash = entry_hash;
+        chained.push((entry, payload, entry_hash));
+    }
+    stats.hash_ns.fetch_add(elapsed_ns(t), Ordering::Relaxed);
+
+    let t = Instant::now();
+    let key_id = signing.key_id();
+    let make = |(entry, payload, entry_hash): (Entry, _, EntryHash)| Record {
+        entry,
+        payload: Some(payload),
+        signature: signing.sign_entry(&entry_hash),
+        entry_hash,
+        key_id,
+    };
+    let records: Vec<Record> = if parallel {
+        chained.into_par_iter().map(make).collect()
+    } else {
+        chained.into_iter().map(make).collect()
+    };
+    stats.sign_ns.fetch_add(elapsed_ns(t), Ordering::Relaxed);
+    records
+}

@@ -1,0 +1,109 @@
+//! Erasure receipts: what the service signs when it destroys a subject's key. Pure: no I/O.
+//!
+//! ```text
+//! message = "auditledger/erasure-receipt/v1\0"
+//!           || subject_handle (16) || i64 erased_at (µs) || u64 erasure_seq
+//!           || erasure_entry_hash (32) || str request_ref
+//! signature = Ed25519-Sign(signing key, message)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::CheckpointJson;
+use crate::crypto::{KeyId, LedgerSigningKey, PublicKey, Signature, SignatureError};
+use crate::entry::{EntryHash, Seq, SubjectHandle};
+
+/// Domain separation for the receipt signature.
+pub const RECEIPT_DOMAIN: &[u8] = b"auditledger/erasure-receipt/v1\0";
+
+/// The facts an erasure receipt attests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptFacts {
+    /// The erased subject's handle.
+    pub subject_handle: SubjectHandle,
+    /// When the key was destroyed, µs since the Unix epoch.
+    pub erased_at_micros: i64,
+    /// Seq of the `SubjectErased` entry.
+    pub erasure_seq: Seq,
+    /// Hash of the `SubjectErased` entry.
+    pub erasure_entry_hash: EntryHash,
+    /// The caller's reference for the request (a ticket number).
+    pub request_ref: String,
+}
+
+impl ReceiptFacts {
+    /// The signed message.
+    #[must_use]
+    pub fn message(&self) -> Vec<u8> {
+        let mut m = RECEIPT_DOMAIN.to_vec();
+        m.extend_from_slice(&self.subject_handle.0);
+        m.extend_from_slice(&self.erased_at_micros.to_be_bytes());
+        m.extend_from_slice(&self.erasure_seq.0.to_be_bytes());
+        m.extend_from_slice(&self.erasure_entry_hash.0);
+        let len = u32::try_from(self.request_ref.len()).unwrap_or(u32::MAX);
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend_from_slice(self.request_ref.as_bytes());
+        m
+    }
+
+    /// Signs the facts.
+    #[must_use]
+    pub fn sign(&self, key: &LedgerSigningKey) -> (KeyId, Signature) {
+        (key.key_id(), key.sign_message(&self.message()))
+    }
+
+    /// Checks a signature over the facts, by the rule every signature here is checked by.
+    pub fn verify(&self, key: &PublicKey, signature: &Signature) -> Result<(), SignatureError> {
+        key.verify_message(&self.message(), signature)
+    }
+}
+
+/// A receipt as the API returns it (hex and RFC 3339 on the wire).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptJson {
+    /// Subject handle, 32 hex digits.
+    pub subject_handle: String,
+    /// RFC 3339, UTC, microseconds.
+    pub erased_at: String,
+    /// Seq of the `SubjectErased` entry.
+    pub erasure_seq: u64,
+    /// Its entry hash, hex.
+    pub erasure_entry_hash: String,
+    /// The caller's request reference.
+    pub request_ref: String,
+    /// Signing key id, hex.
+    pub key_id: String,
+    /// Ed25519 signature over the receipt message, hex.
+    pub signature: String,
+    /// A checkpoint whose tree includes the erasure entry (its last leaf).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointJson>,
+    /// Inclusion proof of the erasure entry in that checkpoint's tree, hex, bottom-up.
+    #[serde(default)]
+    pub inclusion_proof: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_signature_binds_every_fact() {
+        let key = LedgerSigningKey::generate();
+        let facts = ReceiptFacts {
+            subject_handle: SubjectHandle([1; 16]),
+            erased_at_micros: 5,
+            erasure_seq: Seq(9),
+            erasure_entry_hash: EntryHash([2; 32]),
+            request_ref: "DSR-1".to_owned(),
+        };
+        let (_, sig) = facts.sign(&key);
+        assert!(facts.verify(&key.public_key(), &sig).is_ok());
+        let mut other = facts.clone();
+        other.erasure_seq = Seq(10);
+        assert!(other.verify(&key.public_key(), &sig).is_err());
+        let mut other = facts;
+        other.request_ref = "DSR-2".to_owned();
+        assert!(other.verify(&key.public_key(), &sig).is_err());
+    }
+}

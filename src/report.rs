@@ -1,0 +1,146 @@
+//! The signed verification report of `GET /v1/audit/verify`. Pure: no I/O.
+//!
+//! ```text
+//! message = "auditledger/audit-report/v1\0"
+//!           || u64 from_seq || u8 has_to || u64 to_seq (0 if none)
+//!           || u64 entries_checked || u64 checkpoints_checked || u8 ok
+//!           || u8 has_failure [|| u64 seq || str kind || str detail]
+//!           || i64 verified_at (µs)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{LedgerSigningKey, PublicKey, Signature, SignatureError};
+use crate::timefmt::{format_micros, parse_rfc3339};
+use crate::verify::Failure;
+
+/// Domain separation for the report signature.
+pub const REPORT_DOMAIN: &[u8] = b"auditledger/audit-report/v1\0";
+
+/// What a verification run found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditReport {
+    /// First seq checked.
+    pub from_seq: u64,
+    /// Last seq checked (inclusive), if any.
+    pub to_seq: Option<u64>,
+    /// Entries that passed.
+    pub entries_checked: u64,
+    /// Checkpoints that passed.
+    pub checkpoints_checked: u64,
+    /// The first failure, if any.
+    pub first_failure: Option<Failure>,
+    /// When, µs since the Unix epoch.
+    pub verified_at_micros: i64,
+}
+
+fn put_str(m: &mut Vec<u8>, s: &str) {
+    m.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+    m.extend_from_slice(s.as_bytes());
+}
+
+impl AuditReport {
+    /// The signed message.
+    #[must_use]
+    pub fn message(&self) -> Vec<u8> {
+        let mut m = REPORT_DOMAIN.to_vec();
+        m.extend_from_slice(&self.from_seq.to_be_bytes());
+        m.push(u8::from(self.to_seq.is_some()));
+        m.extend_from_slice(&self.to_seq.unwrap_or(0).to_be_bytes());
+        m.extend_from_slice(&self.entries_checked.to_be_bytes());
+        m.extend_from_slice(&self.checkpoints_checked.to_be_bytes());
+        m.push(u8::from(self.first_failure.is_none()));
+        match &self.first_failure {
+            None => m.push(0),
+            Some(f) => {
+                m.push(1);
+                m.extend_from_slice(&f.seq.0.to_be_bytes());
+                put_str(&mut m, f.kind.as_str());
+                put_str(&mut m, &f.detail);
+            }
+        }
+        m.extend_from_slice(&self.verified_at_micros.to_be_bytes());
+        m
+    }
+
+    /// Signs the report.
+    #[must_use]
+    pub fn sign(&self, key: &LedgerSigningKey) -> SignedReport {
+        let signature = key.sign_message(&self.message());
+        SignedReport {
+            from_seq: self.from_seq,
+            to_seq: self.to_seq,
+            entries_checked: self.entries_checked,
+            checkpoints_checked: self.checkpoints_checked,
+            ok: self.first_failure.is_none(),
+            first_failure: self.first_failure.as_ref().map(|f| FailureJson {
+                seq: f.seq.0,
+                kind: f.kind.as_str().to_owned(),
+                detail: f.detail.clone(),
+            }),
+            verified_at: format_micros(self.verified_at_micros),
+            key_id: key.key_id().to_hex(),
+            signature: signature.to_hex(),
+        }
+    }
+}
+
+/// The first failure, on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct FailureJson {
+    /// Position of the bad entry.
+    pub seq: u64,
+    /// What is wrong (docs/FORMAT.md §5 names every kind).
+    pub kind: String,
+    /// A sentence for a person.
+    pub detail: String,
+}
+
+/// A signed report, on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct SignedReport {
+    /// First seq checked.
+    pub from_seq: u64,
+    /// Last seq checked, or null if the range held no entry.
+    pub to_seq: Option<u64>,
+    /// Entries that passed.
+    pub entries_checked: u64,
+    /// Checkpoints that passed.
+    pub checkpoints_checked: u64,
+    /// Whether everything held.
+    pub ok: bool,
+    /// The first failure, or null.
+    pub first_failure: Option<FailureJson>,
+    /// RFC 3339, UTC, µs.
+    pub verified_at: String,
+    /// Signing key id.
+    pub key_id: String,
+    /// Ed25519 signature over the report message, hex.
+    pub signature: String,
+}
+
+impl SignedReport {
+    /// Checks the report's signature under `key`.
+    pub fn verify(&self, key: &PublicKey) -> Result<(), SignatureError> {
+        let failure = match &self.first_failure {
+            None => None,
+            Some(f) => Some(Failure {
+                seq: crate::entry::Seq(f.seq),
+                kind: crate::verify::FailureKind::parse(&f.kind).ok_or(SignatureError::Invalid)?,
+                detail: f.detail.clone(),
+            }),
+        };
+        let report = AuditReport {
+            from_seq: self.from_seq,
+            to_seq: self.to_seq,
+            entries_checked: self.entries_checked,
+            checkpoints_checked: self.checkpoints_checked,
+            first_failure: failure,
+            verified_at_micros: parse_rfc3339(&self.verified_at).ok_or(SignatureError::Invalid)?,
+        };
+        let sig = Signature::from_hex(&self.signature)?;
+        key.verify_message(&report.message(), &sig)
+    }
+}

@@ -1,0 +1,456 @@
+//! Storage: the [`Store`] trait the rest of the service talks to, and one implementation per
+//! backend. Only this module knows SQL.
+
+mod postgres;
+mod sqlite;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use crate::checkpoint::Checkpoint;
+use crate::crypto::{KekId, KeyId, KeyRef, PublicKey, SealedPayload, Signature, WrappedKey};
+use crate::entry::{
+    Entry, EntryHash, EntryHeader, EventType, Metadata, PayloadDigest, Seq, StreamId, SubjectHandle,
+};
+use crate::merkle::{MerkleHash, NodeId};
+use crate::record::Record;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A row that does not decode (tampered or corrupt).
+    #[error(transparent)]
+    Malformed(#[from] MalformedRow),
+    /// A unique key refused an insert: another writer took the same position.
+    #[error("conflicting write: {0}")]
+    Conflict(String),
+}
+
+/// A stored row that does not decode into a record: evidence of tampering or corruption.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("row at seq {seq} is malformed: {what}")]
+pub struct MalformedRow {
+    /// The row's seq column.
+    pub seq: Seq,
+    /// Which field is wrong.
+    pub what: String,
+}
+
+/// The last entry of the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Its seq.
+    pub seq: Seq,
+    /// Its hash, which the next entry links to.
+    pub entry_hash: EntryHash,
+    /// Its time, which the next entry's time must not precede.
+    pub recorded_at_micros: i64,
+}
+
+/// A wrapped data key as kept in the vault.
+#[derive(Clone, Debug)]
+pub struct VaultRow {
+    /// Which key.
+    pub key_ref: KeyRef,
+    /// The key, wrapped under a KEK.
+    pub wrapped: WrappedKey,
+    /// Which KEK.
+    pub kek_id: String,
+}
+
+/// A published signing key.
+#[derive(Clone, Debug)]
+pub struct SigningKeyRow {
+    /// Its id.
+    pub key_id: KeyId,
+    /// The public key.
+    pub public_key: PublicKey,
+    /// The first entry it signed, if any.
+    pub first_seq: Option<Seq>,
+}
+
+/// Raw column values of one `entries` row, before decoding.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EntryRow {
+    seq: i64,
+    stream_id: String,
+    stream_version: i64,
+    event_type: String,
+    schema_version: i64,
+    subject: Option<Vec<u8>>,
+    recorded_at: i64,
+    metadata: String,
+    payload: Option<Vec<u8>>,
+    payload_digest: Vec<u8>,
+    prev_hash: Vec<u8>,
+    entry_hash: Vec<u8>,
+    signature: Vec<u8>,
+    key_id: String,
+    erased: bool,
+}
+
+/// Columns of `entries`, in `EntryRow` order.
+pub(crate) const ENTRY_COLUMNS: &str = "seq, stream_id, stream_version, event_type, \
+    schema_version, subject, recorded_at, metadata, payload, payload_digest, prev_hash, \
+    entry_hash, signature, key_id";
+
+/// What reads select: the columns plus whether the entry's subject has been erased. Asking
+/// the database, not a per-process cache, keeps every instance in agreement after an erasure.
+pub(crate) const ENTRY_SELECT: &str = "seq, stream_id, stream_version, event_type, \
+    schema_version, subject, recorded_at, metadata, payload, payload_digest, prev_hash, \
+    entry_hash, signature, key_id, \
+    EXISTS (SELECT 1 FROM erased_subjects es WHERE es.handle = entries.subject) AS erased";
+
+impl EntryRow {
+    /// Whether the entry's subject has been erased (its data key destroyed).
+    #[must_use]
+    pub fn erased(&self) -> bool {
+        self.erased
+    }
+
+    /// Decodes the row; any column out of shape is reported with the row's seq.
+    pub fn into_record(self) -> Result<Record, MalformedRow> {
+        let seq = Seq(u64::try_from(self.seq).unwrap_or(u64::MAX));
+        let bad = |what: &str| MalformedRow {
+            seq,
+            what: what.to_owned(),
+        };
+        let header = EntryHeader {
+            seq,
+            stream_id: StreamId::parse(&self.stream_id).map_err(|_| bad("stream_id"))?,
+            stream_version: u64::try_from(self.stream_version)
+                .map_err(|_| bad("stream_version"))?,
+            event_type: EventType::parse(&self.event_type).map_err(|_| bad("event_type"))?,
+            schema_version: u32::try_from(self.schema_version)
+                .map_err(|_| bad("schema_version"))?,
+            subject: self
+                .subject
+                .map(|s| SubjectHandle::from_slice(&s))
+                .transpose()
+                .map_err(|_| bad("subject"))?,
+            recorded_at_micros: self.recorded_at,
+            metadata: serde_json::from_str::<Metadata>(&self.metadata)
+                .map_err(|_| bad("metadata"))?,
+        };
+        Ok(Record {
+            entry: Entry {
+                header,
+                payload_digest: PayloadDigest::from_slice(&self.payload_digest)
+                    .map_err(|_| bad("payload_digest"))?,
+                prev_hash: EntryHash::from_slice(&self.prev_hash).map_err(|_| bad("prev_hash"))?,
+            },
+            payload: self.payload.map(SealedPayload),
+            entry_hash: EntryHash::from_slice(&self.entry_hash).map_err(|_| bad("entry_hash"))?,
+            signature: Signature::from_slice(&self.signature).map_err(|_| bad("signature"))?,
+            key_id: KeyId::from_hex(&self.key_id).map_err(|_| bad("key_id"))?,
+        })
+    }
+}
+
+/// A stored erasure tombstone.
+#[derive(Clone, Debug)]
+pub struct Tombstone {
+    /// The receipt as first returned, JSON.
+    pub receipt: String,
+}
+
+/// Storage of the ledger. One implementation per database backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Opens a write transaction that holds the ledger head: no other writer can append until
+    /// it commits or is dropped (which rolls it back).
+    async fn begin_append(&self) -> Result<Box<dyn AppendTx>, StoreError>;
+
+    /// The last entry, if any.
+    async fn head(&self) -> Result<Option<ChainHead>, StoreError>;
+
+    /// Up to `limit` rows with `seq >= from`, in order, optionally no further than `to`.
+    async fn read_global(
+        &self,
+        from: Seq,
+        to: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<EntryRow>, StoreError>;
+
+    /// Up to `limit` rows of one stream with `stream_version >= from_version`, in order.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: u32,
+    ) -> Result<Vec<EntryRow>, StoreError>;
+
+    /// The wrapped data key for `key_ref`, if the vault holds it.
+    async fn vault_key(&self, key_ref: &KeyRef) -> Result<Option<VaultRow>, StoreError>;
+
+    /// The system data key's row, if one was created.
+    async fn system_key(&self) -> Result<Option<VaultRow>, StoreError>;
+
+    /// Stores a wrapped data key; `false` if a key with that reference already exists.
+    async fn insert_vault_key(&self, row: &VaultRow, kek_id: &KekId) -> Result<bool, StoreError>;
+
+    /// Every published signing key.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError>;
+
+    /// Publishes a signing key (no-op if already published).
+    async fn publish_signing_key(&self, key: &PublicKey) -> Result<(), StoreError>;
+
+    /// Up to `limit` rows of one subject with `seq >= from`, in order.
+    async fn read_subject(
+        &self,
+        handle: &SubjectHandle,
+        from: Seq,
+        limit: u32,
+    ) -> Result<Vec<EntryRow>, StoreError>;
+
+    /// The handle indexed under `index_mac`, if the subject is live.
+    async fn subject_handle(
+        &self,
+        index_mac: &[u8; 32],
+    ) -> Result<Option<SubjectHandle>, StoreError>;
+
+    /// Deletes tombstones that expired before `now_micros`; returns how many.
+    async fn purge_tombstones(&self, now_micros: i64) -> Result<u64, StoreError>;
+
+    /// After an erasure: moves the WAL's contents into the database and truncates the WAL, so
+    /// old copies of destroyed rows do not linger there. Best effort.
+    async fn compact_after_erasure(&self) -> Result<(), StoreError>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Hashes of the given perfect subtrees (leaves computed from `entries`); absent ids are
+    /// not in the map.
+    async fn merkle_nodes(&self, ids: &[NodeId])
+    -> Result<HashMap<NodeId, MerkleHash>, StoreError>;
+
+    /// Stores perfect-subtree hashes of height >= 1 (rebuilding the tree of an older ledger).
+    async fn insert_merkle_nodes(&self, nodes: &[(NodeId, MerkleHash)]) -> Result<(), StoreError>;
+
+    /// The newest checkpoint.
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// Up to `limit` checkpoints with `from_size <= tree_size <= to_size`, oldest first.
+    async fn checkpoints(
+        &self,
+        from_size: u64,
+        to_size: u64,
+        limit: u32,
+    ) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// Data keys that exist although their subject was erased: `(handle, erasure_seq)`.
+    async fn restored_erased_keys(&self) -> Result<Vec<(SubjectHandle, Seq)>, StoreError>;
+
+    /// Vault rows not wrapped under `kek_id`, up to `limit` (for KEK rotation).
+    async fn vault_rows_not_under(
+        &self,
+        kek_id: &str,
+        limit: u32,
+    ) -> Result<Vec<VaultRow>, StoreError>;
+
+    /// How many vault rows are not wrapped under `kek_id`.
+    async fn count_vault_rows_not_under(&self, kek_id: &str) -> Result<u64, StoreError>;
+
+    /// Replaces wrapped keys in one transaction (for KEK rotation).
+    async fn rewrap_vault_rows(&self, rows: &[VaultRow]) -> Result<(), StoreError>;
+
+    /// Closes connections (SQLite also checkpoints its WAL).
+    async fn close(&self);
+}
+
+/// A write transaction holding the ledger head.
+#[async_trait]
+pub trait AppendTx: Send {
+    /// The last entry, read under the transaction's lock.
+    async fn head(&mut self) -> Result<Option<ChainHead>, StoreError>;
+
+    /// The version of the last event in `stream`, if it has any.
+    async fn stream_version(&mut self, stream: &StreamId) -> Result<Option<u64>, StoreError>;
+
+    /// Inserts records, which continue the head in order.
+    async fn insert(&mut self, records: &[Record]) -> Result<(), StoreError>;
+
+    /// The handle indexed under `index_mac`, if the subject is live.
+    async fn subject_handle(
+        &mut self,
+        index_mac: &[u8; 32],
+    ) -> Result<Option<SubjectHandle>, StoreError>;
+
+    /// Creates a subject: its index row and its wrapped data key.
+    async fn insert_subject(
+        &mut self,
+        index_mac: &[u8; 32],
+        handle: &SubjectHandle,
+        key: &VaultRow,
+    ) -> Result<(), StoreError>;
+
+    /// Destroys a subject's data key and index row; records the handle as erased.
+    async fn erase_subject(
+        &mut self,
+        index_mac: &[u8; 32],
+        handle: &SubjectHandle,
+        erasure_seq: Seq,
+        erased_at_micros: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The unexpired tombstone under `tombstone_mac`, if any.
+    async fn tombstone(
+        &mut self,
+        tombstone_mac: &[u8; 32],
+        now_micros: i64,
+    ) -> Result<Option<Tombstone>, StoreError>;
+
+    /// Stores a tombstone until `expires_at_micros`.
+    async fn insert_tombstone(
+        &mut self,
+        tombstone_mac: &[u8; 32],
+        receipt: &str,
+        expires_at_micros: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Hashes of the given perfect subtrees, read under the transaction.
+    async fn merkle_nodes(
+        &mut self,
+        ids: &[NodeId],
+    ) -> Result<HashMap<NodeId, MerkleHash>, StoreError>;
+
+    /// Stores perfect-subtree hashes of height >= 1.
+    async fn insert_merkle_nodes(
+        &mut self,
+        nodes: &[(NodeId, MerkleHash)],
+    ) -> Result<(), StoreError>;
+
+    /// The newest checkpoint, read under the transaction.
+    async fn latest_checkpoint(&mut self) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// Stores a checkpoint.
+    async fn insert_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+
+    /// Marks `key_id` as having signed from `first_seq` on, if not already marked.
+    async fn mark_signing_key_used(
+        &mut self,
+        key_id: &KeyId,
+        first_seq: Seq,
+    ) -> Result<(), StoreError>;
+
+    /// Commits durably; only after this returns may any caller be acknowledged.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// Raw columns of a `checkpoints` row.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CheckpointRow {
+    tree_size: i64,
+    root_hash: Vec<u8>,
+    last_entry_hash: Vec<u8>,
+    timestamp: i64,
+    key_id: String,
+    signature: Vec<u8>,
+}
+
+/// Columns of `checkpoints`, in `CheckpointRow` order.
+pub(crate) const CHECKPOINT_COLUMNS: &str =
+    "tree_size, root_hash, last_entry_hash, timestamp, key_id, signature";
+
+impl CheckpointRow {
+    /// Decodes the row.
+    pub fn into_checkpoint(self) -> Result<Checkpoint, MalformedRow> {
+        let size = u64::try_from(self.tree_size).unwrap_or(0);
+        let bad = |what: &str| MalformedRow {
+            seq: Seq(size.saturating_sub(1)),
+            what: format!("checkpoints.{what}"),
+        };
+        Ok(Checkpoint {
+            tree_size: size,
+            root_hash: MerkleHash(
+                self.root_hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("root_hash"))?,
+            ),
+            last_entry_hash: EntryHash::from_slice(&self.last_entry_hash)
+                .map_err(|_| bad("last_entry_hash"))?,
+            timestamp_micros: self.timestamp,
+            key_id: KeyId::from_hex(&self.key_id).map_err(|_| bad("key_id"))?,
+            signature: Signature::from_slice(&self.signature).map_err(|_| bad("signature"))?,
+        })
+    }
+}
+
+// Decoding shared by both backends: the SQL differs per backend, what comes back does not.
+
+/// A `u64` position as the databases store it (signed 64-bit).
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored signed 64-bit position back as `u64` (negative values cannot be stored: CHECKs).
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn malformed(seq: Seq, what: &str) -> StoreError {
+    StoreError::Malformed(MalformedRow {
+        seq,
+        what: what.to_owned(),
+    })
+}
+
+/// A `data_keys` row.
+pub(crate) fn vault_row(
+    key_ref: &[u8],
+    wrapped: Vec<u8>,
+    kek_id: String,
+) -> Result<VaultRow, StoreError> {
+    Ok(VaultRow {
+        key_ref: KeyRef::from_bytes(key_ref).map_err(|_| malformed(Seq(0), "data_keys.key_ref"))?,
+        wrapped: WrappedKey(wrapped),
+        kek_id,
+    })
+}
+
+/// A `signing_keys` row.
+pub(crate) fn signing_key_row(
+    key_id: &str,
+    public_key: &[u8],
+    first_seq: Option<i64>,
+) -> Result<SigningKeyRow, StoreError> {
+    Ok(SigningKeyRow {
+        key_id: KeyId::from_hex(key_id).map_err(|_| malformed(Seq(0), "signing_keys.key_id"))?,
+        public_key: PublicKey::from_bytes(public_key)
+            .map_err(|_| malformed(Seq(0), "signing_keys.public_key"))?,
+        first_seq: first_seq.map(|f| Seq(to_u64(f))),
+    })
+}
+
+/// An `erased_subjects` row joined to a `data_keys` row that should not exist.
+pub(crate) fn restored_key_row(
+    handle: &[u8],
+    erasure_seq: i64,
+) -> Result<(SubjectHandle, Seq), StoreError> {
+    let seq = Seq(to_u64(erasure_seq));
+    SubjectHandle::from_slice(handle)
+        .map(|h| (h, seq))
+        .map_err(|_| malformed(seq, "erased_subjects.handle"))
+}
+
+/// An insert's error: a unique-key violation means another writer took the position.
+pub(crate) fn insert_error(e: sqlx::Error) -> StoreError {
+    if e.as_database_error()
+        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
+    {
+        StoreError::Conflict(e.to_string())
+    } else {
+        StoreError::Database(e)
+    }
+}

@@ -1,0 +1,688 @@
+//! PostgreSQL: production storage, shared by any number of service instances.
+//!
+//! Appends from every instance serialize on one transaction-scoped advisory lock taken first
+//! in each append transaction, so the head is read, extended and committed by one writer at a
+//! time across the whole cluster and the chain cannot fork; the unique keys on `seq` and
+//! `(stream_id, stream_version)` would refuse a fork even if the lock were bypassed. Each
+//! instance keeps its own group commit. Bulk inserts use `INSERT … SELECT * FROM UNNEST(…)`.
+//! Durability is PostgreSQL's: a commit returns once its WAL is flushed (`synchronous_commit`
+//! on, the default; docs/OPERATIONS.md).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
+
+use super::{
+    AppendTx, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS, ENTRY_SELECT, EntryRow,
+    MalformedRow, SigningKeyRow, Store, StoreError, Tombstone, VaultRow, insert_error,
+    restored_key_row, signing_key_row, to_i64, to_u64, vault_row,
+};
+use crate::checkpoint::Checkpoint;
+use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
+use crate::entry::{EntryHash, Seq, StreamId, SubjectHandle};
+use crate::merkle::{MerkleHash, NodeId, leaf_hash};
+use crate::record::Record;
+use crate::timefmt::now_micros;
+
+/// Advisory lock that serializes appends across instances ("auditled" in ASCII).
+const LEDGER_LOCK: i64 = 0x6175_6469_746c_6564;
+/// Advisory lock that running servers hold shared and `rotate-kek` takes exclusive.
+const SERVE_LOCK: i64 = 0x6175_6469_746b_656b;
+/// Rows per UNNEST insert.
+const INSERT_CHUNK_ROWS: usize = 5000;
+
+/// The PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn malformed(seq: Seq, what: &str) -> StoreError {
+    StoreError::Malformed(MalformedRow {
+        seq,
+        what: what.to_owned(),
+    })
+}
+
+impl PostgresStore {
+    /// Connects with a pool of `pool_size` connections and applies pending migrations.
+    pub async fn open(url: &str, pool_size: u32) -> Result<PostgresStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("auditledger");
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Holds the shared "a server is running" lock for as long as the returned connection
+    /// lives, so that `rotate-kek` can tell.
+    pub async fn hold_serve_lock(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<Postgres>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock_shared($1)")
+            .bind(SERVE_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        Ok(conn)
+    }
+
+    /// Takes the exclusive "no server is running" lock, or says a server holds it.
+    pub async fn try_exclusive_serve_lock(
+        &self,
+    ) -> Result<Option<sqlx::pool::PoolConnection<Postgres>>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SERVE_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(got.then_some(conn))
+    }
+}
+
+async fn head_on(conn: &mut PgConnection) -> Result<Option<ChainHead>, StoreError> {
+    let row =
+        sqlx::query("SELECT seq, entry_hash, recorded_at FROM entries ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(row) = row else { return Ok(None) };
+    let seq = Seq(to_u64(row.try_get("seq")?));
+    let hash: Vec<u8> = row.try_get("entry_hash")?;
+    Ok(Some(ChainHead {
+        seq,
+        entry_hash: EntryHash::from_slice(&hash).map_err(|_| malformed(seq, "entry_hash"))?,
+        recorded_at_micros: row.try_get("recorded_at")?,
+    }))
+}
+
+async fn subject_handle_on(
+    conn: &mut PgConnection,
+    index_mac: &[u8; 32],
+) -> Result<Option<SubjectHandle>, StoreError> {
+    let h: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT handle FROM subject_index WHERE index_mac = $1")
+            .bind(index_mac.to_vec())
+            .fetch_optional(&mut *conn)
+            .await?;
+    h.map(|h| SubjectHandle::from_slice(&h).map_err(|_| malformed(Seq(0), "subject_index.handle")))
+        .transpose()
+}
+
+async fn merkle_nodes_on(
+    conn: &mut PgConnection,
+    ids: &[NodeId],
+) -> Result<HashMap<NodeId, MerkleHash>, StoreError> {
+    let mut out = HashMap::with_capacity(ids.len());
+    let leaf_seqs: Vec<i64> = ids
+        .iter()
+        .filter(|i| i.level == 0)
+        .map(|i| to_i64(i.index))
+        .collect();
+    let (node_levels, node_indexes): (Vec<i32>, Vec<i64>) = ids
+        .iter()
+        .filter(|i| i.level > 0)
+        .map(|i| (i32::from(i.level), to_i64(i.index)))
+        .unzip();
+    if !leaf_seqs.is_empty() {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, entry_hash FROM entries WHERE seq = ANY($1)")
+                .bind(&leaf_seqs)
+                .fetch_all(&mut *conn)
+                .await?;
+        for (seq, hash) in rows {
+            out.insert(
+                NodeId {
+                    level: 0,
+                    index: to_u64(seq),
+                },
+                leaf_hash(&hash),
+            );
+        }
+    }
+    if !node_levels.is_empty() {
+        let rows: Vec<(i32, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT m.level, m.idx, m.hash FROM merkle_nodes m \
+             JOIN UNNEST($1::int[], $2::bigint[]) AS q(level, idx) ON m.level = q.level AND m.idx = q.idx",
+        )
+        .bind(&node_levels)
+        .bind(&node_indexes)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (level, idx, hash) in rows {
+            let hash = <[u8; 32]>::try_from(hash.as_slice())
+                .map_err(|_| malformed(Seq(0), &format!("merkle_nodes({level}, {idx})")))?;
+            out.insert(
+                NodeId {
+                    level: u8::try_from(level).unwrap_or(0),
+                    index: to_u64(idx),
+                },
+                MerkleHash(hash),
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn insert_merkle_nodes_on(
+    conn: &mut PgConnection,
+    nodes: &[(NodeId, MerkleHash)],
+) -> Result<(), StoreError> {
+    for chunk in nodes.chunks(INSERT_CHUNK_ROWS) {
+        let levels: Vec<i32> = chunk.iter().map(|(id, _)| i32::from(id.level)).collect();
+        let idxs: Vec<i64> = chunk.iter().map(|(id, _)| to_i64(id.index)).collect();
+        let hashes: Vec<Vec<u8>> = chunk.iter().map(|(_, h)| h.0.to_vec()).collect();
+        sqlx::query(
+            "INSERT INTO merkle_nodes (level, idx, hash) \
+             SELECT * FROM UNNEST($1::int[], $2::bigint[], $3::bytea[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&levels)
+        .bind(&idxs)
+        .bind(&hashes)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn latest_checkpoint_on(conn: &mut PgConnection) -> Result<Option<Checkpoint>, StoreError> {
+    let sql =
+        format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY tree_size DESC LIMIT 1");
+    let row: Option<CheckpointRow> = sqlx::query_as(&sql).fetch_optional(&mut *conn).await?;
+    Ok(row.map(CheckpointRow::into_checkpoint).transpose()?)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn begin_append(&self) -> Result<Box<dyn AppendTx>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Held until commit or rollback: appends from every instance take turns here.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LEDGER_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Box::new(PgAppendTx { tx }))
+    }
+
+    async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        head_on(&mut conn).await
+    }
+
+    async fn read_global(
+        &self,
+        from: Seq,
+        to: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<EntryRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ENTRY_SELECT} FROM entries WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+        );
+        Ok(sqlx::query_as::<_, EntryRow>(&sql)
+            .bind(to_i64(from.0))
+            .bind(to.map_or(i64::MAX, |t| to_i64(t.0)))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: u32,
+    ) -> Result<Vec<EntryRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ENTRY_SELECT} FROM entries WHERE stream_id = $1 AND stream_version >= $2 \
+             ORDER BY stream_version LIMIT $3"
+        );
+        Ok(sqlx::query_as::<_, EntryRow>(&sql)
+            .bind(stream.as_str())
+            .bind(to_i64(from_version))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn vault_key(&self, key_ref: &KeyRef) -> Result<Option<VaultRow>, StoreError> {
+        let row: Option<(Vec<u8>, Vec<u8>, String)> =
+            sqlx::query_as("SELECT key_ref, wrapped, kek_id FROM data_keys WHERE key_ref = $1")
+                .bind(key_ref.to_bytes().to_vec())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(r, w, k)| vault_row(&r, w, k)).transpose()
+    }
+
+    async fn system_key(&self) -> Result<Option<VaultRow>, StoreError> {
+        let row: Option<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT key_ref, wrapped, kek_id FROM data_keys WHERE get_byte(key_ref, 0) = 0 \
+             ORDER BY created_at, key_ref LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(r, w, k)| vault_row(&r, w, k)).transpose()
+    }
+
+    async fn insert_vault_key(&self, row: &VaultRow, kek_id: &KekId) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO data_keys (key_ref, wrapped, kek_id, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (key_ref) DO NOTHING",
+        )
+        .bind(row.key_ref.to_bytes().to_vec())
+        .bind(row.wrapped.0.clone())
+        .bind(kek_id.to_hex())
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
+        let rows: Vec<(String, Vec<u8>, Option<i64>)> = sqlx::query_as(
+            "SELECT key_id, public_key, first_seq FROM signing_keys \
+             ORDER BY first_seq NULLS LAST, created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, pk, first)| signing_key_row(&id, &pk, first))
+            .collect()
+    }
+
+    async fn publish_signing_key(&self, key: &PublicKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signing_keys (key_id, public_key, first_seq, created_at) \
+             VALUES ($1, $2, NULL, $3) ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(key.key_id().to_hex())
+        .bind(key.to_bytes().to_vec())
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn read_subject(
+        &self,
+        handle: &SubjectHandle,
+        from: Seq,
+        limit: u32,
+    ) -> Result<Vec<EntryRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ENTRY_SELECT} FROM entries WHERE subject = $1 AND seq >= $2 ORDER BY seq LIMIT $3"
+        );
+        Ok(sqlx::query_as::<_, EntryRow>(&sql)
+            .bind(handle.0.to_vec())
+            .bind(to_i64(from.0))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn subject_handle(
+        &self,
+        index_mac: &[u8; 32],
+    ) -> Result<Option<SubjectHandle>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        subject_handle_on(&mut conn, index_mac).await
+    }
+
+    async fn purge_tombstones(&self, now: i64) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM erasure_tombstones WHERE expires_at <= $1")
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    async fn compact_after_erasure(&self) -> Result<(), StoreError> {
+        // Deleted rows stay in their pages until VACUUM reuses the space, and in the WAL until
+        // it is recycled; docs/ERASURE.md says what the operator does about that. A plain
+        // VACUUM of the small key tables marks the space reusable without blocking anyone.
+        sqlx::query("VACUUM data_keys, subject_index")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn merkle_nodes(
+        &self,
+        ids: &[NodeId],
+    ) -> Result<HashMap<NodeId, MerkleHash>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        merkle_nodes_on(&mut conn, ids).await
+    }
+
+    async fn insert_merkle_nodes(&self, nodes: &[(NodeId, MerkleHash)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_merkle_nodes_on(&mut tx, nodes).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        latest_checkpoint_on(&mut conn).await
+    }
+
+    async fn checkpoints(
+        &self,
+        from_size: u64,
+        to_size: u64,
+        limit: u32,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE tree_size >= $1 AND tree_size <= $2 \
+             ORDER BY tree_size LIMIT $3"
+        );
+        let rows: Vec<CheckpointRow> = sqlx::query_as(&sql)
+            .bind(to_i64(from_size))
+            .bind(to_i64(to_size))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| r.into_checkpoint().map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn restored_erased_keys(&self) -> Result<Vec<(SubjectHandle, Seq)>, StoreError> {
+        let rows: Vec<(Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT e.handle, e.erasure_seq FROM erased_subjects e \
+             JOIN data_keys k ON k.key_ref = '\\x01'::bytea || e.handle ORDER BY e.erasure_seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(h, s)| restored_key_row(&h, s))
+            .collect()
+    }
+
+    async fn vault_rows_not_under(
+        &self,
+        kek_id: &str,
+        limit: u32,
+    ) -> Result<Vec<VaultRow>, StoreError> {
+        let rows: Vec<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT key_ref, wrapped, kek_id FROM data_keys WHERE kek_id <> $1 ORDER BY key_ref LIMIT $2",
+        )
+        .bind(kek_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(r, w, k)| vault_row(&r, w, k))
+            .collect()
+    }
+
+    async fn count_vault_rows_not_under(&self, kek_id: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE kek_id <> $1")
+            .bind(kek_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(n))
+    }
+
+    async fn rewrap_vault_rows(&self, rows: &[VaultRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for row in rows {
+            sqlx::query("UPDATE data_keys SET wrapped = $1, kek_id = $2 WHERE key_ref = $3")
+                .bind(row.wrapped.0.clone())
+                .bind(&row.kek_id)
+                .bind(row.key_ref.to_bytes().to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+struct PgAppendTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+#[async_trait]
+impl AppendTx for PgAppendTx {
+    async fn head(&mut self) -> Result<Option<ChainHead>, StoreError> {
+        head_on(&mut self.tx).await
+    }
+
+    async fn stream_version(&mut self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(stream_version) FROM entries WHERE stream_id = $1")
+                .bind(stream.as_str())
+                .fetch_one(&mut *self.tx)
+                .await?;
+        Ok(v.map(to_u64))
+    }
+
+    async fn insert(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        for chunk in records.chunks(INSERT_CHUNK_ROWS) {
+            let mut seq = Vec::with_capacity(chunk.len());
+            let mut stream = Vec::with_capacity(chunk.len());
+            let mut version = Vec::with_capacity(chunk.len());
+            let mut ty = Vec::with_capacity(chunk.len());
+            let mut schema = Vec::with_capacity(chunk.len());
+            let mut subject: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
+            let mut at = Vec::with_capacity(chunk.len());
+            let mut meta = Vec::with_capacity(chunk.len());
+            let mut payload: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
+            let mut digest = Vec::with_capacity(chunk.len());
+            let mut prev = Vec::with_capacity(chunk.len());
+            let mut hash = Vec::with_capacity(chunk.len());
+            let mut sig = Vec::with_capacity(chunk.len());
+            let mut key = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                let h = &r.entry.header;
+                seq.push(to_i64(h.seq.0));
+                stream.push(h.stream_id.as_str().to_owned());
+                version.push(to_i64(h.stream_version));
+                ty.push(h.event_type.as_str().to_owned());
+                schema.push(i64::from(h.schema_version));
+                subject.push(h.subject.map(|s| s.0.to_vec()));
+                at.push(h.recorded_at_micros);
+                meta.push(serde_json::to_string(&h.metadata).unwrap_or_default());
+                payload.push(r.payload.as_ref().map(|p| p.0.clone()));
+                digest.push(r.entry.payload_digest.0.to_vec());
+                prev.push(r.entry.prev_hash.0.to_vec());
+                hash.push(r.entry_hash.0.to_vec());
+                sig.push(r.signature.0.to_vec());
+                key.push(r.key_id.to_hex());
+            }
+            let sql = format!(
+                "INSERT INTO entries ({ENTRY_COLUMNS}) SELECT * FROM UNNEST(\
+                 $1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bytea[], \
+                 $7::bigint[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[], $12::bytea[], \
+                 $13::bytea[], $14::text[])"
+            );
+            sqlx::query(&sql)
+                .bind(&seq)
+                .bind(&stream)
+                .bind(&version)
+                .bind(&ty)
+                .bind(&schema)
+                .bind(&subject)
+                .bind(&at)
+                .bind(&meta)
+                .bind(&payload)
+                .bind(&digest)
+                .bind(&prev)
+                .bind(&hash)
+                .bind(&sig)
+                .bind(&key)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(insert_error)?;
+        }
+        Ok(())
+    }
+
+    async fn subject_handle(
+        &mut self,
+        index_mac: &[u8; 32],
+    ) -> Result<Option<SubjectHandle>, StoreError> {
+        subject_handle_on(&mut self.tx, index_mac).await
+    }
+
+    async fn insert_subject(
+        &mut self,
+        index_mac: &[u8; 32],
+        handle: &SubjectHandle,
+        key: &VaultRow,
+    ) -> Result<(), StoreError> {
+        let now = now_micros();
+        sqlx::query(
+            "INSERT INTO subject_index (index_mac, handle, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(index_mac.to_vec())
+        .bind(handle.0.to_vec())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO data_keys (key_ref, wrapped, kek_id, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(key.key_ref.to_bytes().to_vec())
+        .bind(key.wrapped.0.clone())
+        .bind(&key.kek_id)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn erase_subject(
+        &mut self,
+        index_mac: &[u8; 32],
+        handle: &SubjectHandle,
+        erasure_seq: Seq,
+        erased_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM data_keys WHERE key_ref = $1")
+            .bind(KeyRef::Subject(*handle).to_bytes().to_vec())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM subject_index WHERE index_mac = $1")
+            .bind(index_mac.to_vec())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO erased_subjects (handle, erasure_seq, erased_at) VALUES ($1, $2, $3)",
+        )
+        .bind(handle.0.to_vec())
+        .bind(to_i64(erasure_seq.0))
+        .bind(erased_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn tombstone(
+        &mut self,
+        tombstone_mac: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<Tombstone>, StoreError> {
+        let receipt: Option<String> = sqlx::query_scalar(
+            "SELECT receipt FROM erasure_tombstones WHERE tombstone_mac = $1 AND expires_at > $2",
+        )
+        .bind(tombstone_mac.to_vec())
+        .bind(now)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(receipt.map(|receipt| Tombstone { receipt }))
+    }
+
+    async fn insert_tombstone(
+        &mut self,
+        tombstone_mac: &[u8; 32],
+        receipt: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO erasure_tombstones (tombstone_mac, receipt, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tombstone_mac) DO UPDATE SET receipt = EXCLUDED.receipt, expires_at = EXCLUDED.expires_at",
+        )
+        .bind(tombstone_mac.to_vec())
+        .bind(receipt)
+        .bind(expires_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn merkle_nodes(
+        &mut self,
+        ids: &[NodeId],
+    ) -> Result<HashMap<NodeId, MerkleHash>, StoreError> {
+        merkle_nodes_on(&mut self.tx, ids).await
+    }
+
+    async fn insert_merkle_nodes(
+        &mut self,
+        nodes: &[(NodeId, MerkleHash)],
+    ) -> Result<(), StoreError> {
+        insert_merkle_nodes_on(&mut self.tx, nodes).await
+    }
+
+    async fn latest_checkpoint(&mut self) -> Result<Option<Checkpoint>, StoreError> {
+        latest_checkpoint_on(&mut self.tx).await
+    }
+
+    async fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(to_i64(cp.tree_size))
+        .bind(cp.root_hash.0.to_vec())
+        .bind(cp.last_entry_hash.0.to_vec())
+        .bind(cp.timestamp_micros)
+        .bind(cp.key_id.to_hex())
+        .bind(cp.signature.0.to_vec())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_signing_key_used(
+        &mut self,
+        key_id: &KeyId,
+        first_seq: Seq,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE signing_keys SET first_seq = $1 WHERE key_id = $2 AND first_seq IS NULL",
+        )
+        .bind(to_i64(first_seq.0))
+        .bind(key_id.to_hex())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

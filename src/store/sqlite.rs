@@ -1,0 +1,653 @@
+//! The embedded default: SQLite in WAL mode with `synchronous=FULL`, so a commit is on disk
+//! before it returns (NORMAL can lose the last transactions on power loss). One connection
+//! writes; a small pool reads, never blocked by the writer thanks to WAL.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
+
+use super::{
+    AppendTx, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS, ENTRY_SELECT, EntryRow,
+    SigningKeyRow, Store, StoreError, Tombstone, VaultRow, insert_error, restored_key_row,
+    signing_key_row, to_i64, to_u64, vault_row,
+};
+use crate::checkpoint::Checkpoint;
+use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
+use crate::entry::{EntryHash, Seq, StreamId, SubjectHandle};
+use crate::merkle::{MerkleHash, NodeId, leaf_hash};
+use crate::record::Record;
+
+/// Rows per multi-row INSERT: 14 columns each stays far below SQLite's 32,766 variables.
+const INSERT_CHUNK_ROWS: usize = 500;
+/// How long a connection waits for a lock held by another process (e.g. `verify`) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+fn options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true)
+        // Deleted rows (destroyed keys) are overwritten with zeros, not just unlinked.
+        .pragma("secure_delete", "on")
+}
+
+fn micros_now() -> i64 {
+    crate::timefmt::now_micros()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options(path).create_if_missing(true))
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options(path))
+            .await?;
+        Ok(SqliteStore { write, read })
+    }
+
+    /// Opens an existing database for reading only (for `verify` beside a running server).
+    pub async fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        let opts = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let read = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await?;
+        Ok(SqliteStore {
+            write: read.clone(),
+            read,
+        })
+    }
+}
+
+async fn head_on<'e, E>(executor: E) -> Result<Option<ChainHead>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let row =
+        sqlx::query("SELECT seq, entry_hash, recorded_at FROM entries ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(executor)
+            .await?;
+    let Some(row) = row else { return Ok(None) };
+    let seq: i64 = row.try_get("seq")?;
+    let seq = Seq(to_u64(seq));
+    let hash: Vec<u8> = row.try_get("entry_hash")?;
+    let entry_hash = EntryHash::from_slice(&hash).map_err(|_| super::MalformedRow {
+        seq,
+        what: "entry_hash".to_owned(),
+    })?;
+    Ok(Some(ChainHead {
+        seq,
+        entry_hash,
+        recorded_at_micros: row.try_get("recorded_at")?,
+    }))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn begin_append(&self) -> Result<Box<dyn AppendTx>, StoreError> {
+        // IMMEDIATE takes the write lock now, so the head read below cannot go stale.
+        let tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Box::new(SqliteAppendTx { tx }))
+    }
+
+    async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
+        head_on(&self.read).await
+    }
+
+    async fn read_global(
+        &self,
+        from: Seq,
+        to: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<EntryRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ENTRY_SELECT} FROM entries WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?"
+        );
+        Ok(sqlx::query_as::<_, EntryRow>(&sql)
+            .bind(to_i64(from.0))
+            .bind(to.map_or(i64::MAX, |t| to_i64(t.0)))
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: u32,
+    ) -> Result<Vec<EntryRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ENTRY_SELECT} FROM entries WHERE stream_id = ? AND stream_version >= ? \
+             ORDER BY stream_version LIMIT ?"
+        );
+        Ok(sqlx::query_as::<_, EntryRow>(&sql)
+            .bind(stream.as_str())
+            .bind(to_i64(from_version))
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?)
+    }
+
+    async fn vault_key(&self, key_ref: &KeyRef) -> Result<Option<VaultRow>, StoreError> {
+        let row: Option<(Vec<u8>, Vec<u8>, String)> =
+            sqlx::query_as("SELECT key_ref, wrapped, kek_id FROM data_keys WHERE key_ref = ?")
+                .bind(key_ref.to_bytes().to_vec())
+                .fetch_optional(&self.read)
+                .await?;
+        row.map(|(r, w, k)| vault_row(&r, w, k)).transpose()
+    }
+
+    async fn system_key(&self) -> Result<Option<VaultRow>, StoreError> {
+        let row: Option<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT key_ref, wrapped, kek_id FROM data_keys WHERE substr(key_ref, 1, 1) = x'00' \
+             ORDER BY created_at LIMIT 1",
+        )
+        .fetch_optional(&self.write)
+        .await?;
+        row.map(|(r, w, k)| vault_row(&r, w, k)).transpose()
+    }
+
+    async fn insert_vault_key(&self, row: &VaultRow, kek_id: &KekId) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO data_keys (key_ref, wrapped, kek_id, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (key_ref) DO NOTHING",
+        )
+        .bind(row.key_ref.to_bytes().to_vec())
+        .bind(row.wrapped.0.clone())
+        .bind(kek_id.to_hex())
+        .bind(micros_now())
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
+        let rows: Vec<(String, Vec<u8>, Option<i64>)> = sqlx::query_as(
+            "SELECT key_id, public_key, first_seq FROM signing_keys \
+             ORDER BY first_seq IS NULL, first_seq, created_at",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|(id, pk, first)| signing_key_row(&id, &pk, first))
+            .collect()
+    }
+
+    async fn publish_signing_key(&self, key: &PublicKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signing_keys (key_id, public_key, first_seq, created_at) \
+             VALUES (?, ?, NULL, ?) ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(key.key_id().to_hex())
+        .bind(key.to_bytes().to_vec())
+        .bind(micros_now())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    async fn read_subject(
+        &self,
+        handle: &SubjectHandle,
+        from: Seq,
+        limit: u32,
+    ) -> Result<Vec<EntryRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ENTRY_SELECT} FROM entries WHERE subject = ? AND seq >= ? ORDER BY seq LIMIT ?"
+        );
+        Ok(sqlx::query_as::<_, EntryRow>(&sql)
+            .bind(handle.0.to_vec())
+            .bind(to_i64(from.0))
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?)
+    }
+
+    async fn subject_handle(
+        &self,
+        index_mac: &[u8; 32],
+    ) -> Result<Option<SubjectHandle>, StoreError> {
+        subject_handle_on(&self.read, index_mac).await
+    }
+
+    async fn purge_tombstones(&self, now_micros: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM erasure_tombstones WHERE expires_at <= ?")
+            .bind(now_micros)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn compact_after_erasure(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn vault_rows_not_under(
+        &self,
+        kek_id: &str,
+        limit: u32,
+    ) -> Result<Vec<VaultRow>, StoreError> {
+        let rows: Vec<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT key_ref, wrapped, kek_id FROM data_keys WHERE kek_id <> ? ORDER BY key_ref LIMIT ?",
+        )
+        .bind(kek_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.write)
+        .await?;
+        rows.into_iter()
+            .map(|(r, w, k)| vault_row(&r, w, k))
+            .collect()
+    }
+
+    async fn merkle_nodes(
+        &self,
+        ids: &[NodeId],
+    ) -> Result<HashMap<NodeId, MerkleHash>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        merkle_nodes_on(&mut conn, ids).await
+    }
+
+    async fn insert_merkle_nodes(&self, nodes: &[(NodeId, MerkleHash)]) -> Result<(), StoreError> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        insert_merkle_nodes_on(&mut tx, nodes).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        latest_checkpoint_on(&mut conn).await
+    }
+
+    async fn checkpoints(
+        &self,
+        from_size: u64,
+        to_size: u64,
+        limit: u32,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE tree_size >= ? AND tree_size <= ? \
+             ORDER BY tree_size LIMIT ?"
+        );
+        let rows: Vec<CheckpointRow> = sqlx::query_as(&sql)
+            .bind(to_i64(from_size))
+            .bind(to_i64(to_size))
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?;
+        rows.into_iter()
+            .map(|r| r.into_checkpoint().map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn restored_erased_keys(&self) -> Result<Vec<(SubjectHandle, Seq)>, StoreError> {
+        let rows: Vec<(Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT e.handle, e.erasure_seq FROM erased_subjects e \
+             JOIN data_keys k ON substr(k.key_ref, 1, 1) = x'01' AND substr(k.key_ref, 2) = e.handle \
+             ORDER BY e.erasure_seq",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|(h, s)| restored_key_row(&h, s))
+            .collect()
+    }
+
+    async fn count_vault_rows_not_under(&self, kek_id: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE kek_id <> ?")
+            .bind(kek_id)
+            .fetch_one(&self.write)
+            .await?;
+        Ok(to_u64(n))
+    }
+
+    async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    async fn rewrap_vault_rows(&self, rows: &[VaultRow]) -> Result<(), StoreError> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        for row in rows {
+            sqlx::query("UPDATE data_keys SET wrapped = ?, kek_id = ? WHERE key_ref = ?")
+                .bind(row.wrapped.0.clone())
+                .bind(&row.kek_id)
+                .bind(row.key_ref.to_bytes().to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Perfect-subtree hashes: leaves from `entries`, the rest from `merkle_nodes`.
+async fn merkle_nodes_on(
+    conn: &mut SqliteConnection,
+    ids: &[NodeId],
+) -> Result<HashMap<NodeId, MerkleHash>, StoreError> {
+    let mut out = HashMap::with_capacity(ids.len());
+    let (leaves, inner): (Vec<&NodeId>, Vec<&NodeId>) = ids.iter().partition(|id| id.level == 0);
+    for chunk in leaves.chunks(INSERT_CHUNK_ROWS) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT seq, entry_hash FROM entries WHERE seq IN (");
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(to_i64(id.index));
+        }
+        qb.push(")");
+        let rows: Vec<(i64, Vec<u8>)> = qb.build_query_as().fetch_all(&mut *conn).await?;
+        for (seq, hash) in rows {
+            out.insert(
+                NodeId {
+                    level: 0,
+                    index: to_u64(seq),
+                },
+                leaf_hash(&hash),
+            );
+        }
+    }
+    for chunk in inner.chunks(INSERT_CHUNK_ROWS) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT level, idx, hash FROM merkle_nodes WHERE (level, idx) IN (");
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push("(")
+                .push_bind_unseparated(i64::from(id.level))
+                .push_unseparated(", ")
+                .push_bind_unseparated(to_i64(id.index))
+                .push_unseparated(")");
+        }
+        qb.push(")");
+        let rows: Vec<(i64, i64, Vec<u8>)> = qb.build_query_as().fetch_all(&mut *conn).await?;
+        for (level, idx, hash) in rows {
+            let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+                return Err(StoreError::Malformed(super::MalformedRow {
+                    seq: Seq(0),
+                    what: format!("merkle_nodes({level}, {idx})"),
+                }));
+            };
+            out.insert(
+                NodeId {
+                    level: u8::try_from(level).unwrap_or(0),
+                    index: to_u64(idx),
+                },
+                MerkleHash(hash),
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn insert_merkle_nodes_on(
+    conn: &mut SqliteConnection,
+    nodes: &[(NodeId, MerkleHash)],
+) -> Result<(), StoreError> {
+    for chunk in nodes.chunks(INSERT_CHUNK_ROWS) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT OR IGNORE INTO merkle_nodes (level, idx, hash) ");
+        qb.push_values(chunk, |mut b, (id, hash)| {
+            b.push_bind(i64::from(id.level))
+                .push_bind(to_i64(id.index))
+                .push_bind(hash.0.to_vec());
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn latest_checkpoint_on(
+    conn: &mut SqliteConnection,
+) -> Result<Option<Checkpoint>, StoreError> {
+    let sql =
+        format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY tree_size DESC LIMIT 1");
+    let row: Option<CheckpointRow> = sqlx::query_as(&sql).fetch_optional(&mut *conn).await?;
+    Ok(row.map(CheckpointRow::into_checkpoint).transpose()?)
+}
+
+async fn subject_handle_on<'e, E>(
+    executor: E,
+    index_mac: &[u8; 32],
+) -> Result<Option<SubjectHandle>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let row: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT handle FROM subject_index WHERE index_mac = ?")
+            .bind(index_mac.to_vec())
+            .fetch_optional(executor)
+            .await?;
+    row.map(|h| {
+        SubjectHandle::from_slice(&h).map_err(|_| {
+            StoreError::Malformed(super::MalformedRow {
+                seq: Seq(0),
+                what: "subject_index.handle".to_owned(),
+            })
+        })
+    })
+    .transpose()
+}
+
+struct SqliteAppendTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl AppendTx for SqliteAppendTx {
+    async fn head(&mut self) -> Result<Option<ChainHead>, StoreError> {
+        head_on(&mut *self.tx).await
+    }
+
+    async fn stream_version(&mut self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(stream_version) FROM entries WHERE stream_id = ?")
+                .bind(stream.as_str())
+                .fetch_one(&mut *self.tx)
+                .await?;
+        Ok(v.map(to_u64))
+    }
+
+    async fn insert(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        for chunk in records.chunks(INSERT_CHUNK_ROWS) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("INSERT INTO entries ({ENTRY_COLUMNS}) "));
+            qb.push_values(chunk, |mut b, r| {
+                let h = &r.entry.header;
+                b.push_bind(to_i64(h.seq.0))
+                    .push_bind(h.stream_id.as_str().to_owned())
+                    .push_bind(to_i64(h.stream_version))
+                    .push_bind(h.event_type.as_str().to_owned())
+                    .push_bind(i64::from(h.schema_version))
+                    .push_bind(h.subject.map(|s| s.0.to_vec()))
+                    .push_bind(h.recorded_at_micros)
+                    .push_bind(serde_json::to_string(&h.metadata).unwrap_or_default())
+                    .push_bind(r.payload.as_ref().map(|p| p.0.clone()))
+                    .push_bind(r.entry.payload_digest.0.to_vec())
+                    .push_bind(r.entry.prev_hash.0.to_vec())
+                    .push_bind(r.entry_hash.0.to_vec())
+                    .push_bind(r.signature.0.to_vec())
+                    .push_bind(r.key_id.to_hex());
+            });
+            qb.build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(insert_error)?;
+        }
+        Ok(())
+    }
+
+    async fn subject_handle(
+        &mut self,
+        index_mac: &[u8; 32],
+    ) -> Result<Option<SubjectHandle>, StoreError> {
+        subject_handle_on(&mut *self.tx, index_mac).await
+    }
+
+    async fn insert_subject(
+        &mut self,
+        index_mac: &[u8; 32],
+        handle: &SubjectHandle,
+        key: &VaultRow,
+    ) -> Result<(), StoreError> {
+        let now = micros_now();
+        sqlx::query("INSERT INTO subject_index (index_mac, handle, created_at) VALUES (?, ?, ?)")
+            .bind(index_mac.to_vec())
+            .bind(handle.0.to_vec())
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO data_keys (key_ref, wrapped, kek_id, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(key.key_ref.to_bytes().to_vec())
+        .bind(key.wrapped.0.clone())
+        .bind(&key.kek_id)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn erase_subject(
+        &mut self,
+        index_mac: &[u8; 32],
+        handle: &SubjectHandle,
+        erasure_seq: Seq,
+        erased_at_micros: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM data_keys WHERE key_ref = ?")
+            .bind(KeyRef::Subject(*handle).to_bytes().to_vec())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM subject_index WHERE index_mac = ?")
+            .bind(index_mac.to_vec())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO erased_subjects (handle, erasure_seq, erased_at) VALUES (?, ?, ?)",
+        )
+        .bind(handle.0.to_vec())
+        .bind(to_i64(erasure_seq.0))
+        .bind(erased_at_micros)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn tombstone(
+        &mut self,
+        tombstone_mac: &[u8; 32],
+        now_micros: i64,
+    ) -> Result<Option<Tombstone>, StoreError> {
+        let receipt: Option<String> = sqlx::query_scalar(
+            "SELECT receipt FROM erasure_tombstones WHERE tombstone_mac = ? AND expires_at > ?",
+        )
+        .bind(tombstone_mac.to_vec())
+        .bind(now_micros)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(receipt.map(|receipt| Tombstone { receipt }))
+    }
+
+    async fn insert_tombstone(
+        &mut self,
+        tombstone_mac: &[u8; 32],
+        receipt: &str,
+        expires_at_micros: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO erasure_tombstones (tombstone_mac, receipt, expires_at) \
+             VALUES (?, ?, ?)",
+        )
+        .bind(tombstone_mac.to_vec())
+        .bind(receipt)
+        .bind(expires_at_micros)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn merkle_nodes(
+        &mut self,
+        ids: &[NodeId],
+    ) -> Result<HashMap<NodeId, MerkleHash>, StoreError> {
+        merkle_nodes_on(&mut self.tx, ids).await
+    }
+
+    async fn insert_merkle_nodes(
+        &mut self,
+        nodes: &[(NodeId, MerkleHash)],
+    ) -> Result<(), StoreError> {
+        insert_merkle_nodes_on(&mut self.tx, nodes).await
+    }
+
+    async fn latest_checkpoint(&mut self) -> Result<Option<Checkpoint>, StoreError> {
+        latest_checkpoint_on(&mut self.tx).await
+    }
+
+    async fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(to_i64(cp.tree_size))
+        .bind(cp.root_hash.0.to_vec())
+        .bind(cp.last_entry_hash.0.to_vec())
+        .bind(cp.timestamp_micros)
+        .bind(cp.key_id.to_hex())
+        .bind(cp.signature.0.to_vec())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_signing_key_used(
+        &mut self,
+        key_id: &KeyId,
+        first_seq: Seq,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE signing_keys SET first_seq = ? WHERE key_id = ? AND first_seq IS NULL")
+            .bind(to_i64(first_seq.0))
+            .bind(key_id.to_hex())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! Operational metrics, in the Prometheus text format at `GET /metrics`.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `auditledger_events_appended_total` | counter | entries committed by this instance |
+//! | `auditledger_commits_total` | counter | append transactions committed (group commits) |
+//! | `auditledger_commit_batch_events` | summary | entries per committed transaction |
+//! | `auditledger_commit_seconds` | summary | insert + durable commit time per transaction |
+//! | `auditledger_commit_failures_total` | counter | transactions rolled back (callers got 503; nothing acknowledged) |
+//! | `auditledger_version_conflicts_total` | counter | appends refused with 409 |
+//! | `auditledger_head_seq` | gauge | seq of the last entry this instance committed |
+//! | `auditledger_erasures_total` | counter | subjects erased |
+//! | `auditledger_checkpoints_total` | counter | checkpoints signed by this instance |
+//! | `auditledger_checkpoint_tree_size` | gauge | tree size of the newest checkpoint signed here |
+//! | `auditledger_witness_failures_total` | counter | checkpoint publications that failed |
+//! | `auditledger_verification_failures_total` | counter | verifications (server-side) that found tampering |
+//!
+//! Labels carry no identifier, handle or data: nothing personal reaches the metrics.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Entries committed.
+pub const EVENTS_APPENDED: &str = "auditledger_events_appended_total";
+/// Transactions committed.
+pub const COMMITS: &str = "auditledger_commits_total";
+/// Entries per transaction.
+pub const COMMIT_BATCH_EVENTS: &str = "auditledger_commit_batch_events";
+/// Seconds per transaction (insert + commit).
+pub const COMMIT_SECONDS: &str = "auditledger_commit_seconds";
+/// Transactions rolled back.
+pub const COMMIT_FAILURES: &str = "auditledger_commit_failures_total";
+/// Appends refused with 409.
+pub const VERSION_CONFLICTS: &str = "auditledger_version_conflicts_total";
+/// Last committed seq.
+pub const HEAD_SEQ: &str = "auditledger_head_seq";
+/// Subjects erased.
+pub const ERASURES: &str = "auditledger_erasures_total";
+/// Checkpoints signed.
+pub const CHECKPOINTS: &str = "auditledger_checkpoints_total";
+/// Newest checkpoint's tree size.
+pub const CHECKPOINT_TREE_SIZE: &str = "auditledger_checkpoint_tree_size";
+/// Failed checkpoint publications.
+pub const WITNESS_FAILURES: &str = "auditledger_witness_failures_total";
+/// Verifications that found tampering.
+pub const VERIFICATION_FAILURES: &str = "auditledger_verification_failures_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls reuse it).
+pub fn install() {
+    HANDLE.get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+            None
+        }
+    });
+}
+
+/// The current metrics in the Prometheus text format.
+#[must_use]
+pub fn render() -> String {
+    match HANDLE.get().and_then(Option::as_ref) {
+        Some(handle) => {
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => String::new(),
+    }
+}

@@ -1,0 +1,682 @@
+//! Verification without trusting the operator: checkpoints, proofs, witnesses, the audit
+//! endpoint, export bundles and the offline verifier, and the tamper suite they catch.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::needless_pass_by_value,
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use auditledger::checkpoint::CheckpointJson;
+use auditledger::crypto::PublicKey;
+use auditledger::entry::EntryHash;
+use auditledger::merkle::{self, MerkleHash};
+use auditledger::report::SignedReport;
+use common::{Backend, Env, Server, one_event, raw_db, run_cli, workdir};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn mh(v: &Value) -> MerkleHash {
+    MerkleHash::from_hex(v.as_str().unwrap()).unwrap()
+}
+
+fn hashes(v: &Value) -> Vec<MerkleHash> {
+    v.as_array().unwrap().iter().map(mh).collect()
+}
+
+async fn public_key(s: &Server) -> PublicKey {
+    let (_, _, keys) = s.get("/v1/keys").await;
+    PublicKey::from_bytes(&hex::decode(keys["keys"][0]["public_key"].as_str().unwrap()).unwrap())
+        .unwrap()
+}
+
+async fn fill(s: &Server, n: usize) {
+    for i in 0..n {
+        let (status, _) = s
+            .append(&format!("s-{}", i % 4), &one_event("E", json!({"i": i})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+}
+
+fn checkpoint(v: &Value) -> auditledger::checkpoint::Checkpoint {
+    serde_json::from_value::<CheckpointJson>(v.clone())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn checkpoints_are_signed_every_n_entries_and_on_demand_and_proofs_check_against_them(
+    b: Backend,
+) {
+    let env = Env::new(b).await;
+    let s = env.serve(&["--checkpoint-every", "10"]).await;
+    let (status, _, _) = s.get("/v1/checkpoints/latest").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.post_raw("/v1/checkpoints", "").await.0,
+        StatusCode::NOT_FOUND
+    );
+    fill(&s, 35).await;
+    let key = public_key(&s).await;
+    let (_, _, page) = s.get("/v1/checkpoints").await;
+    let sizes: Vec<u64> = page["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["tree_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, vec![10, 20, 30]);
+    let (status, made) = s.post_raw("/v1/checkpoints", "").await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    assert_eq!(made["tree_size"], 35);
+    assert_eq!(s.get("/v1/checkpoints/latest").await.2, made);
+    // Asking again without growth returns the same checkpoint.
+    assert_eq!(s.post_raw("/v1/checkpoints", "").await.1, made);
+
+    let events = s.all_events().await;
+    for cp_json in page["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain([&made])
+    {
+        let cp = checkpoint(cp_json);
+        cp.verify(&key).unwrap();
+        let size = cp.tree_size;
+        assert_eq!(
+            cp.last_entry_hash.to_hex(),
+            events[size as usize - 1]["entry_hash"].as_str().unwrap()
+        );
+        for seq in [0, size / 2, size - 1] {
+            let (status, _, p) = s
+                .get(&format!("/v1/proofs/inclusion?seq={seq}&tree_size={size}"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{p}");
+            assert_eq!(mh(&p["root_hash"]), cp.root_hash);
+            let leaf = merkle::leaf_hash(
+                &EntryHash::from_hex(events[seq as usize]["entry_hash"].as_str().unwrap())
+                    .unwrap()
+                    .0,
+            );
+            assert_eq!(mh(&p["leaf_hash"]), leaf);
+            merkle::verify_inclusion(seq, size, &leaf, &hashes(&p["proof"]), &cp.root_hash)
+                .unwrap();
+        }
+    }
+    let (_, _, c) = s
+        .get("/v1/proofs/consistency?from_size=10&to_size=35")
+        .await;
+    let old = checkpoint(&page["checkpoints"][0]);
+    merkle::verify_consistency(
+        10,
+        35,
+        &old.root_hash,
+        &checkpoint(&made).root_hash,
+        &hashes(&c["proof"]),
+    )
+    .unwrap();
+
+    for (q, status) in [
+        ("/v1/proofs/inclusion?seq=35", StatusCode::NOT_FOUND),
+        (
+            "/v1/proofs/inclusion?seq=5&tree_size=5",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/proofs/inclusion?seq=1&tree_size=99",
+            StatusCode::NOT_FOUND,
+        ),
+        ("/v1/proofs/inclusion?seq=x", StatusCode::BAD_REQUEST),
+        ("/v1/proofs/inclusion", StatusCode::BAD_REQUEST),
+        (
+            "/v1/proofs/consistency?from_size=0&to_size=5",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/proofs/consistency?from_size=9&to_size=5",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/proofs/consistency?from_size=5&to_size=36",
+            StatusCode::NOT_FOUND,
+        ),
+        ("/v1/checkpoints?limit=0", StatusCode::BAD_REQUEST),
+    ] {
+        let (got, ct, body) = s.get(q).await;
+        assert_eq!(got, status, "{q}: {body}");
+        assert_eq!(ct, "application/problem+json", "{q}");
+    }
+    s.terminate().await;
+}
+
+async fn witnesses_receive_every_checkpoint_with_a_consistency_proof(b: Backend) {
+    // A webhook witness: a real HTTP server on loopback that keeps what it is sent.
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let sink = Arc::clone(&sink);
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let env = Env::new(b).await;
+    let witness = env.path().join("witness");
+    let s = env
+        .serve(&[
+            "--checkpoint-every",
+            "5",
+            "--witness-dir",
+            witness.to_str().unwrap(),
+            "--witness-webhook",
+            &hook,
+        ])
+        .await;
+    fill(&s, 17).await;
+    s.post_raw("/v1/checkpoints", "").await;
+    let key = public_key(&s).await;
+    // Publication is asynchronous; wait (bounded) for the last one.
+    for _ in 0..100 {
+        if received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p["checkpoint"]["tree_size"] == 17)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pubs = received.lock().unwrap().clone();
+    let sizes: Vec<u64> = pubs
+        .iter()
+        .map(|p| p["checkpoint"]["tree_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, vec![5, 10, 15, 17]);
+    assert_eq!(pubs[0]["previous"], Value::Null);
+    for p in &pubs[1..] {
+        let new = checkpoint(&p["checkpoint"]);
+        let prev = checkpoint(&p["previous"]);
+        new.verify(&key).unwrap();
+        merkle::verify_consistency(
+            prev.tree_size,
+            new.tree_size,
+            &prev.root_hash,
+            &new.root_hash,
+            &hashes(&p["consistency_proof"]),
+        )
+        .unwrap();
+    }
+    for size in [5, 10, 15, 17] {
+        assert!(witness.join(format!("checkpoint-{size:020}.json")).exists());
+    }
+    let latest: Value =
+        serde_json::from_str(&std::fs::read_to_string(witness.join("latest.json")).unwrap())
+            .unwrap();
+    assert_eq!(latest, pubs[3]);
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn a_server_refuses_a_database_older_than_its_published_checkpoint() {
+    let dir = workdir();
+    let witness = dir.path().join("witness");
+    let flags = ["--witness-dir", witness.to_str().unwrap()];
+    let s = Server::start(dir.path(), &flags).await;
+    fill(&s, 5).await;
+    s.post_raw("/v1/checkpoints", "").await;
+    s.terminate().await;
+    let old = std::fs::read(dir.path().join("data/ledger.db")).unwrap();
+    let s = Server::start(dir.path(), &flags).await;
+    fill(&s, 5).await;
+    s.post_raw("/v1/checkpoints", "").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    s.terminate().await;
+    std::fs::write(dir.path().join("data/ledger.db"), old).unwrap();
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--witness-dir",
+            witness.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("truncated or restored from an older copy"),
+        "{err}"
+    );
+}
+
+async fn an_erasure_receipt_carries_a_checkpoint_that_proves_the_erasure_entry(b: Backend) {
+    let env = Env::new(b).await;
+    let s = env.serve(&[]).await;
+    fill(&s, 6).await;
+    s.append(
+        "c",
+        &json!({"events": [{"type": "T", "subject": "dora", "data": 1}]}),
+    )
+    .await;
+    let (status, r) = s
+        .post_raw(
+            "/v1/subjects/erase",
+            json!({"subject": "dora", "reason": "Art. 17", "request_ref": "DSR-7"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let cp = checkpoint(&r["checkpoint"]);
+    cp.verify(&public_key(&s).await).unwrap();
+    let seq = r["erasure_seq"].as_u64().unwrap();
+    assert_eq!(cp.tree_size, seq + 1);
+    let leaf = merkle::leaf_hash(
+        &EntryHash::from_hex(r["erasure_entry_hash"].as_str().unwrap())
+            .unwrap()
+            .0,
+    );
+    merkle::verify_inclusion(
+        seq,
+        cp.tree_size,
+        &leaf,
+        &hashes(&r["inclusion_proof"]),
+        &cp.root_hash,
+    )
+    .unwrap();
+    s.terminate().await;
+}
+
+async fn audit(s: &Server, query: &str) -> SignedReport {
+    let (status, _, body) = s.get(&format!("/v1/audit/verify{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_value(body).unwrap()
+}
+
+async fn the_audit_endpoint_signs_its_report_and_runs_large_ranges_as_jobs(b: Backend) {
+    let env = Env::new(b).await;
+    let s = env.serve(&["--checkpoint-every", "7"]).await;
+    fill(&s, 30).await;
+    let key = public_key(&s).await;
+    let report = audit(&s, "").await;
+    assert!(report.ok);
+    assert_eq!(
+        (
+            report.from_seq,
+            report.to_seq,
+            report.entries_checked,
+            report.checkpoints_checked
+        ),
+        (0, Some(29), 30, 4)
+    );
+    report.verify(&key).unwrap();
+    let mut forged = report.clone();
+    forged.entries_checked = 31;
+    assert!(forged.verify(&key).is_err());
+    let part = audit(&s, "?from_seq=10&to_seq=19").await;
+    assert_eq!((part.entries_checked, part.checkpoints_checked), (10, 1));
+    assert!(part.ok);
+
+    let (status, _, job) = s.get("/v1/audit/verify?async=true").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let poll = job["poll"].as_str().unwrap().to_owned();
+    let mut done = Value::Null;
+    for _ in 0..100 {
+        let (_, _, j) = s.get(&poll).await;
+        if j["status"] == "done" {
+            done = j;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(done["entries_checked"], 30);
+    let from_job: SignedReport = serde_json::from_value(done["report"].clone()).unwrap();
+    assert!(from_job.ok);
+    from_job.verify(&key).unwrap();
+    assert_eq!(
+        s.get("/v1/audit/verify/jobs/nope").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        s.get("/v1/audit/verify?from_seq=5&to_seq=2").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    s.terminate().await;
+
+    // Tamper with one payload: the report says where and what, and is still signed.
+    match b {
+        Backend::Sqlite => tamper(env.path(), &["UPDATE entries SET payload = substr(payload, 1, 40) || x'00' || substr(payload, 42) WHERE seq = 12"]).await,
+        Backend::Postgres => env.sql(&[
+            "DROP TRIGGER entries_no_update ON entries",
+            "UPDATE entries SET payload = overlay(payload placing '\\x00'::bytea from 41 for 1) WHERE seq = 12",
+        ]).await,
+    }
+    let s = env.serve(&[]).await;
+    let report = audit(&s, "").await;
+    assert!(!report.ok);
+    let f = report.first_failure.clone().unwrap();
+    assert_eq!((f.seq, f.kind.as_str()), (12, "payload_digest_mismatch"));
+    report.verify(&key).unwrap();
+    s.terminate().await;
+}
+
+async fn tamper(dir: &Path, sql: &[&str]) {
+    let db = raw_db(dir).await;
+    for t in [
+        "entries_no_update",
+        "entries_no_delete",
+        "checkpoints_no_delete",
+    ] {
+        sqlx::query(&format!("DROP TRIGGER IF EXISTS {t}"))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    for s in sql {
+        sqlx::query(s).execute(&db).await.unwrap();
+    }
+    db.close().await;
+}
+
+fn export(dir: &Path, name: &str) -> std::path::PathBuf {
+    let out = dir.join(name);
+    let (code, o, e) = run_cli(dir, &["export", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{o}{e}");
+    out
+}
+
+fn verify_bundle(dir: &Path, bundle: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["verify-bundle", bundle.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run_cli(dir, &args);
+    (code, format!("{out}{err}"))
+}
+
+async fn export_bundles_verify_offline_and_the_api_and_cli_exports_agree(b: Backend) {
+    let env = Env::new(b).await;
+    let s = env.serve(&["--checkpoint-every", "8"]).await;
+    fill(&s, 20).await;
+    s.append("p", &json!({"events": [{"type": "T", "subject": "erin", "data": {"secret": "ERIN-PLAINTEXT"}}]})).await;
+    let r = s.client.get(s.url("/v1/export")).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let api_bundle = r.text().await.unwrap();
+    s.post_raw("/v1/checkpoints", "").await;
+    let (_, _, trusted) = s.get("/v1/checkpoints/latest").await;
+    std::fs::write(env.path().join("trusted.json"), trusted.to_string()).unwrap();
+    s.terminate().await;
+    assert!(
+        !api_bundle.contains("ERIN-PLAINTEXT"),
+        "a bundle never holds decrypted data"
+    );
+    let file = env.path().join("bundle.ndjson");
+    let (code, o, e) = env.cli(&["export", "--out", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{o}{e}");
+    let cli_bundle = std::fs::read_to_string(&file).unwrap();
+    let strip = |b: &str| {
+        b.lines()
+            .filter(|l| {
+                !l.contains("\"kind\":\"header\"")
+                    && !l.contains("\"kind\":\"checkpoint\"")
+                    && !l.contains("\"kind\":\"footer\"")
+            })
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&api_bundle), strip(&cli_bundle));
+    for line in cli_bundle.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["kind"] == "entry" {
+            assert!(
+                v["seq"].is_u64()
+                    && v["entry_hash"].is_string()
+                    && v["type"].is_string()
+                    && v["payload"].is_string()
+            );
+        }
+    }
+
+    let public = env.path().join("keys/signing.pub");
+    let (code, out) = verify_bundle(env.path(), &file, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("public keys inside the bundle"), "{out}");
+    let (code, out) = verify_bundle(
+        env.path(),
+        &file,
+        &[
+            "--public-key",
+            public.to_str().unwrap(),
+            "--trusted-checkpoint",
+            env.path().join("trusted.json").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("21 entries") && out.contains("trusted checkpoint at tree size 21"),
+        "{out}"
+    );
+
+    // A different key: every signature is untrusted.
+    let other = workdir();
+    run_cli(other.path(), &["keygen", "--keys-dir", "k"]);
+    let (code, out) = verify_bundle(
+        env.path(),
+        &file,
+        &[
+            "--public-key",
+            other.path().join("k/signing.pub").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED at seq 0: unknown_key"), "{out}");
+
+    // One byte of one entry changed in the file: named by seq and kind.
+    let mut lines: Vec<String> = cli_bundle.lines().map(str::to_owned).collect();
+    let idx = lines
+        .iter()
+        .position(|l| l.contains("\"seq\":13,"))
+        .unwrap();
+    let mut v: Value = serde_json::from_str(&lines[idx]).unwrap();
+    v["stream_version"] = json!(999);
+    lines[idx] = v.to_string();
+    let bent = env.path().join("bent.ndjson");
+    std::fs::write(&bent, lines.join("\n") + "\n").unwrap();
+    let (code, out) = verify_bundle(env.path(), &bent, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAILED at seq 13: entry_hash_mismatch"),
+        "{out}"
+    );
+    // A signature copied from the next entry.
+    let mut lines: Vec<String> = cli_bundle.lines().map(str::to_owned).collect();
+    let (a, b) = (
+        lines.iter().position(|l| l.contains("\"seq\":4,")).unwrap(),
+        lines.iter().position(|l| l.contains("\"seq\":5,")).unwrap(),
+    );
+    let mut va: Value = serde_json::from_str(&lines[a]).unwrap();
+    let vb: Value = serde_json::from_str(&lines[b]).unwrap();
+    va["signature"] = vb["signature"].clone();
+    lines[a] = va.to_string();
+    std::fs::write(&bent, lines.join("\n") + "\n").unwrap();
+    let (code, out) = verify_bundle(env.path(), &bent, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED at seq 4: bad_signature"), "{out}");
+    // Cut off in transit: no footer.
+    let cut: Vec<&str> = cli_bundle.lines().take(10).collect();
+    std::fs::write(&bent, cut.join("\n") + "\n").unwrap();
+    let (code, out) = verify_bundle(env.path(), &bent, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("incomplete"), "{out}");
+    // Not a bundle at all.
+    std::fs::write(&bent, "hello\n").unwrap();
+    assert_eq!(verify_bundle(env.path(), &bent, &[]).0, 2);
+    assert_eq!(
+        verify_bundle(env.path(), &env.path().join("missing.ndjson"), &[]).0,
+        2
+    );
+}
+
+#[tokio::test]
+async fn tamper_suite_each_attack_is_detected_and_located() {
+    // A ledger with a checkpoint every 5 entries and one erased subject.
+    let dir = workdir();
+    let s = Server::start(dir.path(), &["--checkpoint-every", "5"]).await;
+    fill(&s, 8).await;
+    s.terminate().await;
+    let older_copy = std::fs::read(dir.path().join("data/ledger.db")).unwrap();
+    let s = Server::start(dir.path(), &["--checkpoint-every", "5"]).await;
+    fill(&s, 4).await;
+    s.append(
+        "c",
+        &json!({"events": [{"type": "T", "subject": "fred", "data": 1}]}),
+    )
+    .await;
+    let db = raw_db(dir.path()).await;
+    let key_row: (Vec<u8>, Vec<u8>, String, i64) = sqlx::query_as("SELECT key_ref, wrapped, kek_id, created_at FROM data_keys WHERE substr(key_ref, 1, 1) = x'01'")
+        .fetch_one(&db).await.unwrap();
+    db.close().await;
+    s.post_raw(
+        "/v1/subjects/erase",
+        json!({"subject": "fred", "reason": "r", "request_ref": "DSR"}).to_string(),
+    )
+    .await;
+    fill(&s, 6).await; // 20 entries; checkpoints at 5, 10, 14 (erasure), 19
+    s.post_raw("/v1/checkpoints", "").await;
+    let (_, _, trusted) = s.get("/v1/checkpoints/latest").await;
+    s.terminate().await;
+    let trusted_file = dir.path().join("trusted.json");
+    std::fs::write(&trusted_file, trusted.to_string()).unwrap();
+    let pristine = std::fs::read(dir.path().join("data/ledger.db")).unwrap();
+    assert_eq!(run_cli(dir.path(), &["verify"]).0, 0);
+
+    let restore = || std::fs::write(dir.path().join("data/ledger.db"), &pristine).unwrap();
+    let verify_says = |seq: u64, kind: &str| {
+        let (code, out, err) = run_cli(dir.path(), &["verify"]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            out.contains(&format!("FAILED at seq {seq}: {kind}")),
+            "expected seq {seq} {kind}: {out}"
+        );
+    };
+    let bundle_says = |seq: u64, kind: &str| {
+        let file = export(dir.path(), "t.ndjson");
+        let (code, out) = verify_bundle(
+            dir.path(),
+            &file,
+            &[
+                "--public-key",
+                dir.path().join("keys/signing.pub").to_str().unwrap(),
+                "--trusted-checkpoint",
+                trusted_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains(&format!("FAILED at seq {seq}: {kind}")),
+            "expected seq {seq} {kind}: {out}"
+        );
+    };
+
+    // A forged row appended at the tail.
+    tamper(dir.path(), &["INSERT INTO entries SELECT 20, stream_id, 99, event_type, schema_version, subject, recorded_at, metadata, payload, payload_digest, prev_hash, entry_hash, signature, key_id FROM entries WHERE seq = 3"]).await;
+    verify_says(20, "broken_link");
+    restore();
+
+    // Two rows swapped.
+    tamper(
+        dir.path(),
+        &[
+            "CREATE TABLE tmp AS SELECT * FROM entries WHERE seq IN (6, 7)",
+            "DELETE FROM entries WHERE seq IN (6, 7)",
+            "UPDATE tmp SET seq = 13 - seq",
+            "INSERT INTO entries SELECT * FROM tmp",
+        ],
+    )
+    .await;
+    verify_says(6, "broken_link");
+    bundle_says(6, "broken_link");
+    restore();
+
+    // The tail cut off, checkpoints left alone: the stored checkpoint covers missing entries.
+    tamper(dir.path(), &["DELETE FROM entries WHERE seq >= 17"]).await;
+    verify_says(17, "truncated");
+    restore();
+
+    // The tail cut off and the checkpoints covering it removed too: only a kept checkpoint
+    // shows it.
+    tamper(
+        dir.path(),
+        &[
+            "DELETE FROM entries WHERE seq >= 17",
+            "DELETE FROM checkpoints WHERE tree_size > 17",
+            "DELETE FROM merkle_nodes",
+        ],
+    )
+    .await;
+    assert_eq!(
+        run_cli(dir.path(), &["verify"]).0,
+        0,
+        "without a kept checkpoint a clean cut is invisible"
+    );
+    bundle_says(17, "truncated");
+    restore();
+
+    // The whole database replaced by an older copy of itself (taken at 8 entries): it verifies
+    // on its own, but not against the checkpoint the auditor kept.
+    std::fs::write(dir.path().join("data/ledger.db"), &older_copy).unwrap();
+    assert_eq!(
+        run_cli(dir.path(), &["verify"]).0,
+        0,
+        "an old copy is internally consistent"
+    );
+    bundle_says(8, "truncated");
+    restore();
+
+    // A checkpoint whose root was rewritten: caught against the entries.
+    tamper(
+        dir.path(),
+        &[
+            "DROP TRIGGER IF EXISTS checkpoints_no_update",
+            "UPDATE checkpoints SET root_hash = zeroblob(32) WHERE tree_size = 10",
+        ],
+    )
+    .await;
+    verify_says(9, "bad_checkpoint_signature");
+    restore();
+
+    // The shredded key row restored from an old copy.
+    let db = raw_db(dir.path()).await;
+    sqlx::query("INSERT INTO data_keys (key_ref, wrapped, kek_id, created_at) VALUES (?, ?, ?, ?)")
+        .bind(&key_row.0)
+        .bind(&key_row.1)
+        .bind(&key_row.2)
+        .bind(key_row.3)
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    verify_says(13, "restored_erased_key");
+    restore();
+    assert_eq!(run_cli(dir.path(), &["verify"]).0, 0);
+}
+
+on_both_backends!(
+    checkpoints_are_signed_every_n_entries_and_on_demand_and_proofs_check_against_them,
+    witnesses_receive_every_checkpoint_with_a_consistency_proof,
+    an_erasure_receipt_carries_a_checkpoint_that_proves_the_erasure_entry,
+    the_audit_endpoint_signs_its_report_and_runs_large_ranges_as_jobs,
+    export_bundles_verify_offline_and_the_api_and_cli_exports_agree,
+);

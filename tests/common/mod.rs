@@ -1,0 +1,464 @@
+//! Test harness: the real `auditledger` binary, started on port 0 in a fresh directory of its
+//! own, driven over HTTP.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::needless_pass_by_value, reason = "test code")]
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_auditledger");
+
+/// A running server process.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub dir: PathBuf,
+    pub client: reqwest::Client,
+}
+
+/// A fresh working directory for one test.
+pub fn workdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("auditledger-test-")
+        .tempdir()
+        .unwrap()
+}
+
+impl Server {
+    /// Starts `auditledger serve --bind 127.0.0.1:0` in `dir`, plus `extra` flags.
+    pub async fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_log(dir, extra, "warn").await
+    }
+
+    /// As `start`, logging at `level` into `dir/server.log`.
+    pub async fn start_with_log(dir: &Path, extra: &[&str], level: &str) -> Server {
+        Server::start_full(dir, extra, level, None).await
+    }
+
+    /// As `start`, on PostgreSQL when `database_url` is given.
+    pub async fn start_full(
+        dir: &Path,
+        extra: &[&str],
+        level: &str,
+        database_url: Option<&str>,
+    ) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .args(["--bind", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(dir)
+            .env("RUST_LOG", level)
+            .env_remove("AUDITLEDGER_DATA_DIR")
+            .env_remove("AUDITLEDGER_KEYS_DIR")
+            .env_remove("DATABASE_URL");
+        if let Some(url) = database_url {
+            command.env("DATABASE_URL", url);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(rest) = line.strip_prefix("auditledger listening on http://") {
+                    return rest.split_whitespace().next().unwrap().to_owned();
+                }
+            }
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            panic!("server exited before listening; log:\n{log}");
+        })
+        .await
+        .expect("server did not start within 30 s");
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            dir: dir.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POSTs a JSON body to a stream; returns status and parsed body.
+    pub async fn append(&self, stream: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_raw(&format!("/v1/streams/{stream}/events"), body.to_string())
+            .await
+    }
+
+    /// POSTs raw bytes; returns status and parsed body (Null if not JSON).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs a path; returns status, content type and parsed body.
+    pub async fn get(&self, path: &str) -> (StatusCode, String, Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, ct, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Every event of the global log, paging through it.
+    pub async fn all_events(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let (status, _, page) = self
+                .get(&format!("/v1/events?from_seq={from}&limit=1000"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            out.extend(page["events"].as_array().unwrap().iter().cloned());
+            match page["next_from_seq"].as_u64() {
+                Some(n) => from = n,
+                None => return out,
+            }
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn terminate(mut self) -> ExitStatus {
+        signal(&self.child, "TERM");
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("server did not stop within 30 s after SIGTERM")
+            .unwrap()
+    }
+
+    /// SIGKILL: the process dies at once, mid-whatever.
+    pub async fn kill9(mut self) {
+        signal(&self.child, "KILL");
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Sends a signal with kill(1): the crate forbids unsafe code, and std has no signal API.
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("child still running");
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+/// Runs the binary with `args` in `dir`; returns exit code, stdout and stderr.
+pub fn run_cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    run_cli_full(dir, args, None)
+}
+
+/// As `run_cli`, on PostgreSQL when `database_url` is given.
+pub fn run_cli_full(
+    dir: &Path,
+    args: &[&str],
+    database_url: Option<&str>,
+) -> (i32, String, String) {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("AUDITLEDGER_DATA_DIR")
+        .env_remove("AUDITLEDGER_KEYS_DIR")
+        .env_remove("DATABASE_URL");
+    if let Some(url) = database_url {
+        command.env("DATABASE_URL", url);
+    }
+    let out = command.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One-event append body.
+pub fn one_event(ty: &str, data: Value) -> Value {
+    serde_json::json!({"events": [{"type": ty, "data": data}]})
+}
+
+/// Opens the test's SQLite database directly, as an attacker with file access would.
+pub async fn raw_db(dir: &Path) -> sqlx::SqlitePool {
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.join("data/ledger.db"))
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .unwrap()
+}
+
+/// Which storage a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite,
+    /// PostgreSQL at `AUDITLEDGER_TEST_POSTGRES` (default: the local server, database `test`).
+    Postgres,
+}
+
+/// Where a test creates its own PostgreSQL databases.
+fn postgres_admin_url() -> String {
+    std::env::var("AUDITLEDGER_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A PostgreSQL database of a test's own, dropped when the test ends.
+pub struct PgDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDb {
+    pub async fn create() -> PgDb {
+        use sqlx::Connection;
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(
+            "al_test_{}_{}_{}",
+            std::process::id(),
+            n,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        let admin = postgres_admin_url();
+        // No silent skip: a test that needs PostgreSQL fails when it cannot reach it.
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL is required for this test and unreachable at {admin}: {e}")
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+        PgDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime: use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A test's own working directory, and its own database on the chosen backend.
+pub struct Env {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    pub pg: Option<PgDb>,
+}
+
+impl Env {
+    pub async fn new(backend: Backend) -> Env {
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(PgDb::create().await),
+        };
+        Env {
+            backend,
+            dir: workdir(),
+            pg,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn database_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(|p| p.url.as_str())
+    }
+
+    /// Starts a server on this environment's backend.
+    pub async fn serve(&self, extra: &[&str]) -> Server {
+        Server::start_full(self.path(), extra, "warn", self.database_url()).await
+    }
+
+    /// Starts a server with its own working directory (its own ./keys), on this backend.
+    pub async fn serve_in(&self, dir: &Path, extra: &[&str]) -> Server {
+        Server::start_full(dir, extra, "warn", self.database_url()).await
+    }
+
+    /// Runs the binary on this environment's backend.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        run_cli_full(self.path(), args, self.database_url())
+    }
+
+    /// Runs SQL directly against the backend, as an attacker with database access would.
+    pub async fn sql(&self, statements: &[&str]) {
+        match &self.pg {
+            None => {
+                let db = raw_db(self.path()).await;
+                for s in statements {
+                    sqlx::query(s).execute(&db).await.unwrap();
+                }
+                db.close().await;
+            }
+            Some(pg) => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+                for s in statements {
+                    sqlx::query(s).execute(&mut conn).await.unwrap();
+                }
+                conn.close().await.unwrap();
+            }
+        }
+    }
+
+    /// One integer from SQL.
+    pub async fn sql_count(&self, query: &str) -> i64 {
+        match &self.pg {
+            None => {
+                let db = raw_db(self.path()).await;
+                let n: i64 = sqlx::query_scalar(query).fetch_one(&db).await.unwrap();
+                db.close().await;
+                n
+            }
+            Some(pg) => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+                let n: i64 = sqlx::query_scalar(query)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                n
+            }
+        }
+    }
+}
+
+/// Runs each named `async fn name(backend: Backend)` as two tests, `name::sqlite` and
+/// `name::postgres`: one conformance suite, both backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::common::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+
+/// Appends from `writers` tasks to `s` until the deadline or until `s` stops answering;
+/// returns every acknowledged (seq, entry_hash).
+pub async fn load(
+    s: std::sync::Arc<Server>,
+    tag: &'static str,
+    writers: usize,
+    deadline: std::time::Duration,
+) -> Vec<(u64, Value)> {
+    let acked = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (s, acked) = (std::sync::Arc::clone(&s), std::sync::Arc::clone(&acked));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5_000 {
+                if started.elapsed() > deadline {
+                    break;
+                }
+                // Every other request goes to a stream both instances write to.
+                let stream = if i % 2 == 0 {
+                    "shared".to_owned()
+                } else {
+                    format!("{tag}-{w}")
+                };
+                let body = serde_json::json!({"events": [
+                    {"type": "Load", "data": {"tag": tag, "w": w, "i": i}},
+                    {"type": "Load", "data": {"tag": tag, "w": w, "i": i, "second": true}},
+                ]});
+                let r = s
+                    .client
+                    .post(s.url(&format!("/v1/streams/{stream}/events")))
+                    .json(&body)
+                    .timeout(std::time::Duration::from_secs(10))
+                    .send()
+                    .await;
+                let Ok(r) = r else { break };
+                if r.status() != StatusCode::CREATED {
+                    break;
+                }
+                let Ok(body) = r.json::<Value>().await else {
+                    break;
+                };
+                let mut a = acked.lock().await;
+                for e in body["entries"].as_array().unwrap() {
+                    a.push((e["seq"].as_u64().unwrap(), e["entry_hash"].clone()));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    std::sync::Arc::try_unwrap(acked).unwrap().into_inner()
+}
