@@ -359,10 +359,10 @@ async fn the_audit_endpoint_signs_its_report_and_runs_large_ranges_as_jobs(b: Ba
 
     // Tamper with one payload: the report says where and what, and is still signed.
     match b {
-        Backend::Sqlite => tamper(env.path(), &["UPDATE entries SET payload = substr(payload, 1, 40) || x'00' || substr(payload, 42) WHERE seq = 12"]).await,
+        Backend::Sqlite => tamper(env.path(), &["UPDATE entries SET payload = substr(payload, 1, 40) || CASE WHEN substr(payload, 41, 1) = x'00' THEN x'01' ELSE x'00' END || substr(payload, 42) WHERE seq = 12"]).await,
         Backend::Postgres => env.sql(&[
             "DROP TRIGGER entries_no_update ON entries",
-            "UPDATE entries SET payload = overlay(payload placing '\\x00'::bytea from 41 for 1) WHERE seq = 12",
+            "UPDATE entries SET payload = set_byte(payload, 40, get_byte(payload, 40) # 255) WHERE seq = 12",
         ]).await,
     }
     let s = env.serve(&[]).await;

@@ -101,7 +101,7 @@ async fn editing_a_payload_makes_verify_name_that_seq() {
     let dir = ledger_of(5).await;
     tamper(
         dir.path(),
-        &["UPDATE entries SET payload = substr(payload, 1, 40) || x'00' || substr(payload, 42) WHERE seq = 3"],
+        &["UPDATE entries SET payload = substr(payload, 1, 40) || CASE WHEN substr(payload, 41, 1) = x'00' THEN x'01' ELSE x'00' END || substr(payload, 42) WHERE seq = 3"],
     )
     .await;
     verify_fails_at(dir.path(), 3, "payload_digest_mismatch");
