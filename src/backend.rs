@@ -83,6 +83,23 @@ fn keep_serve_lock(
     }))
 }
 
+/// Closes the store and gives up the lock, in the order each backend needs.
+pub async fn close(store: &dyn Store, lock: OwnerLock) {
+    match lock {
+        // The data directory stays locked until the database is closed (WAL checkpointed).
+        lock @ OwnerLock::File(_) => {
+            store.close().await;
+            drop(lock);
+        }
+        // A pooled connection holds the PostgreSQL lock: give it back first, or closing the
+        // pool waits for it (for ever, if PostgreSQL already dropped that connection).
+        lock => {
+            drop(lock);
+            store.close().await;
+        }
+    }
+}
+
 /// Opens the backend `dirs` names (PostgreSQL if `database_url` is set, else SQLite).
 pub async fn open(dirs: &Dirs, access: Access) -> anyhow::Result<(Arc<dyn Store>, OwnerLock)> {
     if let Some(url) = &dirs.database_url {

@@ -306,19 +306,7 @@ impl Service {
         self.stop.cancel();
         self.server.await.context("server task failed")??;
         self.app.ledger.shutdown().await;
-        match self.lock {
-            // The data directory stays locked until the database is closed (WAL checkpointed).
-            lock @ crate::backend::OwnerLock::File(_) => {
-                self.store.close().await;
-                drop(lock);
-            }
-            // A pooled connection holds the PostgreSQL lock: give it back first, or closing the
-            // pool waits for it (for ever, if PostgreSQL already dropped that connection).
-            lock => {
-                drop(lock);
-                self.store.close().await;
-            }
-        }
+        crate::backend::close(self.store.as_ref(), self.lock).await;
         Ok(())
     }
 }

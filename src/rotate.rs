@@ -76,7 +76,7 @@ pub async fn rotate_kek(
     batch_size: u32,
     stop_after_batches: Option<u64>,
 ) -> anyhow::Result<Rotation> {
-    let (store, _lock) = crate::backend::open(dirs, crate::backend::Access::Maintenance).await?;
+    let (store, lock) = crate::backend::open(dirs, crate::backend::Access::Maintenance).await?;
     let keys_dir = &dirs.keys_dir;
     let old = keyfiles::load(keys_dir)?.kek;
     let next_path = keys_dir.join(NEXT_KEK_FILE);
@@ -131,12 +131,12 @@ pub async fn rotate_kek(
         batches += 1;
         if stop_after_batches.is_some_and(|n| batches >= n) {
             bar.abandon();
-            store.close().await;
+            crate::backend::close(store.as_ref(), lock).await;
             return Ok(Rotation::Interrupted { rewrapped });
         }
     }
     bar.finish_and_clear();
-    store.close().await;
+    crate::backend::close(store.as_ref(), lock).await;
 
     // Every key is under the new KEK: keep the old one aside, then switch, atomically.
     let old_path = keys_dir.join(format!("{KEK_FILE}.old-{old_id}"));

@@ -245,7 +245,18 @@ async fn a_server_refuses_a_database_older_than_its_published_checkpoint() {
     let s = Server::start(dir.path(), &flags).await;
     fill(&s, 5).await;
     s.post_raw("/v1/checkpoints", "").await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Publication is asynchronous; wait (bounded) until the witness holds the newer checkpoint.
+    let latest = witness.join("latest.json");
+    for _ in 0..200 {
+        let published: Value = std::fs::read_to_string(&latest)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        if published["checkpoint"]["tree_size"] == 10 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     s.terminate().await;
     std::fs::write(dir.path().join("data/ledger.db"), old).unwrap();
     let (code, _, err) = run_cli(

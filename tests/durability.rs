@@ -73,8 +73,9 @@ async fn sigkill_during_a_write_load_loses_no_acknowledged_event(b: Backend) {
         16,
         Duration::from_secs(20),
     ));
-    // Let the load build up, then kill the process mid-write.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the load build up (each of the 16 writers puts every other request in its own
+    // stream), then kill the process mid-write.
+    s.wait_for_stream("load-0", 16).await;
     let pid = s.child.id().unwrap();
     std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])

@@ -33,8 +33,9 @@ async fn two_instances_on_one_database_keep_one_chain_even_when_one_is_killed() 
 
     let load_a = tokio::spawn(common::load(Arc::clone(&a), "a", 8, Duration::from_secs(6)));
     let load_b = tokio::spawn(common::load(Arc::clone(&b), "b", 8, Duration::from_secs(3)));
-    // Kill instance A mid-load.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Kill instance A mid-load, once both have made progress.
+    a.wait_for_stream("a-0", 16).await;
+    b.wait_for_stream("b-0", 16).await;
     let pid = a.child.id().unwrap();
     std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])

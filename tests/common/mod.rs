@@ -152,6 +152,31 @@ impl Server {
         }
     }
 
+    /// Waits (at most 60 s) until `stream` holds at least `n` events: tests that interrupt a
+    /// load wait for real progress instead of sleeping a guessed time, which a loaded CI
+    /// machine can make too short.
+    pub async fn wait_for_stream(&self, stream: &str, n: usize) {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, _, page) = self
+                .get(&format!("/v1/streams/{stream}/events?limit=1000"))
+                .await;
+            let have = if status == StatusCode::OK {
+                page["events"].as_array().map_or(0, Vec::len)
+            } else {
+                0
+            };
+            if have >= n {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "stream {stream} reached only {have} of {n} events in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub async fn terminate(mut self) -> ExitStatus {
         signal(&self.child, "TERM");
@@ -179,6 +204,9 @@ fn signal(child: &Child, sig: &str) {
     assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
+/// How long one CLI command may run in a test.
+const CLI_TIMEOUT_SECS: u64 = 180;
+
 /// Runs the binary with `args` in `dir`; returns exit code, stdout and stderr.
 pub fn run_cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
     run_cli_full(dir, args, None)
@@ -190,8 +218,10 @@ pub fn run_cli_full(
     args: &[&str],
     database_url: Option<&str>,
 ) -> (i32, String, String) {
-    let mut command = std::process::Command::new(BIN);
+    // A hung command fails its test within minutes instead of stalling CI.
+    let mut command = std::process::Command::new("timeout");
     command
+        .args(["-k", "5", &CLI_TIMEOUT_SECS.to_string(), BIN])
         .args(args)
         .current_dir(dir)
         .env("RUST_LOG", "warn")
@@ -202,6 +232,13 @@ pub fn run_cli_full(
         command.env("DATABASE_URL", url);
     }
     let out = command.stdin(Stdio::null()).output().unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "`auditledger {}` did not finish within {CLI_TIMEOUT_SECS} s; stderr: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
