@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use auditledger::cli::Service;
-use auditledger::config::{Dirs, ServeConfig};
+use auditledger::config::ServeConfig;
 use auditledger::crypto::{DataKey, KeyRef, LedgerSigningKey, seal};
 use auditledger::entry::{
     Entry, EntryHeader, EventType, GENESIS_PREV_HASH, Metadata, Seq, StreamId,
@@ -233,23 +233,12 @@ fn main() {
         });
         (format!("{}/{name}", a.rsplit_once('/').unwrap().0), name)
     });
-    let config = ServeConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        dirs: Dirs {
-            data_dir: dir.path().join("data"),
-            keys_dir: dir.path().join("keys"),
-            database_url: database_url.as_ref().map(|(u, _)| u.clone()),
-            database_pool_size: 10,
-        },
-        max_event_bytes: 1 << 20,
-        max_request_bytes: 4 << 20,
-        max_batch_events: 4096,
-        erasure_tombstone_hours: 24,
-        checkpoint_every: 1000,
-        checkpoint_interval_secs: 60,
-        witness_dir: None,
-        witness_webhook: None,
-    };
+    let mut config = ServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("keys"),
+    );
+    config.dirs.database_url = database_url.as_ref().map(|(u, _)| u.clone());
     let services: Vec<Service> = (0..instances.max(1))
         .map(|_| server_rt.block_on(Service::start(&config)).unwrap())
         .collect();

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditledger::cli::Service;
-use auditledger::config::{Dirs, ServeConfig};
+use auditledger::config::ServeConfig;
 use auditledger::entry::{EventType, Seq, StreamId};
 use auditledger::ledger::{AppendRequest, ExpectedVersion, NewEvent};
 use auditledger::merkle::{CompactRange, leaf_hash};
@@ -44,21 +44,12 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = ServeConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        dirs: Dirs {
-            data_dir: dir.path().join("data"),
-            keys_dir: dir.path().join("keys"),
-            database_url: None,
-            database_pool_size: 10,
-        },
-        max_event_bytes: 1 << 20,
-        max_request_bytes: 4 << 20,
-        max_batch_events: 4096,
-        erasure_tombstone_hours: 24,
-        checkpoint_every: 1000,
         checkpoint_interval_secs: 3600,
-        witness_dir: None,
-        witness_webhook: None,
+        ..ServeConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().join("data"),
+            dir.path().join("keys"),
+        )
     };
     println!("# auditledger audit benchmark, {n} entries\n");
 

@@ -241,6 +241,7 @@ impl Service {
             crate::witness::WitnessConfig {
                 dir: config.witness_dir.clone(),
                 webhook: config.witness_webhook.clone(),
+                webhook_ca: config.witness_webhook_ca.clone(),
             },
         )?;
         let ledger = Ledger::start(

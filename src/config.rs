@@ -11,6 +11,14 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 << 20;
 /// Default most events in one commit.
 pub const DEFAULT_MAX_BATCH_EVENTS: usize = 4096;
+/// Default hours a repeated erasure request gets its first receipt back.
+pub const DEFAULT_ERASURE_TOMBSTONE_HOURS: u64 = 24;
+/// Default entries between checkpoints.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+/// Default seconds between checkpoints of a growing log.
+pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 60;
+/// Default PostgreSQL pool size.
+pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 10;
 /// The SQLite file inside the data directory.
 pub const DATABASE_FILE: &str = "ledger.db";
 
@@ -27,7 +35,7 @@ pub struct Dirs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Connections in the PostgreSQL pool.
-    #[arg(long, env = "AUDITLEDGER_DATABASE_POOL_SIZE", default_value_t = 10)]
+    #[arg(long, env = "AUDITLEDGER_DATABASE_POOL_SIZE", default_value_t = DEFAULT_DATABASE_POOL_SIZE)]
     pub database_pool_size: u32,
 }
 
@@ -59,17 +67,17 @@ pub struct ServeConfig {
     #[arg(
         long,
         env = "AUDITLEDGER_ERASURE_TOMBSTONE_HOURS",
-        default_value_t = 24
+        default_value_t = DEFAULT_ERASURE_TOMBSTONE_HOURS
     )]
     pub erasure_tombstone_hours: u64,
     /// Make a checkpoint in the commit that takes the log this many entries past the last one.
-    #[arg(long, env = "AUDITLEDGER_CHECKPOINT_EVERY", default_value_t = 1000)]
+    #[arg(long, env = "AUDITLEDGER_CHECKPOINT_EVERY", default_value_t = DEFAULT_CHECKPOINT_EVERY)]
     pub checkpoint_every: u64,
     /// Also make a checkpoint this often, in seconds, if the log grew.
     #[arg(
         long,
         env = "AUDITLEDGER_CHECKPOINT_INTERVAL_SECS",
-        default_value_t = 60
+        default_value_t = DEFAULT_CHECKPOINT_INTERVAL_SECS
     )]
     pub checkpoint_interval_secs: u64,
     /// Publish every checkpoint as a file in this directory (a witness).
@@ -78,7 +86,64 @@ pub struct ServeConfig {
     /// POST every checkpoint as JSON to this https:// (or http://) URL (a witness).
     #[arg(long, env = "AUDITLEDGER_WITNESS_WEBHOOK")]
     pub witness_webhook: Option<String>,
+    /// PEM file of CA certificates to trust for the webhook, besides the built-in public
+    /// roots: for a witness behind a private CA.
+    #[arg(long, env = "AUDITLEDGER_WITNESS_WEBHOOK_CA")]
+    pub witness_webhook_ca: Option<PathBuf>,
     /// Most events committed in one transaction (group commit).
     #[arg(long, env = "AUDITLEDGER_MAX_BATCH_EVENTS", default_value_t = DEFAULT_MAX_BATCH_EVENTS)]
     pub max_batch_events: usize,
+}
+
+impl ServeConfig {
+    /// The defaults `serve` uses when no flag or variable is given, for embedding the service
+    /// (benchmarks, tests) without a command line.
+    #[must_use]
+    pub fn new(bind: SocketAddr, data_dir: PathBuf, keys_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            bind,
+            dirs: Dirs {
+                data_dir,
+                keys_dir,
+                database_url: None,
+                database_pool_size: DEFAULT_DATABASE_POOL_SIZE,
+            },
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            erasure_tombstone_hours: DEFAULT_ERASURE_TOMBSTONE_HOURS,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            checkpoint_interval_secs: DEFAULT_CHECKPOINT_INTERVAL_SECS,
+            witness_dir: None,
+            witness_webhook: None,
+            witness_webhook_ca: None,
+            max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::ServeConfig;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    #[test]
+    fn the_embedded_defaults_are_the_command_line_defaults() {
+        let parsed = Command::try_parse_from(["auditledger", "--bind", "127.0.0.1:0"])
+            .unwrap()
+            .serve;
+        let built = ServeConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            "./data".into(),
+            "./keys".into(),
+        );
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
 }

@@ -27,6 +27,27 @@ pub struct WitnessConfig {
     pub dir: Option<PathBuf>,
     /// An `https://` (or `http://`) URL that receives each publication as a JSON POST.
     pub webhook: Option<String>,
+    /// PEM CA certificates trusted for the webhook besides the built-in public roots.
+    pub webhook_ca: Option<PathBuf>,
+}
+
+/// The webhook's HTTP client: rustls with the Mozilla roots, plus the configured private CA.
+fn webhook_client(ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("cannot read webhook CA file {}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .context("cannot set up the webhook's HTTP client")
 }
 
 /// One publication.
@@ -177,9 +198,13 @@ pub fn spawn(
     key: PublicKey,
     config: WitnessConfig,
 ) -> anyhow::Result<Option<mpsc::UnboundedSender<Checkpoint>>> {
+    if config.webhook_ca.is_some() && config.webhook.is_none() {
+        bail!("--witness-webhook-ca is set but --witness-webhook is not");
+    }
     if config.dir.is_none() && config.webhook.is_none() {
         return Ok(None);
     }
+    let client = webhook_client(config.webhook_ca.as_deref())?;
     let last = match &config.dir {
         Some(dir) => read_latest(dir)?,
         None => None,
@@ -189,7 +214,7 @@ pub fn spawn(
         store,
         key,
         config,
-        client: reqwest::Client::new(),
+        client,
         last,
     };
     tokio::spawn(async move {

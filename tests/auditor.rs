@@ -691,3 +691,225 @@ on_both_backends!(
     the_audit_endpoint_signs_its_report_and_runs_large_ranges_as_jobs,
     export_bundles_verify_offline_and_the_api_and_cli_exports_agree,
 );
+
+/// Makes a private CA and a certificate for 127.0.0.1 signed by it, with the openssl CLI.
+fn private_ca(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test witness CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+/// An HTTPS witness on loopback: answers every POST with 200 and keeps its JSON body.
+async fn tls_witness(dir: &Path) -> (String, Arc<Mutex<Vec<Value>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = Arc::clone(&received);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, sink) = (acceptor.clone(), Arc::clone(&sink));
+            tokio::spawn(async move {
+                // A client that does not trust the CA aborts the handshake: nothing to keep.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if request.len() < end + 4 + length {
+                        continue;
+                    }
+                    sink.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&request[end + 4..end + 4 + length]).unwrap());
+                    request.drain(..end + 4 + length);
+                    tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (url, received)
+}
+
+#[tokio::test]
+async fn a_webhook_witness_behind_a_private_ca_is_reached_only_when_its_ca_is_configured() {
+    let dir = workdir();
+    private_ca(dir.path());
+    let (hook, received) = tls_witness(dir.path()).await;
+    let ca = dir.path().join("ca.pem");
+    let metric = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("auditledger_witness_failures_total"))
+            .map_or(0, |l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+    };
+
+    // Without the CA the certificate is not trusted: nothing is published, and it is counted.
+    let s = Server::start(
+        dir.path(),
+        &["--checkpoint-every", "5", "--witness-webhook", &hook],
+    )
+    .await;
+    fill(&s, 5).await;
+    let mut failures = 0;
+    for _ in 0..200 {
+        let text = s
+            .client
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        failures = metric(&text);
+        if failures > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        failures > 0,
+        "an untrusted witness certificate must fail the publication"
+    );
+    assert!(received.lock().unwrap().is_empty());
+    s.terminate().await;
+
+    // With it, every checkpoint arrives over TLS.
+    let s = Server::start(
+        dir.path(),
+        &[
+            "--checkpoint-every",
+            "5",
+            "--witness-webhook",
+            &hook,
+            "--witness-webhook-ca",
+            ca.to_str().unwrap(),
+        ],
+    )
+    .await;
+    fill(&s, 5).await;
+    for _ in 0..200 {
+        if !received.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["checkpoint"]["tree_size"], 10);
+    s.terminate().await;
+
+    // A CA file that holds no certificate stops the start with a clear message.
+    std::fs::write(dir.path().join("bad.pem"), "not a certificate").unwrap();
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--witness-webhook",
+            &hook,
+            "--witness-webhook-ca",
+            "bad.pem",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("bad.pem holds no PEM certificate"), "{err}");
+}
