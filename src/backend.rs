@@ -41,8 +41,11 @@ pub enum OwnerLock {
     None,
 }
 
-/// How often the serve lock's connection is checked.
-const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the serve lock's connection is checked: it bounds how long a dropped lock goes
+/// unnoticed, and a `SELECT 1` per interval per instance costs nothing.
+const LOCK_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How often taking the lock again is retried while PostgreSQL refuses (one warning each).
+const LOCK_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Keeps the serve lock for as long as it lives.
 #[derive(Debug)]
@@ -75,7 +78,7 @@ fn keep_serve_lock(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot take the running-server lock yet");
-                        tokio::time::sleep(LOCK_CHECK_INTERVAL).await;
+                        tokio::time::sleep(LOCK_RETRY_INTERVAL).await;
                     }
                 }
             }
