@@ -91,7 +91,11 @@ impl Server {
             child,
             base: format!("http://{addr}"),
             dir: dir.to_owned(),
-            client: reqwest::Client::new(),
+            // A server that stops answering fails the test instead of stalling CI.
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
         }
     }
 
