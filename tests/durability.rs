@@ -112,7 +112,7 @@ async fn sigterm_under_load_finishes_in_flight_appends_and_exits_cleanly(b: Back
         16,
         Duration::from_secs(20),
     ));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.wait_for_stream("load-0", 16).await;
     let pid = s.child.id().unwrap();
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -259,8 +259,16 @@ async fn an_instance_whose_connections_are_cut_mid_load_loses_no_acknowledged_ev
     let (code, out, err) = env.cli(&["verify"]);
     assert_eq!(code, 0, "{out}{err}");
     // The running-server lock went with the cut connections; the service takes it again, so
-    // a KEK rotation still refuses to run beside it.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // a KEK rotation still refuses to run beside it. Wait until PostgreSQL shows it held.
+    let held = "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                AND classid = x'61756469'::int AND objid = x'746b656b'::int AND objsubid = 1 \
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    let mut waited = 0;
+    while env.sql_count(held).await == 0 {
+        waited += 1;
+        assert!(waited < 600, "the server never took its lock again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (code, _, err) = env.cli(&["rotate-kek"]);
     assert_ne!(code, 0, "rotate-kek must refuse while the server runs");
     assert!(err.contains("server is running"), "{err}");
