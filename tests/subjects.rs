@@ -457,7 +457,8 @@ async fn appends_racing_an_erasure_are_either_erased_or_under_a_fresh_handle_and
             acked
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Erase once the writers are under way, so that appends land on both sides of it.
+    s.wait_for_stream("carol-0", 1).await;
     let (status, receipt) = erase(&s, "carol", "DSR-race").await;
     assert_eq!(status, StatusCode::OK, "{receipt}");
     let mut acked = Vec::new();
@@ -467,6 +468,7 @@ async fn appends_racing_an_erasure_are_either_erased_or_under_a_fresh_handle_and
     let erasure_seq = receipt["erasure_seq"].as_u64().unwrap();
     let old = receipt["subject_handle"].clone();
     let events = s.all_events().await;
+    let acked_before = acked.iter().filter(|s| **s < erasure_seq).count();
     for seq in acked {
         let e = &events[seq as usize];
         if seq < erasure_seq {
@@ -481,6 +483,10 @@ async fn appends_racing_an_erasure_are_either_erased_or_under_a_fresh_handle_and
             assert!(e["data"]["n"].is_number());
         }
     }
+    assert!(
+        acked_before > 0,
+        "the erasure was meant to catch events of the subject"
+    );
     // No event under the old handle is readable.
     assert!(
         events
