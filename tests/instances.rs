@@ -31,8 +31,14 @@ async fn two_instances_on_one_database_keep_one_chain_even_when_one_is_killed() 
             .await,
     );
 
-    let load_a = tokio::spawn(common::load(Arc::clone(&a), "a", 8, Duration::from_secs(6)));
-    let load_b = tokio::spawn(common::load(Arc::clone(&b), "b", 8, Duration::from_secs(3)));
+    // A's load ends when A is killed; B's goes on after that.
+    let load_a = tokio::spawn(common::load(
+        Arc::clone(&a),
+        "a",
+        8,
+        Duration::from_secs(30),
+    ));
+    let load_b = tokio::spawn(common::load(Arc::clone(&b), "b", 8, Duration::from_secs(5)));
     // Kill instance A mid-load, once both have made progress.
     a.wait_for_stream("a-0", 16).await;
     b.wait_for_stream("b-0", 16).await;
