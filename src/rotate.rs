@@ -99,12 +99,12 @@ pub async fn rotate_kek(
     bar.set_message("re-wrapping data keys");
     let mut rewrapped = 0u64;
     let mut batches = 0u64;
-    loop {
+    let interrupted = loop {
         let rows = store
             .vault_rows_not_under(&new_id, batch_size.max(1))
             .await?;
         if rows.is_empty() {
-            break;
+            break false;
         }
         let mut updated = Vec::with_capacity(rows.len());
         for row in rows {
@@ -130,13 +130,15 @@ pub async fn rotate_kek(
         bar.inc(updated.len() as u64);
         batches += 1;
         if stop_after_batches.is_some_and(|n| batches >= n) {
-            bar.abandon();
-            crate::backend::close(store.as_ref(), lock).await;
-            return Ok(Rotation::Interrupted { rewrapped });
+            break true;
         }
+    };
+    crate::backend::close(store.as_ref(), lock).await;
+    if interrupted {
+        bar.abandon();
+        return Ok(Rotation::Interrupted { rewrapped });
     }
     bar.finish_and_clear();
-    crate::backend::close(store.as_ref(), lock).await;
 
     // Every key is under the new KEK: keep the old one aside, then switch, atomically.
     let old_path = keys_dir.join(format!("{KEK_FILE}.old-{old_id}"));
