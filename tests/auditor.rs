@@ -13,13 +13,14 @@ mod common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use auditledger::checkpoint::CheckpointJson;
 use auditledger::crypto::PublicKey;
 use auditledger::entry::EntryHash;
 use auditledger::merkle::{self, MerkleHash};
 use auditledger::report::SignedReport;
-use common::{Backend, Env, Server, one_event, raw_db, run_cli, workdir};
+use common::{Backend, Env, Server, one_event, raw_db, run_cli, wait_until, workdir};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -190,18 +191,19 @@ async fn witnesses_receive_every_checkpoint_with_a_consistency_proof(b: Backend)
     fill(&s, 17).await;
     s.post_raw("/v1/checkpoints", "").await;
     let key = public_key(&s).await;
-    // Publication is asynchronous; wait (bounded) for the last one.
-    for _ in 0..100 {
-        if received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|p| p["checkpoint"]["tree_size"] == 17)
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // Publication is asynchronous; wait for the last one.
+    wait_until(
+        "the publication of checkpoint 17",
+        Duration::from_secs(5),
+        async || {
+            received
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|p| p["checkpoint"]["tree_size"] == 17)
+        },
+    )
+    .await;
     let pubs = received.lock().unwrap().clone();
     let sizes: Vec<u64> = pubs
         .iter()
@@ -245,18 +247,20 @@ async fn a_server_refuses_a_database_older_than_its_published_checkpoint() {
     let s = Server::start(dir.path(), &flags).await;
     fill(&s, 5).await;
     s.post_raw("/v1/checkpoints", "").await;
-    // Publication is asynchronous; wait (bounded) until the witness holds the newer checkpoint.
+    // Publication is asynchronous; wait until the witness holds the newer checkpoint.
     let latest = witness.join("latest.json");
-    for _ in 0..200 {
-        let published: Value = std::fs::read_to_string(&latest)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        if published["checkpoint"]["tree_size"] == 10 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the publication of checkpoint 10",
+        Duration::from_secs(10),
+        async || {
+            let published: Value = std::fs::read_to_string(&latest)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            published["checkpoint"]["tree_size"] == 10
+        },
+    )
+    .await;
     s.terminate().await;
     std::fs::write(dir.path().join("data/ledger.db"), old).unwrap();
     let (code, _, err) = run_cli(
@@ -352,7 +356,7 @@ async fn the_audit_endpoint_signs_its_report_and_runs_large_ranges_as_jobs(b: Ba
             done = j;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(done["entries_checked"], 30);
     let from_job: SignedReport = serde_json::from_value(done["report"].clone()).unwrap();
@@ -694,67 +698,29 @@ on_both_backends!(
 
 /// Makes a private CA and a certificate for 127.0.0.1 signed by it, with the openssl CLI.
 fn private_ca(dir: &Path) {
-    let run = |args: &[&str]| {
+    const NEW_P256_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    let run = |args: &str| {
         let out = std::process::Command::new("openssl")
-            .args(args)
+            .args(args.split_whitespace())
             .current_dir(dir)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "openssl {args:?}: {}",
+            "openssl {args}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test witness CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
+    run(&format!(
+        "req -x509 {NEW_P256_KEY} -keyout ca.key -out ca.pem -days 2 -subj /CN=test-witness-CA"
+    ));
+    run(&format!(
+        "req {NEW_P256_KEY} -keyout server.key -out server.csr -subj /CN=127.0.0.1"
+    ));
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
+    run(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext",
+    );
 }
 
 /// An HTTPS witness on loopback: answers every POST with 200 and keeps its JSON body.
@@ -847,27 +813,23 @@ async fn a_webhook_witness_behind_a_private_ca_is_reached_only_when_its_ca_is_co
     )
     .await;
     fill(&s, 5).await;
-    let mut failures = 0;
-    for _ in 0..200 {
-        let text = s
-            .client
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        failures = metric(&text);
-        if failures > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(
-        failures > 0,
-        "an untrusted witness certificate must fail the publication"
-    );
+    wait_until(
+        "the untrusted witness certificate to fail the publication",
+        Duration::from_secs(10),
+        async || {
+            let text = s
+                .client
+                .get(s.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metric(&text) > 0
+        },
+    )
+    .await;
     assert!(received.lock().unwrap().is_empty());
     s.terminate().await;
 
@@ -885,12 +847,12 @@ async fn a_webhook_witness_behind_a_private_ca_is_reached_only_when_its_ca_is_co
     )
     .await;
     fill(&s, 5).await;
-    for _ in 0..200 {
-        if !received.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "a publication over TLS",
+        Duration::from_secs(10),
+        async || !received.lock().unwrap().is_empty(),
+    )
+    .await;
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["checkpoint"]["tree_size"], 10);

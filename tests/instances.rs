@@ -235,22 +235,17 @@ async fn an_instance_whose_connections_are_cut_mid_load_loses_no_acknowledged_ev
     let acked = loader.await.unwrap();
     assert!(!acked.is_empty());
     // The service recovers by itself (its pool reconnects)...
-    let mut ok = false;
-    for _ in 0..50 {
-        if s.append("after-cut", &common::one_event("After", json!(1)))
-            .await
-            .0
-            == StatusCode::CREATED
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        ok,
-        "the service did not recover after its connections were cut"
-    );
+    common::wait_until(
+        "the service to recover after its connections were cut",
+        Duration::from_secs(10),
+        async || {
+            s.append("after-cut", &common::one_event("After", json!(1)))
+                .await
+                .0
+                == StatusCode::CREATED
+        },
+    )
+    .await;
     // ...and every acknowledged event is in the one chain, which verifies.
     let events = s.all_events().await;
     for (seq, hash) in &acked {
@@ -269,12 +264,12 @@ async fn an_instance_whose_connections_are_cut_mid_load_loses_no_acknowledged_ev
     let held = "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
                 AND classid = x'61756469'::int AND objid = x'746b656b'::int AND objsubid = 1 \
                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
-    let mut waited = 0;
-    while env.sql_count(held).await == 0 {
-        waited += 1;
-        assert!(waited < 600, "the server never took its lock again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_until(
+        "the server to take its lock again",
+        Duration::from_secs(30),
+        async || env.sql_count(held).await > 0,
+    )
+    .await;
     let (code, _, err) = env.cli(&["rotate-kek"]);
     assert_ne!(code, 0, "rotate-kek must refuse while the server runs");
     assert!(err.contains("server is running"), "{err}");

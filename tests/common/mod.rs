@@ -160,25 +160,16 @@ impl Server {
     /// load wait for real progress instead of sleeping a guessed time, which a loaded CI
     /// machine can make too short.
     pub async fn wait_for_stream(&self, stream: &str, n: usize) {
-        let started = std::time::Instant::now();
-        loop {
-            let (status, _, page) = self
-                .get(&format!("/v1/streams/{stream}/events?limit=1000"))
-                .await;
-            let have = if status == StatusCode::OK {
-                page["events"].as_array().map_or(0, Vec::len)
-            } else {
-                0
-            };
-            if have >= n {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "stream {stream} reached only {have} of {n} events in 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let path = format!("/v1/streams/{stream}/events?limit=1000");
+        wait_until(
+            &format!("stream {stream} to reach {n} events"),
+            Duration::from_secs(60),
+            async || {
+                let (status, _, page) = self.get(&path).await;
+                status == StatusCode::OK && page["events"].as_array().map_or(0, Vec::len) >= n
+            },
+        )
+        .await;
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -206,6 +197,19 @@ fn signal(child: &Child, sig: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+/// Polls `check` every 50 ms until it holds: for what happens in another process, which a
+/// test cannot await. Fails the test, naming `what`, if it does not hold within `within`.
+pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < within,
+            "waited {within:?} in vain for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// How long one CLI command may run in a test.
