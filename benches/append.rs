@@ -36,6 +36,7 @@ const STAGE_EVENTS: usize = 20_000;
 
 fn header(i: u64) -> EntryHeader {
     EntryHeader {
+        ledger_id: Some(auditledger::entry::LedgerId([0x55; 16])),
         seq: Seq(i),
         stream_id: StreamId::parse(&format!("bench-{}", i % 1000)).unwrap(),
         stream_version: i / 1000,

@@ -155,7 +155,11 @@ fn main() {
 
     // Server-side verification.
     let mut keys = TrustedKeys::new();
-    keys.insert(app.ledger.signing_key().public_key());
+    keys.insert(app.ledger.signing_key().key.public_key());
+    let keys = auditledger::audit::AuditTrust {
+        keys,
+        ledger_id: app.ledger.ledger_id(),
+    };
     let t = Instant::now();
     let report = rt
         .block_on(auditledger::audit::verify_range(
@@ -166,6 +170,7 @@ fn main() {
             Arc::default(),
         ))
         .unwrap();
+    let report = report.report;
     assert!(report.first_failure.is_none(), "{:?}", report.first_failure);
     let audit = t.elapsed();
     println!("## Verification\n");
@@ -178,12 +183,13 @@ fn main() {
 
     // Export, then the offline verifier as an auditor runs it.
     let bundle = dir.path().join("bundle.ndjson");
+    let ledger_id = app.ledger.ledger_id();
     let t = Instant::now();
     rt.block_on(async {
         let (sender, mut receiver) = tokio::sync::mpsc::channel(256);
         let store = Arc::clone(app.ledger.store());
         let producer = tokio::spawn(async move {
-            auditledger::export::write_bundle(store.as_ref(), Seq(0), None, sender).await
+            auditledger::export::write_bundle(store.as_ref(), ledger_id, Seq(0), None, sender).await
         });
         let mut f = std::io::BufWriter::new(std::fs::File::create(&bundle).unwrap());
         while let Some(b) = receiver.recv().await {

@@ -1,18 +1,21 @@
-//! Verification of the stored ledger: the same checks as the offline verifier (`bundle`),
-//! fed straight from the database a chunk at a time, in constant memory, on blocking threads,
-//! through the read pool — so it never holds the write lock and never blocks appends. Used by
-//! `GET /v1/audit/verify` and `auditledger verify`.
+//! Verification of the stored ledger: the same checks as the offline verifier
+//! ([`crate::verify::Verifier`]), fed straight from the database a chunk at a time, on blocking
+//! threads, through the read pool — so it never holds the write lock and never blocks appends.
+//! Used by `GET /v1/audit/verify` and `auditledger verify`.
+//!
+//! It verifies one consistent snapshot: the head, the newest checkpoint and the key vault are
+//! read together at the start, and nothing appended (or checkpointed) after that is looked at,
+//! so appends and checkpoints racing a long verification never cause a false alarm.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::bundle::{BundleVerifier, Stop, UnusableInput};
-use crate::entry::{EntryHash, GENESIS_PREV_HASH, Seq};
+use crate::entry::{EntryHash, GENESIS_PREV_HASH, LedgerId, Seq};
 use crate::merkle::{self, MerkleHash};
 use crate::report::AuditReport;
 use crate::store::{Store, StoreError};
 use crate::timefmt::now_micros;
-use crate::verify::{Failure, FailureKind, TrustedKeys};
+use crate::verify::{Failure, FailureKind, Proven, Start, Trusted, TrustedKeys, Verifier, vault};
 
 /// Rows verified per chunk.
 const AUDIT_CHUNK_ROWS: u32 = 10_000;
@@ -23,12 +26,36 @@ pub enum AuditError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Nothing to verify with.
-    #[error(transparent)]
-    Unusable(#[from] UnusableInput),
+    /// The range starts beyond the ledger's end.
+    #[error("from_seq {from} is beyond the ledger's end: it holds {size} entries")]
+    BeyondHead {
+        /// The first seq asked for.
+        from: u64,
+        /// Entries in the ledger.
+        size: u64,
+    },
     /// A verification thread failed.
     #[error("verification task failed: {0}")]
     Task(String),
+}
+
+/// What the stored ledger is verified against: trusted public keys (from the keys directory,
+/// never from the database) and the ledger's identity (likewise).
+#[derive(Clone, Debug)]
+pub struct AuditTrust {
+    /// Every key the ledger has used, with the ranges the keys directory records.
+    pub keys: TrustedKeys,
+    /// The ledger's identity.
+    pub ledger_id: LedgerId,
+}
+
+/// A finished verification: the report to sign, and what an ok proved.
+#[derive(Debug)]
+pub struct Verification {
+    /// The report (its `signed_at_size` is the snapshot's size).
+    pub report: AuditReport,
+    /// What was proven, if the verification passed.
+    pub proven: Option<Proven>,
 }
 
 /// The hash before `from` and the Merkle right edge at size `from`, as stored.
@@ -66,43 +93,61 @@ pub async fn range_len(store: &dyn Store, from: Seq, to: Option<Seq>) -> Result<
     Ok((last.0 + 1).saturating_sub(from.0))
 }
 
-fn stop_to_failure(stop: Stop) -> Result<Failure, AuditError> {
-    match stop {
-        Stop::Tampered(f) => Ok(f),
-        Stop::Unusable(u) => Err(AuditError::Unusable(u)),
-    }
-}
-
-/// Verifies entries `from..=to` (to defaults to the head as of the start) and every stored
-/// checkpoint they complete; `progress` counts entries as they pass.
+/// Verifies entries `from..=to` (to defaults to the head of the snapshot taken at the start)
+/// and every stored checkpoint they complete; on a whole-ledger run also the key vault against
+/// the chain and the newest checkpoint against the head. `progress` counts entries.
 pub async fn verify_range(
     store: Arc<dyn Store>,
-    keys: TrustedKeys,
+    trust: AuditTrust,
     from: Seq,
     to: Option<Seq>,
     progress: Arc<AtomicU64>,
-) -> Result<AuditReport, AuditError> {
-    let head = store.head().await?;
-    let last = head
+) -> Result<Verification, AuditError> {
+    let snapshot = store.audit_snapshot().await?;
+    let size = snapshot.head.map_or(0, |h| h.seq.0 + 1);
+    if from.0 > size {
+        return Err(AuditError::BeyondHead { from: from.0, size });
+    }
+    let last = snapshot
+        .head
         .map(|h| to.map_or(h.seq, |t| t.min(h.seq)))
         .filter(|l| *l >= from);
+    let whole_ledger = from.0 == 0 && to.is_none_or(|t| t.0 + 1 >= size);
     let mut report = AuditReport {
+        ledger_id: trust.ledger_id,
+        signed_at_size: size,
         from_seq: from.0,
         to_seq: last.map(|l| l.0),
         entries_checked: 0,
         checkpoints_checked: 0,
         first_failure: None,
         verified_at_micros: now_micros(),
+        statement: String::new(),
     };
-    let mut verifier = BundleVerifier::new(keys, None)?;
     let (prev_hash, frontier) = range_start(store.as_ref(), from).await?;
-    if verifier.start_at(from, prev_hash, &frontier).is_err() {
-        report.first_failure = Some(Failure {
+    let trusted = Trusted {
+        keys: trust.keys,
+        ledger_id: Some(trust.ledger_id),
+        checkpoint: None,
+        candidates: Vec::new(),
+    };
+    let mut verifier = match Verifier::new(
+        trusted,
+        Start {
             seq: from,
-            kind: FailureKind::CheckpointMismatch,
-            detail: "the stored Merkle tree is incomplete before this seq".to_owned(),
-        });
-        return Ok(report);
+            prev_hash,
+            frontier,
+        },
+    ) {
+        Ok(v) => v,
+        Err(mut f) => {
+            f.kind = FailureKind::CheckpointMismatch;
+            f.detail = format!("the stored Merkle tree is incomplete before seq {from}");
+            return Ok(finished(report, Err(f)));
+        }
+    };
+    if whole_ledger {
+        verifier.track_key_refs();
     }
     let mut failure: Option<Failure> = None;
     if let Some(last) = last {
@@ -112,133 +157,107 @@ pub async fn verify_range(
                 .read_global(next, Some(last), AUDIT_CHUNK_ROWS)
                 .await?;
             if rows.is_empty() {
-                failure = Some(Failure {
-                    seq: next,
-                    kind: FailureKind::SeqMismatch,
-                    detail: format!("entries from seq {next} to seq {last} are missing"),
-                });
+                failure = Some(Failure::new(
+                    next,
+                    FailureKind::SeqMismatch,
+                    format!("entries from seq {next} to seq {last} are missing"),
+                ));
                 break;
             }
             let chunk_end = next.0 + rows.len() as u64;
             let checkpoints = store.checkpoints(next.0 + 1, chunk_end, u32::MAX).await?;
             let progress = Arc::clone(&progress);
-            let (back, outcome) = tokio::task::spawn_blocking(move || {
-                let (v, n, r) = verify_chunk(verifier, rows, checkpoints, next, &progress);
-                (v, (n, r))
+            let (back, result) = tokio::task::spawn_blocking(move || {
+                let result = verify_chunk(&mut verifier, rows, &checkpoints, &progress);
+                (verifier, result)
             })
             .await
             .map_err(|e| AuditError::Task(e.to_string()))?;
             verifier = back;
-            let (n, result) = outcome;
-            next = n;
-            if let Err(stop) = result {
-                failure = Some(stop_to_failure(stop)?);
+            match result {
+                Ok(n) => next = n,
+                Err(f) => failure = Some(f),
             }
         }
     }
-    let checkpoints_seen;
-    if failure.is_none() {
-        let entries = verifier.entries();
-        match tokio::task::spawn_blocking(move || verifier.finish_records())
-            .await
-            .map_err(|e| AuditError::Task(e.to_string()))?
-        {
-            Ok(summary) => {
-                report.entries_checked = summary.entries;
-                checkpoints_seen = summary.checkpoints;
-            }
-            Err(stop) => {
-                report.entries_checked = entries;
-                checkpoints_seen = 0;
-                failure = Some(stop_to_failure(stop)?);
-            }
-        }
-    } else {
+    if let Some(f) = failure {
         report.entries_checked = progress.load(Ordering::Relaxed);
-        checkpoints_seen = 0;
+        return Ok(finished(report, Err(f)));
     }
-    report.checkpoints_checked = checkpoints_seen;
-    if failure.is_none() {
-        let whole_tail = to.is_none_or(|t| head.is_none_or(|h| t >= h.seq));
-        failure =
-            ledger_wide_checks(store.as_ref(), head.map_or(0, |h| h.seq.0 + 1), whole_tail).await?;
+    // Checks that concern the ledger as a whole, against the snapshot read at the start.
+    let mut whole: Option<Failure> = None;
+    if whole_ledger {
+        if let Some(cp) = &snapshot.latest_checkpoint
+            && cp.tree_size > size
+        {
+            whole = Some(Failure::new(
+                Seq(size),
+                FailureKind::Truncated,
+                format!(
+                    "checkpoint {} covers {} entries, but the ledger holds {size}: the tail was cut off",
+                    cp.tree_size, cp.tree_size
+                ),
+            ));
+        }
+        if let Err(f) = vault::check(verifier.invariants(), &snapshot.vault)
+            && whole.as_ref().is_none_or(|w| f.seq < w.seq)
+        {
+            whole = Some(f);
+        }
     }
-    if let Some(f) = &failure {
-        tracing::error!(seq = f.seq.0, kind = %f.kind, "verification found tampering");
-        metrics::counter!(crate::telemetry::VERIFICATION_FAILURES).increment(1);
-    }
-    report.first_failure = failure;
+    let entries = verifier.entries();
+    let outcome = tokio::task::spawn_blocking(move || verifier.finish())
+        .await
+        .map_err(|e| AuditError::Task(e.to_string()))?;
+    report.entries_checked = entries;
+    let outcome = match (outcome, whole) {
+        (Err(f), Some(w)) => Err(if w.seq < f.seq { w } else { f }),
+        (Err(f), None) | (Ok(_), Some(f)) => Err(f),
+        (Ok(p), None) => Ok(p),
+    };
+    Ok(finished(report, outcome))
+}
+
+fn finished(mut report: AuditReport, outcome: Result<Proven, Failure>) -> Verification {
+    let proven = match outcome {
+        Ok(p) => {
+            report.checkpoints_checked = p.checkpoints;
+            Some(p)
+        }
+        Err(f) => {
+            tracing::error!(seq = f.seq.0, kind = %f.kind, "verification found tampering");
+            metrics::counter!(crate::telemetry::VERIFICATION_FAILURES).increment(1);
+            report.first_failure = Some(f);
+            None
+        }
+    };
     report.verified_at_micros = now_micros();
-    Ok(report)
+    Verification { report, proven }
 }
 
 /// Feeds one chunk of rows, and the checkpoints they complete, to the verifier. Returns the
-/// verifier, the next seq expected, and whether the chunk passed.
+/// next seq expected, or the first failure.
 fn verify_chunk(
-    mut verifier: BundleVerifier,
+    verifier: &mut Verifier,
     rows: Vec<crate::store::EntryRow>,
-    checkpoints: Vec<crate::checkpoint::Checkpoint>,
-    mut next: Seq,
+    checkpoints: &[crate::checkpoint::Checkpoint],
     progress: &AtomicU64,
-) -> (BundleVerifier, Seq, Result<(), Stop>) {
-    let mut cps = checkpoints.into_iter().peekable();
+) -> Result<Seq, Failure> {
+    let mut cps = checkpoints.iter().peekable();
     for row in rows {
-        let record = match row.into_record() {
-            Ok(r) => r,
-            Err(m) => {
-                let failure = Failure {
-                    seq: m.seq,
-                    kind: FailureKind::MalformedRecord,
-                    detail: format!("column {} does not decode", m.what),
-                };
-                return (verifier, next, Err(Stop::Tampered(failure)));
-            }
-        };
+        let record = row.into_record().map_err(|m| {
+            Failure::new(
+                m.seq,
+                FailureKind::MalformedRecord,
+                format!("column {} does not decode", m.what),
+            )
+        })?;
         let seq = record.entry.header.seq;
-        if let Err(stop) = verifier.push_record(&record) {
-            return (verifier, next, Err(stop));
-        }
+        verifier.push_record(&record)?;
         while let Some(cp) = cps.next_if(|c| c.tree_size <= seq.0 + 1) {
-            if let Err(stop) = verifier.push_checkpoint(cp) {
-                return (verifier, next, Err(stop));
-            }
+            verifier.push_checkpoint(cp)?;
         }
-        next = seq.next();
         progress.fetch_add(1, Ordering::Relaxed);
     }
-    (verifier, next, Ok(()))
-}
-
-/// Checks that concern the ledger as a whole rather than one entry.
-async fn ledger_wide_checks(
-    store: &dyn Store,
-    size: u64,
-    whole_tail: bool,
-) -> Result<Option<Failure>, StoreError> {
-    // A checkpoint that covers more than the ledger holds: the tail was cut off.
-    if whole_tail
-        && let Some(cp) = store.latest_checkpoint().await?
-        && cp.tree_size > size
-    {
-        return Ok(Some(Failure {
-            seq: Seq(size),
-            kind: FailureKind::Truncated,
-            detail: format!(
-                "checkpoint {} covers {} entries, but the ledger holds {size}: the tail was cut off",
-                cp.tree_size, cp.tree_size
-            ),
-        }));
-    }
-    // A destroyed key that is back: restored from an old copy of the database.
-    if let Some((handle, seq)) = store.restored_erased_keys().await?.into_iter().next() {
-        return Ok(Some(Failure {
-            seq,
-            kind: FailureKind::RestoredErasedKey,
-            detail: format!(
-                "subject {} was erased at seq {seq}, but its data key is in the vault again",
-                handle.to_hex()
-            ),
-        }));
-    }
-    Ok(None)
+    Ok(verifier.next_seq())
 }

@@ -1,42 +1,41 @@
 //! Export bundles and their offline verification. Pure: no I/O; the caller feeds lines.
 //!
-//! A bundle is NDJSON: one JSON object per line, each with a `"kind"`:
-//! - `header` (first): format, range, the hash preceding the range and the Merkle right edge
-//!   at its start (both empty/zero for a bundle that starts at seq 0);
-//! - `key`: a public signing key with the seq range it signed;
-//! - `entry`: one entry, with the field names of an event read from the API, its sealed
-//!   payload in hex (never decrypted);
-//! - `checkpoint`: a signed tree head, placed right after the entry that completes it;
-//! - `footer` (last): counts, so that a truncated file is noticed.
+//! A bundle is NDJSON: one JSON object per line, each with a `"kind"`, in this order:
+//! - `header` (first): format, ledger identity, range, the ledger's size at export, the hash
+//!   preceding the range and the Merkle right edge at its start;
+//! - `key` lines: each public signing key with the seq range it signed, ordered by `first_seq`;
+//! - `entry` lines, in seq order, each followed by the `checkpoint` it completes, if any;
+//! - `footer` (last): counts, so that a cut-off file is noticed.
 //!
-//! [`BundleVerifier`] checks a bundle in constant memory: every entry's digest, hash, link and
-//! key (sequentially), every signature (in batches, across cores, by ZIP-215), every checkpoint's
-//! signature and root (recomputed from the entries), and — given a checkpoint the auditor kept
-//! from earlier — that the bundle's history contains it, which is what catches a cut-off tail or
-//! a database restored from an older copy.
+//! Parsing is strict: each line must be exactly the text the exporter writes for the value it
+//! holds (compact JSON, fields in their fixed order, no unknown or duplicate field, lowercase
+//! hex, canonical timestamps), no blank line, nothing after the footer. Anything else is
+//! refused as unusable input rather than interpreted.
+//!
+//! [`BundleVerifier`] checks the bundle's own claims (range, counts, key lines) and hands every
+//! entry and checkpoint to [`crate::verify::Verifier`], which makes every trust decision.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 
-use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::checkpoint::{Checkpoint, CheckpointJson};
-use crate::crypto::{KeyId, PublicKey, SealedPayload, Signature, verify_entries_batch};
+use crate::crypto::{KeyId, PublicKey, SealedPayload, Signature};
 use crate::entry::{
-    Entry, EntryHash, EntryHeader, EventType, GENESIS_PREV_HASH, PayloadDigest, Seq, StreamId,
-    SubjectHandle,
+    Entry, EntryHash, EntryHeader, EventType, FORMAT_VERSION, FORMAT_VERSION_V1, LedgerId,
+    PayloadDigest, Seq, StreamId, SubjectHandle,
 };
-use crate::merkle::{CompactRange, MerkleHash, leaf_hash};
+use crate::merkle::MerkleHash;
 use crate::record::Record;
-use crate::timefmt::{format_micros, parse_rfc3339};
-use crate::verify::{ChainVerifier, Failure, FailureKind, TrustedKeys};
+use crate::timefmt::{format_micros, parse_canonical_micros};
+use crate::verify::{
+    Failure, FailureKind, KeyRange, Proven, Start, Trust, Trusted, TrustedKeys, Verifier,
+};
 
 /// The `format` of bundles this code writes and reads.
-pub const BUNDLE_FORMAT: &str = "auditledger-bundle/v1";
-/// Signatures verified per batch; batches run on all cores.
-pub const SIGNATURE_BATCH: usize = 256;
-/// Batches gathered before a parallel verification round.
-const BATCHES_PER_ROUND: usize = 32;
+pub const BUNDLE_FORMAT: &str = "auditledger-bundle/v2";
+/// The only signature algorithm.
+pub const ALGORITHM: &str = "ed25519";
 
 /// One line of a bundle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,25 +55,30 @@ pub enum BundleLine {
 
 /// The first line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Header {
     /// Always [`BUNDLE_FORMAT`].
     pub format: String,
+    /// The ledger's identity, 32 hex digits.
+    pub ledger_id: String,
     /// First seq in the bundle.
     pub from_seq: u64,
     /// Last seq in the bundle (inclusive), or null if it holds no entry.
     pub to_seq: Option<u64>,
-    /// When it was made (RFC 3339).
+    /// Entries in the ledger when the bundle was made (its head's seq + 1).
+    pub ledger_size: u64,
+    /// When it was made (RFC 3339, six fractional digits, `Z`).
     pub exported_at: String,
     /// `entry_hash` of entry `from_seq - 1` (zeros when `from_seq` is 0). Taken on trust for a
-    /// partial bundle.
+    /// partial bundle unless a kept checkpoint of size `from_seq` confirms it.
     pub prev_hash: String,
-    /// Hashes of the Merkle tree's right edge at size `from_seq` (empty when 0), left to right.
-    /// Taken on trust for a partial bundle.
+    /// RFC 6962 subtree hashes covering `[0, from_seq)`, largest subtree first (empty when 0).
     pub merkle_frontier: Vec<String>,
 }
 
-/// A public key line.
+/// A public key line: a key and the seq range of the entries it signed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeyLine {
     /// Key id.
     pub key_id: String,
@@ -82,15 +86,87 @@ pub struct KeyLine {
     pub algorithm: String,
     /// 32-byte public key, hex.
     pub public_key: String,
-    /// First seq signed.
+    /// First seq it signed (null: it has signed nothing).
     pub first_seq: Option<u64>,
-    /// Last seq signed.
+    /// Last seq it signed (null: it is the current key).
     pub last_seq: Option<u64>,
+}
+
+impl KeyLine {
+    /// The key line of a key and its range.
+    #[must_use]
+    pub fn new(key: &PublicKey, first_seq: Option<u64>, last_seq: Option<u64>) -> KeyLine {
+        KeyLine {
+            key_id: key.key_id().to_hex(),
+            algorithm: ALGORITHM.to_owned(),
+            public_key: hex::encode(key.to_bytes()),
+            first_seq,
+            last_seq,
+        }
+    }
+
+    /// The public key, checked against `key_id`, and its range (`None` if it signed nothing).
+    ///
+    /// # Errors
+    /// A field out of shape, or a key id that does not name the key.
+    pub fn parse(&self) -> Result<(PublicKey, Option<KeyRange>), String> {
+        let mut bytes = [0u8; 32];
+        if self.algorithm != ALGORITHM {
+            return Err(format!("algorithm {} is not {ALGORITHM}", self.algorithm));
+        }
+        if !crate::entry::decode_hex_exact(&self.public_key, &mut bytes) {
+            return Err("public_key is not 64 lowercase hex digits".to_owned());
+        }
+        let key = PublicKey::from_bytes(&bytes).map_err(|e| format!("public_key: {e}"))?;
+        if KeyId::from_hex(&self.key_id).ok() != Some(key.key_id()) {
+            return Err(format!(
+                "key_id {} is not the id of public_key ({})",
+                self.key_id,
+                key.key_id()
+            ));
+        }
+        let range = match (self.first_seq, self.last_seq) {
+            (Some(first), last) if last.is_none_or(|l| l >= first) => {
+                Some(KeyRange { first, last })
+            }
+            (None, None) => None,
+            _ => return Err("last_seq without first_seq, or below it".to_owned()),
+        };
+        Ok((key, range))
+    }
+}
+
+/// Deserializes a metadata map, refusing duplicate keys (which a map would silently merge).
+fn strict_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of strings without duplicate keys")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = a.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!("duplicate key {k:?}")));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
 }
 
 /// An entry line: the API's field names, the sealed payload instead of decrypted data.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EntryLine {
+    /// Encoding version: 2 (binds the header's ledger id), or 1 for a legacy entry.
+    pub version: u8,
     /// Global position.
     pub seq: u64,
     /// Stream.
@@ -104,11 +180,13 @@ pub struct EntryLine {
     pub schema_version: u32,
     /// Subject handle (hex) or null.
     pub subject: Option<String>,
-    /// RFC 3339 with six fractional digits: the exact hashed microsecond value.
+    /// RFC 3339 with six fractional digits and `Z`: the exact hashed microsecond value.
     pub recorded_at: String,
     /// Plaintext metadata.
+    #[serde(deserialize_with = "strict_map")]
     pub metadata: BTreeMap<String, String>,
-    /// The sealed payload, hex; null if purged.
+    /// The sealed payload, hex. Never absent in a ledger written by this service; a null here
+    /// is reported as `missing_payload`.
     pub payload: Option<String>,
     /// SHA-256 of the sealed payload, hex.
     pub payload_digest: String,
@@ -124,6 +202,7 @@ pub struct EntryLine {
 
 /// The last line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Footer {
     /// Entry lines in the bundle.
     pub entries: u64,
@@ -137,6 +216,7 @@ impl EntryLine {
     pub fn from_record(r: &Record) -> EntryLine {
         let h = &r.entry.header;
         EntryLine {
+            version: h.version(),
             seq: h.seq.0,
             stream_id: h.stream_id.to_string(),
             stream_version: h.stream_version,
@@ -154,15 +234,26 @@ impl EntryLine {
         }
     }
 
-    /// Parses the line back into a record; a field out of shape is named.
-    pub fn to_record(&self) -> Result<Record, Failure> {
+    /// Parses the line back into a record of ledger `ledger_id`; a field out of shape is named.
+    ///
+    /// # Errors
+    /// `malformed_record` at the line's seq.
+    pub fn to_record(&self, ledger_id: LedgerId) -> Result<Record, Failure> {
         let seq = Seq(self.seq);
-        let bad = |what: &str| Failure {
-            seq,
-            kind: FailureKind::MalformedRecord,
-            detail: format!("field {what} does not parse"),
+        let bad = |what: &str| {
+            Failure::new(
+                seq,
+                FailureKind::MalformedRecord,
+                format!("field {what} does not parse or is not written canonically"),
+            )
+        };
+        let ledger_id = match self.version {
+            FORMAT_VERSION => Some(ledger_id),
+            FORMAT_VERSION_V1 => None,
+            _ => return Err(bad("version")),
         };
         let header = EntryHeader {
+            ledger_id,
             seq,
             stream_id: StreamId::parse(&self.stream_id).map_err(|_| bad("stream_id"))?,
             stream_version: self.stream_version,
@@ -174,9 +265,18 @@ impl EntryLine {
                 .map(SubjectHandle::from_hex)
                 .transpose()
                 .map_err(|_| bad("subject"))?,
-            recorded_at_micros: parse_rfc3339(&self.recorded_at)
+            recorded_at_micros: parse_canonical_micros(&self.recorded_at)
                 .ok_or_else(|| bad("recorded_at"))?,
             metadata: self.metadata.clone(),
+        };
+        let payload = match self.payload.as_deref() {
+            None => None,
+            Some(p) => {
+                if p.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(bad("payload"));
+                }
+                Some(SealedPayload(hex::decode(p).map_err(|_| bad("payload"))?))
+            }
         };
         Ok(Record {
             entry: Entry {
@@ -185,12 +285,7 @@ impl EntryLine {
                     .map_err(|_| bad("payload_digest"))?,
                 prev_hash: EntryHash::from_hex(&self.prev_hash).map_err(|_| bad("prev_hash"))?,
             },
-            payload: self
-                .payload
-                .as_deref()
-                .map(|p| hex::decode(p).map(SealedPayload))
-                .transpose()
-                .map_err(|_| bad("payload"))?,
+            payload,
             entry_hash: EntryHash::from_hex(&self.entry_hash).map_err(|_| bad("entry_hash"))?,
             signature: Signature::from_hex(&self.signature).map_err(|_| bad("signature"))?,
             key_id: KeyId::from_hex(&self.key_id).map_err(|_| bad("key_id"))?,
@@ -198,15 +293,15 @@ impl EntryLine {
     }
 }
 
-/// Input the verifier cannot use at all (as opposed to evidence of tampering).
+/// Input the verifier cannot use at all (as opposed to evidence of tampering). Exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnusableInput {
-    /// A line that is not a bundle line.
-    #[error("line {line}: not a bundle line: {why}")]
+    /// A line that is not a bundle line, or not written the one canonical way.
+    #[error("line {line}: {why}")]
     BadLine {
         /// 1-based line number.
         line: u64,
-        /// The parser's message.
+        /// What is wrong with it.
         why: String,
     },
     /// The first line is not a header of a known format.
@@ -218,61 +313,163 @@ pub enum UnusableInput {
     /// No key to verify with.
     #[error("no public key to verify with")]
     NoKeys,
-    /// The trusted checkpoint given does not verify under the trusted keys.
-    #[error("the trusted checkpoint does not verify: {0}")]
+    /// The trusted checkpoint given cannot be used or cannot be related to this bundle.
+    #[error("the trusted checkpoint cannot be used: {0}")]
     BadTrustedCheckpoint(String),
 }
 
-/// What a finished verification found.
+/// Why feeding stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// Tampering found. Exit code 1.
+    Tampered(Failure),
+    /// The input cannot be verified. Exit code 2.
+    Unusable(UnusableInput),
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Stop {
+        Stop::Tampered(f)
+    }
+}
+
+/// What a bundle that verified has proven, and what it could not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
-    /// Entries checked.
-    pub entries: u64,
-    /// Checkpoints checked.
-    pub checkpoints: u64,
-    /// First and last seq, if any entry.
-    pub range: Option<(u64, u64)>,
-    /// Whether the keys came from the bundle itself.
+    /// The verifier's account.
+    pub proven: Proven,
+    /// Whether the keys came from the bundle itself (no `--public-key`).
     pub keys_from_bundle: bool,
-    /// Whether a trusted checkpoint was matched.
-    pub trusted_checkpoint_matched: Option<u64>,
+    /// The ledger's size at export, as the header claims it.
+    pub ledger_size: u64,
+}
+
+impl Summary {
+    /// What was proven, in sentences, for the person running the verifier.
+    #[must_use]
+    pub fn describe(&self) -> Vec<String> {
+        describe(&self.proven, self.keys_from_bundle, Some(self.ledger_size))
+    }
+}
+
+/// Sentences saying what a verification proved and what it did not.
+#[must_use]
+pub fn describe(p: &Proven, keys_from_bundle: bool, ledger_size: Option<u64>) -> Vec<String> {
+    let mut out = Vec::new();
+    let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let range = p
+        .range
+        .map_or("no entries".to_owned(), |(a, b)| format!("seq {a} to {b}"));
+    let ledger = p.ledger_id.map_or_else(
+        || "a legacy v1 ledger".to_owned(),
+        |id| format!("ledger {id}"),
+    );
+    out.push(format!(
+        "ok: {} ({range}) of {ledger} and {} verified: hashes, links, signatures, key ranges and chain invariants",
+        count(p.entries, "entry", "entries"),
+        count(p.checkpoints, "checkpoint", "checkpoints"),
+    ));
+    if keys_from_bundle {
+        out.push("keys: taken from the bundle itself, so a bundle re-signed with other keys would pass too; pass --public-key with a key obtained independently".to_owned());
+    } else {
+        for k in &p.keys {
+            let how = match k.trust {
+                Trust::Direct => "trusted (given)",
+                Trust::Anchored => "trusted through a countersigned rotation",
+                Trust::Unanchored => "NOT trusted",
+            };
+            let range = match (k.last_seq, k.retired_at) {
+                (_, Some(r)) => format!("seq {} to {r}, then retired", k.first_seq),
+                (Some(l), None) => format!("seq {} to {l}", k.first_seq),
+                (None, None) => format!("from seq {}", k.first_seq),
+            };
+            out.push(format!("key {}: {how}; signed {range}", k.key_id));
+        }
+    }
+    if !p.ledger_id_trusted && p.ledger_id.is_some() {
+        out.push(
+            "ledger identity: taken from the bundle (no trusted checkpoint names it)".to_owned(),
+        );
+    }
+    if p.start.0 > 0 {
+        if p.trusted_checkpoint_matched == Some(p.start.0) {
+            out.push(format!(
+                "start: the history before seq {} is the one the trusted checkpoint of size {} signs",
+                p.start, p.start
+            ));
+        } else {
+            out.push(format!(
+                "start: partial bundle; the hash and Merkle edge before seq {} are taken on trust, and stream versions and erasures before it were not seen",
+                p.start
+            ));
+        }
+    }
+    match p.trusted_checkpoint_matched {
+        Some(size) => out.push(format!(
+            "tail: this history extends the trusted checkpoint of tree size {size}: nothing it covers was cut off or rewritten"
+        )),
+        None => out.push(
+            "tail: no trusted checkpoint given, so a cut-off tail or an older copy of the ledger cannot be detected; keep a checkpoint (or use a witness) and pass it with --trusted-checkpoint".to_owned(),
+        ),
+    }
+    if p.uncovered_tail > 0 {
+        out.push(format!(
+            "coverage: the last {} covered by no checkpoint in the bundle",
+            count(p.uncovered_tail, "entry is", "entries are")
+        ));
+    }
+    if let (Some(size), Some((_, last))) = (ledger_size, p.range)
+        && size > last + 1
+    {
+        out.push(format!(
+            "range: the ledger held {size} entries at export; entries from seq {} on are not in this bundle",
+            last + 1
+        ));
+    }
+    out
+}
+
+enum Phase {
+    Header,
+    Keys,
+    Body,
+    Done,
 }
 
 /// Verifies a bundle fed line by line.
 pub struct BundleVerifier {
     keys: TrustedKeys,
     keys_from_bundle: bool,
-    trusted: Option<Checkpoint>,
+    trusted_checkpoint: Option<Checkpoint>,
+    phase: Phase,
     header: Option<Header>,
-    next_seq: Seq,
-    prev_hash: EntryHash,
-    tree: CompactRange,
-    pending_signatures: Vec<(Seq, KeyId, EntryHash, Signature)>,
-    pending_checkpoints: VecDeque<Checkpoint>,
+    ledger_id: Option<LedgerId>,
+    key_lines: Vec<KeyLine>,
+    key_ids: HashSet<String>,
+    verifier: Option<Verifier>,
     entries: u64,
     checkpoints: u64,
-    footer: Option<Footer>,
+    last_seq: Option<u64>,
     line: u64,
-    trusted_matched: Option<u64>,
 }
 
-/// Why feeding stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stop {
-    /// Tampering found.
-    Tampered(Failure),
-    /// The input cannot be verified.
-    Unusable(UnusableInput),
+impl std::fmt::Debug for BundleVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BundleVerifier(line {})", self.line)
+    }
 }
 
 impl BundleVerifier {
     /// A verifier trusting `keys`; with an empty set it trusts the keys in the bundle (and the
     /// summary says so). `trusted` is a checkpoint the auditor kept from earlier.
+    ///
+    /// # Errors
+    /// The trusted checkpoint does not parse.
     pub fn new(
         keys: TrustedKeys,
         trusted: Option<CheckpointJson>,
     ) -> Result<BundleVerifier, UnusableInput> {
-        let trusted = trusted
+        let trusted_checkpoint = trusted
             .map(|t| {
                 t.parse()
                     .map_err(|e| UnusableInput::BadTrustedCheckpoint(e.to_string()))
@@ -281,77 +478,168 @@ impl BundleVerifier {
         Ok(BundleVerifier {
             keys_from_bundle: keys.is_empty(),
             keys,
-            trusted,
+            trusted_checkpoint,
+            phase: Phase::Header,
             header: None,
-            next_seq: Seq(0),
-            prev_hash: GENESIS_PREV_HASH,
-            tree: CompactRange::new(),
-            pending_signatures: Vec::new(),
-            pending_checkpoints: VecDeque::new(),
+            ledger_id: None,
+            key_lines: Vec::new(),
+            key_ids: HashSet::new(),
+            verifier: None,
             entries: 0,
             checkpoints: 0,
-            footer: None,
+            last_seq: None,
             line: 0,
-            trusted_matched: None,
         })
     }
 
-    fn check_trusted_signature(&self) -> Result<(), Stop> {
-        if let Some(t) = &self.trusted {
-            let key = self.keys.find(&t.key_id).ok_or_else(|| {
-                Stop::Unusable(UnusableInput::BadTrustedCheckpoint(format!(
-                    "signed by key {}, which is not trusted",
-                    t.key_id
-                )))
-            })?;
-            t.verify(key)
-                .map_err(|e| Stop::Unusable(UnusableInput::BadTrustedCheckpoint(e.to_string())))?;
-        }
-        Ok(())
-    }
-
-    /// Feeds one line (without its newline).
-    pub fn feed(&mut self, text: &str) -> Result<(), Stop> {
-        self.line += 1;
-        if text.trim().is_empty() {
-            return Ok(());
-        }
-        let line: BundleLine = serde_json::from_str(text).map_err(|e| {
-            Stop::Unusable(UnusableInput::BadLine {
-                line: self.line,
-                why: e.to_string(),
-            })
-        })?;
-        let result = match line {
-            BundleLine::Header(h) => self.on_header(h),
-            _ if self.header.is_none() => Err(Stop::Unusable(UnusableInput::NoHeader)),
-            BundleLine::Key(k) => self.on_key(&k),
-            BundleLine::Entry(e) => self.on_entry(&e),
-            BundleLine::Checkpoint(c) => self.on_checkpoint(&c),
-            BundleLine::Footer(f) => {
-                self.footer = Some(f);
-                Ok(())
-            }
-        };
-        if let Err(Stop::Tampered(found)) = result {
-            // Signatures still pending belong to earlier entries: a bad one among them is the
-            // first failure.
-            self.flush_signatures()?;
-            return Err(Stop::Tampered(found));
-        }
-        result
-    }
-
-    fn bad_line(&self, why: &str) -> Stop {
+    fn bad_line(&self, why: impl Into<String>) -> Stop {
         Stop::Unusable(UnusableInput::BadLine {
             line: self.line,
-            why: why.to_owned(),
+            why: why.into(),
         })
+    }
+
+    /// Feeds one line, without its terminating `\n`.
+    ///
+    /// # Errors
+    /// Tampering found, or input that cannot be verified.
+    pub fn feed(&mut self, text: &str) -> Result<(), Stop> {
+        self.line += 1;
+        if matches!(self.phase, Phase::Done) {
+            return Err(self.bad_line("a line after the footer"));
+        }
+        if text.is_empty() {
+            return Err(self.bad_line("a blank line"));
+        }
+        let line: BundleLine = serde_json::from_str(text)
+            .map_err(|e| self.bad_line(format!("not a bundle line: {e}")))?;
+        // One value, one spelling: the exporter's exact text. This refuses whitespace, other
+        // field orders, escapes and number spellings, duplicate keys and decoy fields.
+        let canonical = serde_json::to_string(&line)
+            .map_err(|e| self.bad_line(format!("cannot re-encode: {e}")))?;
+        if canonical != text {
+            return Err(self.bad_line(
+                "not written canonically (compact JSON, fields in their fixed order, nothing extra)",
+            ));
+        }
+        match (line, &self.phase) {
+            (BundleLine::Header(h), Phase::Header) => self.on_header(h),
+            (_, Phase::Header) => Err(Stop::Unusable(UnusableInput::NoHeader)),
+            (BundleLine::Header(_), _) => Err(self.bad_line("a second header")),
+            (BundleLine::Key(k), Phase::Keys) => self.on_key(k),
+            (BundleLine::Key(_), _) => Err(self.bad_line("a key line after the entries began")),
+            (BundleLine::Entry(e), _) => {
+                self.begin_body()?;
+                self.on_entry(&e)
+            }
+            (BundleLine::Checkpoint(c), _) => {
+                self.begin_body()?;
+                self.on_checkpoint(&c)
+            }
+            (BundleLine::Footer(f), _) => {
+                self.begin_body()?;
+                self.on_footer(&f)
+            }
+        }
     }
 
     fn on_header(&mut self, h: Header) -> Result<(), Stop> {
-        if self.header.is_some() || h.format != BUNDLE_FORMAT {
+        if h.format != BUNDLE_FORMAT {
             return Err(Stop::Unusable(UnusableInput::NoHeader));
+        }
+        let ledger_id =
+            LedgerId::from_hex(&h.ledger_id).map_err(|_| self.bad_line("header ledger_id"))?;
+        parse_canonical_micros(&h.exported_at)
+            .ok_or_else(|| self.bad_line("header exported_at"))?;
+        let from = Seq(h.from_seq);
+        let claims_hold = match h.to_seq {
+            Some(t) => t >= h.from_seq && h.ledger_size > t,
+            None => h.ledger_size >= h.from_seq,
+        };
+        if !claims_hold {
+            return Err(Stop::Tampered(Failure::new(
+                from,
+                FailureKind::BundleMismatch,
+                format!(
+                    "the header's from_seq {}, to_seq {:?} and ledger_size {} contradict each other",
+                    h.from_seq, h.to_seq, h.ledger_size
+                ),
+            )));
+        }
+        if let Some(cp) = &self.trusted_checkpoint {
+            if let Some(id) = cp.ledger_id()
+                && id != ledger_id
+            {
+                return Err(Stop::Tampered(Failure::new(
+                    from,
+                    FailureKind::LedgerMismatch,
+                    format!(
+                        "the bundle is of ledger {ledger_id}, the trusted checkpoint of ledger {id}"
+                    ),
+                )));
+            }
+            if cp.tree_size < h.from_seq {
+                return Err(Stop::Unusable(UnusableInput::BadTrustedCheckpoint(
+                    format!(
+                        "it covers {} entries but the bundle starts at seq {}: export from seq {} or earlier to relate them",
+                        cp.tree_size, h.from_seq, cp.tree_size
+                    ),
+                )));
+            }
+        }
+        self.ledger_id = Some(ledger_id);
+        self.header = Some(h);
+        self.phase = Phase::Keys;
+        Ok(())
+    }
+
+    fn on_key(&mut self, k: KeyLine) -> Result<(), Stop> {
+        let (key, range) = k.parse().map_err(|why| {
+            Stop::Tampered(Failure::new(
+                Seq(k.first_seq.unwrap_or(0)),
+                FailureKind::KeyLineMismatch,
+                format!("key line {}: {why}", k.key_id),
+            ))
+        })?;
+        if !self.key_ids.insert(k.key_id.clone()) {
+            return Err(self.bad_line(format!("a second key line for key {}", k.key_id)));
+        }
+        if let Some(prev) = self.key_lines.last()
+            && prev
+                .first_seq
+                .map_or(true, |p| k.first_seq.is_some_and(|f| f <= p))
+        {
+            return Err(self.bad_line("key lines are not in order of first_seq"));
+        }
+        if self.keys_from_bundle {
+            if let Some(range) = range {
+                self.keys.insert_ranged(key, range);
+            }
+        } else if let Some(t) = self.keys.get(&key.key_id())
+            && t.key != key
+        {
+            return Err(Stop::Tampered(Failure::new(
+                Seq(k.first_seq.unwrap_or(0)),
+                FailureKind::KeyLineMismatch,
+                format!(
+                    "the key line for key {} carries another public key than the trusted one",
+                    k.key_id
+                ),
+            )));
+        }
+        self.key_lines.push(k);
+        Ok(())
+    }
+
+    fn begin_body(&mut self) -> Result<(), Stop> {
+        if !matches!(self.phase, Phase::Keys) {
+            return Ok(());
+        }
+        let Some(h) = &self.header else {
+            return Err(Stop::Unusable(UnusableInput::NoHeader));
+        };
+        if self.keys.is_empty() {
+            return Err(Stop::Unusable(UnusableInput::NoKeys));
         }
         let prev_hash =
             EntryHash::from_hex(&h.prev_hash).map_err(|_| self.bad_line("header prev_hash"))?;
@@ -361,268 +649,174 @@ impl BundleVerifier {
             .map(|s| MerkleHash::from_hex(s))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| self.bad_line("header merkle_frontier"))?;
-        self.start_at(Seq(h.from_seq), prev_hash, &frontier)
-            .map_err(|_| self.bad_line("header merkle_frontier does not fit from_seq"))?;
-        self.header = Some(h);
-        Ok(())
-    }
-
-    /// Sets where the records to come start: their first seq, the hash before it, and the
-    /// Merkle right edge at that size (all empty for seq 0).
-    pub fn start_at(
-        &mut self,
-        from: Seq,
-        prev_hash: EntryHash,
-        frontier: &[MerkleHash],
-    ) -> Result<(), crate::merkle::ProofError> {
-        self.next_seq = from;
-        self.prev_hash = prev_hash;
-        self.tree = CompactRange::from_hashes(from.0, frontier)?;
-        Ok(())
-    }
-
-    fn on_key(&mut self, k: &KeyLine) -> Result<(), Stop> {
-        if self.keys_from_bundle {
-            let bytes = hex::decode(&k.public_key).map_err(|_| self.bad_line("public_key"))?;
-            let key = PublicKey::from_bytes(&bytes).map_err(|_| self.bad_line("public_key"))?;
-            if key.key_id().to_hex() != k.key_id {
-                return Err(self.bad_line("key_id does not match public_key"));
-            }
-            self.keys.insert(key);
+        let candidates = if self.keys_from_bundle {
+            Vec::new()
+        } else {
+            self.key_lines
+                .iter()
+                .filter_map(|k| k.parse().ok().map(|(key, _)| key))
+                .collect()
+        };
+        let trusted = Trusted {
+            keys: self.keys.clone(),
+            ledger_id: self
+                .trusted_checkpoint
+                .as_ref()
+                .and_then(Checkpoint::ledger_id),
+            checkpoint: self.trusted_checkpoint.clone(),
+            candidates,
+        };
+        let mut verifier = Verifier::new(
+            trusted,
+            Start {
+                seq: Seq(h.from_seq),
+                prev_hash,
+                frontier,
+            },
+        )?;
+        // Entries of a v2 bundle carry the header's identity: make it the one expected.
+        if let Some(id) = self.ledger_id {
+            verifier = verifier.expecting_ledger(id).map_err(Stop::Tampered)?;
         }
+        self.verifier = Some(verifier);
+        self.phase = Phase::Body;
         Ok(())
+    }
+
+    fn verifier(&mut self) -> Result<&mut Verifier, Stop> {
+        self.verifier
+            .as_mut()
+            .ok_or(Stop::Unusable(UnusableInput::NoHeader))
     }
 
     fn on_entry(&mut self, line: &EntryLine) -> Result<(), Stop> {
-        let record = line.to_record().map_err(Stop::Tampered)?;
-        self.push_record(&record)
-    }
-
-    /// Checks the next record (signature deferred to a batch).
-    pub fn push_record(&mut self, record: &Record) -> Result<(), Stop> {
-        if self.entries == 0 {
-            if self.keys.is_empty() {
-                return Err(Stop::Unusable(UnusableInput::NoKeys));
-            }
-            self.check_trusted_signature()?;
-        }
-        let mut chain = ChainVerifier::resume(&self.keys, self.next_seq, self.prev_hash);
-        if let Err(found) = chain.check_structure(record) {
-            self.flush_signatures()?;
-            return Err(Stop::Tampered(found));
-        }
-        self.next_seq = chain.next_seq();
-        self.prev_hash = record.entry_hash;
-        self.pending_signatures.push((
-            record.entry.header.seq,
-            record.key_id,
-            record.entry_hash,
-            record.signature,
-        ));
-        if self.pending_signatures.len() >= SIGNATURE_BATCH * BATCHES_PER_ROUND {
-            self.flush_signatures()?;
-        }
-        self.tree.append(leaf_hash(&record.entry_hash.0), |_, _| {});
+        let ledger_id = self
+            .ledger_id
+            .ok_or(Stop::Unusable(UnusableInput::NoHeader))?;
+        let record = line.to_record(ledger_id)?;
+        self.verifier()?.push_record(&record)?;
         self.entries += 1;
-        self.check_reached_checkpoints(record.entry_hash)
+        self.last_seq = Some(line.seq);
+        Ok(())
     }
 
     fn on_checkpoint(&mut self, json: &CheckpointJson) -> Result<(), Stop> {
         let seq = Seq(json.tree_size.saturating_sub(1));
         let cp = json.parse().map_err(|e| {
-            Stop::Tampered(Failure {
+            Stop::Tampered(Failure::new(
                 seq,
-                kind: FailureKind::BadCheckpointSignature,
-                detail: format!("checkpoint at tree size {}: {e}", json.tree_size),
-            })
+                FailureKind::BadCheckpointSignature,
+                format!("checkpoint at tree size {}: {e}", json.tree_size),
+            ))
         })?;
-        self.push_checkpoint(cp)
-    }
-
-    /// Checks a checkpoint: its signature now, its root when the entries reach its size.
-    pub fn push_checkpoint(&mut self, cp: Checkpoint) -> Result<(), Stop> {
-        let seq = Seq(cp.tree_size.saturating_sub(1));
-        let key = self.keys.find(&cp.key_id).ok_or_else(|| {
-            Stop::Tampered(Failure {
-                seq,
-                kind: FailureKind::BadCheckpointSignature,
-                detail: format!(
-                    "checkpoint at tree size {} signed by untrusted key {}",
-                    cp.tree_size, cp.key_id
-                ),
-            })
-        })?;
-        cp.verify(key).map_err(|e| {
-            Stop::Tampered(Failure {
-                seq,
-                kind: FailureKind::BadCheckpointSignature,
-                detail: format!("checkpoint at tree size {}: {e}", cp.tree_size),
-            })
-        })?;
+        self.verifier()?.push_checkpoint(&cp)?;
         self.checkpoints += 1;
-        if cp.tree_size < self.tree.size() {
-            return Err(Stop::Tampered(Failure {
-                seq,
-                kind: FailureKind::CheckpointMismatch,
-                detail: format!(
-                    "checkpoint at tree size {} comes after entry {}: out of place",
-                    cp.tree_size,
-                    self.tree.size()
-                ),
-            }));
-        }
-        self.pending_checkpoints.push_back(cp);
-        self.check_reached_checkpoints(self.prev_hash)
-    }
-
-    fn check_reached_checkpoints(&mut self, last: EntryHash) -> Result<(), Stop> {
-        let size = self.tree.size();
-        while let Some(cp) = self.pending_checkpoints.front() {
-            if cp.tree_size != size {
-                break;
-            }
-            if cp.root_hash != self.tree.root() || cp.last_entry_hash != last {
-                return Err(Stop::Tampered(Failure {
-                    seq: Seq(size.saturating_sub(1)),
-                    kind: FailureKind::CheckpointMismatch,
-                    detail: format!(
-                        "the entries hash to root {}, but the checkpoint at tree size {size} signs {}",
-                        self.tree.root().to_hex(),
-                        cp.root_hash.to_hex()
-                    ),
-                }));
-            }
-            self.pending_checkpoints.pop_front();
-        }
-        if let Some(t) = &self.trusted
-            && t.tree_size == size
-        {
-            if t.root_hash != self.tree.root() {
-                return Err(Stop::Tampered(Failure {
-                    seq: Seq(size.saturating_sub(1)),
-                    kind: FailureKind::CheckpointMismatch,
-                    detail: format!(
-                        "the first {size} entries hash to root {}, but the trusted checkpoint signs {}: history was rewritten",
-                        self.tree.root().to_hex(),
-                        t.root_hash.to_hex()
-                    ),
-                }));
-            }
-            self.trusted_matched = Some(size);
-        }
         Ok(())
     }
 
-    /// Verifies the signatures gathered so far, in parallel batches; names the first bad one.
-    fn flush_signatures(&mut self) -> Result<(), Stop> {
-        let pending = std::mem::take(&mut self.pending_signatures);
-        let keys = &self.keys;
-        let first_bad = pending
-            .par_chunks(SIGNATURE_BATCH)
-            .filter_map(|chunk| {
-                let items: Option<Vec<_>> = chunk
-                    .iter()
-                    .map(|(_, id, h, s)| keys.find(id).map(|k| (k, h, s)))
-                    .collect();
-                if items.as_deref().is_some_and(verify_entries_batch) {
-                    return None;
-                }
-                // Which one? Check singly, by the same rule.
-                chunk.iter().find_map(|(seq, id, h, s)| {
-                    let ok = keys.find(id).is_some_and(|k| k.verify_entry(h, s).is_ok());
-                    (!ok).then_some((*seq, *id))
-                })
-            })
-            .min_by_key(|(seq, _)| *seq);
-        if let Some((seq, id)) = first_bad {
-            return Err(Stop::Tampered(Failure {
-                seq,
-                kind: FailureKind::BadSignature,
-                detail: format!("the signature does not verify under key {id}"),
-            }));
-        }
-        Ok(())
-    }
-
-    /// Entries checked so far (signatures possibly still pending).
-    #[must_use]
-    pub fn entries(&self) -> u64 {
-        self.entries
-    }
-
-    /// Ends a stream of records fed directly (no bundle lines, so no footer to check).
-    pub fn finish_records(mut self) -> Result<Summary, Stop> {
-        self.footer = Some(Footer {
-            entries: self.entries,
-            checkpoints: self.checkpoints,
-        });
-        self.finish()
-    }
-
-    /// Ends the input; returns the summary or why the bundle does not verify.
-    pub fn finish(mut self) -> Result<Summary, Stop> {
-        self.flush_signatures()?;
-        let Some(footer) = &self.footer else {
-            return Err(Stop::Unusable(UnusableInput::NoFooter));
-        };
-        if footer.entries != self.entries || footer.checkpoints != self.checkpoints {
-            return Err(Stop::Tampered(Failure {
-                seq: self.next_seq,
-                kind: FailureKind::Truncated,
-                detail: format!(
+    fn on_footer(&mut self, f: &Footer) -> Result<(), Stop> {
+        let next = self
+            .verifier
+            .as_ref()
+            .map_or(Seq(0), crate::verify::Verifier::next_seq);
+        if f.entries != self.entries || f.checkpoints != self.checkpoints {
+            return Err(Stop::Tampered(Failure::new(
+                next,
+                FailureKind::BundleMismatch,
+                format!(
                     "the footer counts {} entries and {} checkpoints, the bundle holds {} and {}",
-                    footer.entries, footer.checkpoints, self.entries, self.checkpoints
+                    f.entries, f.checkpoints, self.entries, self.checkpoints
                 ),
+            )));
+        }
+        let to_seq = self.header.as_ref().and_then(|h| h.to_seq);
+        if to_seq != self.last_seq {
+            return Err(Stop::Tampered(Failure::new(
+                next,
+                FailureKind::Truncated,
+                format!(
+                    "the header says the bundle ends at seq {}, but its last entry is {}",
+                    to_seq.map_or("(none)".to_owned(), |t| t.to_string()),
+                    self.last_seq.map_or("(none)".to_owned(), |t| t.to_string())
+                ),
+            )));
+        }
+        self.phase = Phase::Done;
+        Ok(())
+    }
+
+    /// Ends the input; returns what was proven, or why the bundle does not verify.
+    ///
+    /// # Errors
+    /// Tampering found, or input that cannot be verified.
+    pub fn finish(self) -> Result<Summary, Stop> {
+        if !matches!(self.phase, Phase::Done) {
+            return Err(Stop::Unusable(match self.phase {
+                Phase::Header => UnusableInput::NoHeader,
+                _ => UnusableInput::NoFooter,
             }));
         }
-        if let Some(cp) = self.pending_checkpoints.front() {
-            return Err(Stop::Tampered(Failure {
-                seq: self.next_seq,
-                kind: FailureKind::Truncated,
-                detail: format!(
-                    "a signed checkpoint covers {} entries, but the bundle ends at {}",
-                    cp.tree_size,
-                    self.tree.size()
-                ),
-            }));
-        }
-        if self.entries == 0 {
-            self.check_trusted_signature()?;
-        }
-        if let Some(t) = &self.trusted
-            && self.trusted_matched.is_none()
+        let (Some(verifier), Some(header)) = (self.verifier, self.header) else {
+            return Err(Stop::Unusable(UnusableInput::NoHeader));
+        };
+        let end = verifier.tree_size();
+        if let Some(cp) = &self.trusted_checkpoint
+            && cp.tree_size > end
+            && cp.tree_size <= header.ledger_size
         {
-            let starts_after = self
-                .header
-                .as_ref()
-                .is_some_and(|h| h.from_seq > t.tree_size);
-            let detail = if starts_after {
+            return Err(Stop::Unusable(UnusableInput::BadTrustedCheckpoint(
                 format!(
-                    "the bundle starts at seq {} but the trusted checkpoint covers {} entries: export from seq 0 to check it",
-                    self.header.as_ref().map_or(0, |h| h.from_seq),
-                    t.tree_size
-                )
-            } else {
-                format!(
-                    "the bundle ends at tree size {}, but the trusted checkpoint covers {} entries: the ledger was truncated or rolled back to an older copy",
-                    self.tree.size(),
-                    t.tree_size
-                )
-            };
-            return Err(Stop::Tampered(Failure {
-                seq: self.next_seq,
-                kind: FailureKind::Truncated,
-                detail,
-            }));
+                    "it covers {} entries, and this bundle stops at {end} of the {} the ledger held: export a range that reaches it",
+                    cp.tree_size, header.ledger_size
+                ),
+            )));
         }
-        let range =
-            (self.entries > 0).then(|| (self.next_seq.0 - self.entries, self.next_seq.0 - 1));
+        let proven = verifier.finish()?;
+        check_key_lines(&self.key_lines, &proven)?;
         Ok(Summary {
-            entries: self.entries,
-            checkpoints: self.checkpoints,
-            range,
+            proven,
             keys_from_bundle: self.keys_from_bundle,
-            trusted_checkpoint_matched: self.trusted_matched,
+            ledger_size: header.ledger_size,
         })
     }
+}
+
+/// Each key the history used has a key line whose range agrees with that use.
+fn check_key_lines(lines: &[KeyLine], proven: &Proven) -> Result<(), Failure> {
+    for u in &proven.keys {
+        let id = u.key_id.to_hex();
+        let fail = |why: String| {
+            Failure::new(
+                Seq(u.first_seq),
+                FailureKind::KeyLineMismatch,
+                format!("key {id}: {why}"),
+            )
+        };
+        let Some(line) = lines.iter().find(|l| l.key_id == id) else {
+            return Err(fail(
+                "it signed entries but the bundle has no key line for it".to_owned(),
+            ));
+        };
+        let starts_here = u.first_seq > proven.start.0;
+        match line.first_seq {
+            Some(f) if (starts_here && f == u.first_seq) || (!starts_here && f <= u.first_seq) => {}
+            other => {
+                return Err(fail(format!(
+                    "its key line says first_seq {other:?}, but the history has it signing from seq {}",
+                    u.first_seq
+                )));
+            }
+        }
+        match (u.retired_at, line.last_seq) {
+            (Some(r), Some(l)) if r == l => {}
+            (None, None) => {}
+            (None, Some(l)) if u.last_seq.is_none_or(|s| s <= l) => {}
+            (retired, last) => {
+                return Err(fail(format!(
+                    "its key line says last_seq {last:?}, but the history retires it at {retired:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }

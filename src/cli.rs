@@ -231,6 +231,12 @@ impl Service {
         if let Some(dir) = &config.witness_dir {
             crate::witness::check_against_published(shared.as_ref(), dir).await?;
         }
+        let ledger_id = establish_ledger_id(&dirs.keys_dir, shared.as_ref()).await?;
+        let signing_first_seq = check_key_schedule(shared.as_ref(), &keys.signing).await?;
+        let trust = crate::audit::AuditTrust {
+            keys: keyfiles::trusted_keys(&dirs.keys_dir)?,
+            ledger_id,
+        };
         let vault = Vault::open(Arc::clone(&shared), keys.kek).await?;
         shared
             .publish_signing_key(&keys.signing.public_key())
@@ -248,7 +254,9 @@ impl Service {
             Arc::clone(&shared),
             Arc::new(vault),
             LedgerKeys {
+                ledger_id,
                 signing: Arc::new(keys.signing),
+                signing_first_seq,
                 index: Arc::new(keys.index),
             },
             LedgerConfig {
@@ -268,6 +276,7 @@ impl Service {
                 max_request_bytes: config.max_request_bytes,
             },
             jobs: crate::api::audit::Jobs::default(),
+            trust,
         });
         let listener = TcpListener::bind(config.bind)
             .await
@@ -312,6 +321,62 @@ impl Service {
     }
 }
 
+/// The ledger's identity: the keys directory's `ledger.id` (trusted), which the database must
+/// agree with. A new ledger (or one written before identities existed) gets a fresh one in both.
+async fn establish_ledger_id(
+    keys_dir: &Path,
+    store: &dyn Store,
+) -> anyhow::Result<crate::entry::LedgerId> {
+    let from_keys = keyfiles::read_ledger_id(keys_dir)?;
+    let from_db = store.ledger_id().await?;
+    let id = match (from_keys, from_db) {
+        (Some(k), Some(d)) if k == d => k,
+        (Some(k), Some(d)) => anyhow::bail!(
+            "the database belongs to ledger {d}, but {} names ledger {k}: refusing to serve another ledger's database with these keys",
+            keys_dir.join(keyfiles::LEDGER_ID_FILE).display()
+        ),
+        (Some(k), None) => store.init_ledger_id(&k).await?,
+        (None, Some(d)) => anyhow::bail!(
+            "the database belongs to ledger {d}, but {} is missing: restore it from your key backup (it holds the 32 hex digits {d} if this database is the ledger you trust)",
+            keys_dir.join(keyfiles::LEDGER_ID_FILE).display()
+        ),
+        (None, None) => {
+            let id = keyfiles::create_ledger_id(keys_dir)?;
+            store.init_ledger_id(&id).await?
+        }
+    };
+    Ok(id)
+}
+
+/// The signing key must be the one the chain's key schedule names for the next entry (a key
+/// changes only by `rotate-signing-key`, which records the hand-over in the chain). Returns the
+/// first seq the key signs.
+async fn check_key_schedule(
+    store: &dyn Store,
+    key: &crate::crypto::LedgerSigningKey,
+) -> anyhow::Result<u64> {
+    let Some(head) = store.head().await? else {
+        return Ok(0);
+    };
+    let ours = key.key_id();
+    if head.next_key() != ours {
+        anyhow::bail!(
+            "the ledger's entries are signed by key {} from seq {} on, but the keys directory holds key {ours}: \
+             change signing keys only with `auditledger rotate-signing-key`, or restore the right signing.key",
+            head.next_key(),
+            head.seq
+        );
+    }
+    let first = store
+        .signing_keys()
+        .await?
+        .into_iter()
+        .find(|r| r.key_id == ours)
+        .and_then(|r| r.first_seq)
+        .map_or(head.seq.0 + 1, |s| s.0);
+    Ok(first)
+}
+
 /// SIGTERM and SIGINT, registered now: a signal that arrives from here on is caught, never
 /// left to its default action (which would kill the process without draining).
 fn shutdown_signals() -> anyhow::Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>
@@ -337,19 +402,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 fn trusted_keys(dirs: &Dirs, extra: &[PathBuf]) -> anyhow::Result<TrustedKeys> {
-    let mut keys = TrustedKeys::new();
+    let mut keys = keyfiles::trusted_keys(&dirs.keys_dir)?;
     for path in extra {
-        keys.insert(keyfiles::read_public_key(path)?);
-    }
-    let private = dirs.keys_dir.join(keyfiles::SIGNING_KEY_FILE);
-    if private.exists() {
-        let material = keyfiles::load(&dirs.keys_dir)?;
-        keys.insert(material.signing.public_key());
-    } else {
-        let public = dirs.keys_dir.join(keyfiles::SIGNING_PUB_FILE);
-        if public.exists() {
-            keys.insert(keyfiles::read_public_key(&public)?);
-        }
+        keyfiles::trust_key_file(&mut keys, path)?;
     }
     if keys.is_empty() {
         anyhow::bail!(
@@ -377,6 +432,12 @@ pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
 
 async fn verify(dirs: &Dirs, public_keys: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let keys = trusted_keys(dirs, public_keys)?;
+    let ledger_id = keyfiles::read_ledger_id(&dirs.keys_dir)?.with_context(|| {
+        format!(
+            "{} is missing: the ledger's identity cannot be checked",
+            dirs.keys_dir.join(keyfiles::LEDGER_ID_FILE).display()
+        )
+    })?;
     let (shared, _lock) = crate::backend::open(dirs, crate::backend::Access::ReadOnly).await?;
     let store = Arc::clone(&shared);
     // Verify up to the head as it is now; appends that land meanwhile are left for next time.
@@ -393,12 +454,13 @@ async fn verify(dirs: &Dirs, public_keys: &[PathBuf]) -> anyhow::Result<ExitCode
             }
         })
     };
-    let report = crate::audit::verify_range(shared, keys, Seq(0), None, progress).await;
+    let trust = crate::audit::AuditTrust { keys, ledger_id };
+    let outcome = crate::audit::verify_range(shared, trust, Seq(0), None, progress).await;
     ticker.abort();
     bar.finish_and_clear();
     store.close().await;
-    let report = report?;
-    Ok(print_report(&report))
+    let outcome = outcome?;
+    Ok(print_report(&outcome))
 }
 
 /// `1 entry`, `2 entries`.
@@ -406,30 +468,48 @@ fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn print_report(report: &crate::report::AuditReport) -> ExitCode {
-    match &report.first_failure {
-        None => {
-            match report.to_seq {
-                None => println!("ok: the ledger is empty"),
-                Some(to) => println!(
-                    "ok: {} verified (seq {} to {to}), {} verified",
-                    count(report.entries_checked, "entry", "entries"),
-                    report.from_seq,
-                    count(report.checkpoints_checked, "checkpoint", "checkpoints")
-                ),
+fn print_report(outcome: &crate::audit::Verification) -> ExitCode {
+    let report = &outcome.report;
+    match (&report.first_failure, &outcome.proven) {
+        (None, Some(proven)) => {
+            if report.to_seq.is_none() {
+                println!("ok: the ledger is empty");
             }
+            for line in crate::bundle::describe(proven, false, Some(report.signed_at_size)) {
+                println!("{line}");
+            }
+            println!(
+                "vault: every data key the chain needs is present, and no erased subject's key is"
+            );
             ExitCode::SUCCESS
         }
-        Some(f) => {
+        (Some(f), _) => {
             println!("FAILED at seq {}: {}: {}", f.seq, f.kind, f.detail);
             println!("entries before seq {} passed", f.seq);
             ExitCode::from(1)
+        }
+        (None, None) => {
+            println!("UNUSABLE: the verification produced no result");
+            ExitCode::from(2)
         }
     }
 }
 
 async fn export(dirs: &Dirs, out: &Path, from: u64, to: Option<u64>) -> anyhow::Result<ExitCode> {
+    let ledger_id = keyfiles::read_ledger_id(&dirs.keys_dir)?.with_context(|| {
+        format!(
+            "{} is missing: the bundle must name the ledger's identity",
+            dirs.keys_dir.join(keyfiles::LEDGER_ID_FILE).display()
+        )
+    })?;
     let (store, _lock) = crate::backend::open(dirs, crate::backend::Access::ReadOnly).await?;
+    let size = store.head().await?.map_or(0, |h| h.seq.0 + 1);
+    if from > size {
+        store.close().await;
+        anyhow::bail!(
+            "--from-seq {from} is beyond the ledger's end: it holds {size} entries; nothing exported"
+        );
+    }
     let total = crate::audit::range_len(store.as_ref(), Seq(from), to.map(Seq)).await?;
     let file = fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut writer = std::io::BufWriter::new(file);
@@ -437,7 +517,8 @@ async fn export(dirs: &Dirs, out: &Path, from: u64, to: Option<u64>) -> anyhow::
     let producer = {
         let store = Arc::clone(&store);
         tokio::spawn(async move {
-            crate::export::write_bundle(store.as_ref(), Seq(from), to.map(Seq), sender).await
+            crate::export::write_bundle(store.as_ref(), ledger_id, Seq(from), to.map(Seq), sender)
+                .await
         })
     };
     let bar = progress_bar(total, "entries");
@@ -472,7 +553,7 @@ fn verify_bundle(
     use std::io::BufRead;
     let mut keys = TrustedKeys::new();
     for path in public_keys {
-        keys.insert(keyfiles::read_public_key(path)?);
+        keyfiles::trust_key_file(&mut keys, path)?;
     }
     let trusted = match trusted_checkpoint {
         None => None,
@@ -515,7 +596,18 @@ fn verify_bundle(
             break;
         }
         bar.inc(n as u64);
-        if let Err(s) = verifier.feed(line.trim_end_matches(['\n', '\r'])) {
+        // Every line, the last included, ends with exactly one \n (docs/FORMAT.md §12).
+        let Some(text) = line.strip_suffix('\n') else {
+            stop = Some(crate::bundle::Stop::Unusable(
+                crate::bundle::UnusableInput::BadLine {
+                    line: u64::MAX,
+                    why: "the last line does not end with a newline: the file is cut off"
+                        .to_owned(),
+                },
+            ));
+            break;
+        };
+        if let Err(s) = verifier.feed(text) {
             stop = Some(s);
             break;
         }
@@ -527,23 +619,13 @@ fn verify_bundle(
     };
     match outcome {
         Ok(summary) => {
-            if summary.keys_from_bundle {
-                println!(
-                    "note: verified with the public keys inside the bundle; pass --public-key with a key you obtained independently to rule out a re-signed bundle"
-                );
+            for line in summary.describe() {
+                println!("{line}");
             }
-            let range = summary
-                .range
-                .map_or("no entries".to_owned(), |(a, b)| format!("seq {a} to {b}"));
             println!(
-                "ok: {} ({range}) and {} verified; signatures batch-verified on {} threads",
-                count(summary.entries, "entry", "entries"),
-                count(summary.checkpoints, "checkpoint", "checkpoints"),
+                "signatures: batch-verified by ZIP-215 on {} threads",
                 rayon::current_num_threads()
             );
-            if let Some(size) = summary.trusted_checkpoint_matched {
-                println!("ok: the trusted checkpoint at tree size {size} is part of this history");
-            }
             Ok(ExitCode::SUCCESS)
         }
         Err(crate::bundle::Stop::Tampered(f)) => {

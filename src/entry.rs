@@ -7,7 +7,8 @@
 //! fixed field order, so that no two distinct entries share an encoding):
 //!
 //! ```text
-//! u8      format version (1)
+//! u8      format version (2; legacy 1 has no ledger id)
+//! [16]    ledger id (v2 only)
 //! u64     seq
 //! str     stream_id
 //! u64     stream_version
@@ -29,8 +30,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::sha256_parts;
 
-/// The encoding version this code writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The encoding version this code writes: v2 binds the ledger's identity into every entry.
+pub const FORMAT_VERSION: u8 = 2;
+/// The legacy encoding version, without a ledger identity; still read (a v1 prefix of an
+/// upgraded ledger), never written.
+pub const FORMAT_VERSION_V1: u8 = 1;
 /// Domain separation for the entry hash: nothing else this system hashes starts with it.
 pub const ENTRY_HASH_DOMAIN: &[u8] = b"auditledger/entry-hash/v1\0";
 /// Domain separation for the signed message over an entry hash.
@@ -43,6 +47,8 @@ pub const GENESIS_PREV_HASH: EntryHash = EntryHash([0; 32]);
 pub const HASH_LEN: usize = 32;
 /// Length of a subject handle.
 pub const SUBJECT_HANDLE_LEN: usize = 16;
+/// Length of a ledger identifier.
+pub const LEDGER_ID_LEN: usize = 16;
 /// Longest stream id, event type or metadata key, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 /// Longest metadata value, in bytes.
@@ -56,10 +62,11 @@ pub const MAX_METADATA_PAIRS: usize = 64;
 pub struct Seq(pub u64);
 
 impl Seq {
-    /// The position after this one.
+    /// The position after this one (saturating: no ledger reaches 2^64 entries, and a hostile
+    /// input claiming to must not overflow a verifier).
     #[must_use]
     pub fn next(self) -> Seq {
-        Seq(self.0 + 1)
+        Seq(self.0.saturating_add(1))
     }
 }
 
@@ -67,6 +74,14 @@ impl fmt::Display for Seq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// Decodes exactly `out.len()` bytes of lowercase hex: the only spelling this format writes,
+/// so the only one it reads (upper-case or other spellings of the same bytes are refused).
+pub fn decode_hex_exact(s: &str, out: &mut [u8]) -> bool {
+    s.len() == out.len() * 2
+        && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && hex::decode_to_slice(s, out).is_ok()
 }
 
 macro_rules! hash_newtype {
@@ -85,7 +100,9 @@ macro_rules! hash_newtype {
             /// Parses 64 hex digits.
             pub fn from_hex(s: &str) -> Result<Self, DecodeError> {
                 let mut out = [0u8; HASH_LEN];
-                hex::decode_to_slice(s, &mut out).map_err(|_| DecodeError::BadHex(stringify!($name)))?;
+                if !decode_hex_exact(s, &mut out) {
+                    return Err(DecodeError::BadHex(stringify!($name)));
+                }
                 Ok(Self(out))
             }
 
@@ -129,7 +146,9 @@ impl SubjectHandle {
     /// Parses 32 hex digits.
     pub fn from_hex(s: &str) -> Result<Self, DecodeError> {
         let mut out = [0u8; SUBJECT_HANDLE_LEN];
-        hex::decode_to_slice(s, &mut out).map_err(|_| DecodeError::BadHex("SubjectHandle"))?;
+        if !decode_hex_exact(s, &mut out) {
+            return Err(DecodeError::BadHex("SubjectHandle"));
+        }
         Ok(Self(out))
     }
 
@@ -144,6 +163,48 @@ impl SubjectHandle {
 impl fmt::Debug for SubjectHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SubjectHandle({})", self.to_hex())
+    }
+}
+
+/// A ledger's identity: 16 random bytes fixed at its first start. Every v2 entry, checkpoint,
+/// receipt and report binds it, so two ledgers that share a signing key cannot be passed off
+/// as one another.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LedgerId(pub [u8; LEDGER_ID_LEN]);
+
+impl LedgerId {
+    /// Lowercase hex, 32 digits.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses exactly 32 lowercase hex digits.
+    pub fn from_hex(s: &str) -> Result<Self, DecodeError> {
+        let mut out = [0u8; LEDGER_ID_LEN];
+        if !decode_hex_exact(s, &mut out) {
+            return Err(DecodeError::BadHex("LedgerId"));
+        }
+        Ok(Self(out))
+    }
+
+    /// Takes exactly 16 bytes, as stored.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
+        <[u8; LEDGER_ID_LEN]>::try_from(bytes)
+            .map(Self)
+            .map_err(|_| DecodeError::BadLength("LedgerId"))
+    }
+}
+
+impl fmt::Debug for LedgerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LedgerId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for LedgerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
     }
 }
 
@@ -221,6 +282,8 @@ pub type Metadata = BTreeMap<String, String>;
 /// Everything about an entry that the payload's encryption is bound to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryHeader {
+    /// The ledger this entry belongs to; `None` only for a legacy v1 entry (encoded without it).
+    pub ledger_id: Option<LedgerId>,
     /// Global position.
     pub seq: Seq,
     /// Stream the event belongs to.
@@ -289,9 +352,22 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 impl EntryHeader {
+    /// The encoding version of this header: 2 with a ledger id, 1 (legacy) without.
+    #[must_use]
+    pub fn version(&self) -> u8 {
+        if self.ledger_id.is_some() {
+            FORMAT_VERSION
+        } else {
+            FORMAT_VERSION_V1
+        }
+    }
+
     /// Appends the header fields' encoding (version byte first) to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.push(FORMAT_VERSION);
+        out.push(self.version());
+        if let Some(id) = &self.ledger_id {
+            out.extend_from_slice(&id.0);
+        }
         out.extend_from_slice(&self.seq.0.to_be_bytes());
         put_str(out, self.stream_id.as_str());
         out.extend_from_slice(&self.stream_version.to_be_bytes());
@@ -345,10 +421,11 @@ impl Entry {
     /// Decodes a canonical encoding, refusing anything that `encode` would not produce.
     pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
         let mut r = Reader { bytes, pos: 0 };
-        let version = r.u8()?;
-        if version != FORMAT_VERSION {
-            return Err(DecodeError::UnknownVersion(version));
-        }
+        let ledger_id = match r.u8()? {
+            FORMAT_VERSION => Some(LedgerId(r.array()?)),
+            FORMAT_VERSION_V1 => None,
+            other => return Err(DecodeError::UnknownVersion(other)),
+        };
         let seq = Seq(r.u64()?);
         let stream_id = StreamId::parse(r.str()?).map_err(DecodeError::BadName)?;
         let stream_version = r.u64()?;
@@ -379,6 +456,7 @@ impl Entry {
         }
         Ok(Entry {
             header: EntryHeader {
+                ledger_id,
                 seq,
                 stream_id,
                 stream_version,
@@ -448,6 +526,7 @@ mod tests {
     fn sample() -> Entry {
         Entry {
             header: EntryHeader {
+                ledger_id: Some(LedgerId([0x5a; 16])),
                 seq: Seq(7),
                 stream_id: StreamId::parse("account-42").unwrap(),
                 stream_version: 3,
@@ -468,8 +547,8 @@ mod tests {
         bytes.push(0);
         assert_eq!(Entry::decode(&bytes), Err(DecodeError::TrailingBytes));
         let mut bytes = sample().encode();
-        bytes[0] = 2;
-        assert_eq!(Entry::decode(&bytes), Err(DecodeError::UnknownVersion(2)));
+        bytes[0] = 3;
+        assert_eq!(Entry::decode(&bytes), Err(DecodeError::UnknownVersion(3)));
         let bytes = sample().encode();
         assert_eq!(
             Entry::decode(&bytes[..bytes.len() - 1]),
@@ -492,6 +571,7 @@ mod tests {
 
     prop_compose! {
         fn any_entry()(
+            ledger in proptest::option::of(any::<[u8; 16]>()),
             seq in any::<u64>(),
             stream in name(),
             stream_version in any::<u64>(),
@@ -505,6 +585,7 @@ mod tests {
         ) -> Entry {
             Entry {
                 header: EntryHeader {
+                    ledger_id: ledger.map(LedgerId),
                     seq: Seq(seq),
                     stream_id: StreamId::parse(&stream).unwrap(),
                     stream_version,

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use tokio::sync::mpsc;
 
 use crate::bundle::{BUNDLE_FORMAT, BundleLine, EntryLine, Footer, Header, KeyLine};
-use crate::entry::Seq;
+use crate::entry::{LedgerId, Seq};
 use crate::merkle::MerkleHash;
 use crate::store::{Store, StoreError};
 use crate::timefmt::{format_micros, now_micros};
@@ -14,28 +14,20 @@ use crate::timefmt::{format_micros, now_micros};
 /// Rows read per query.
 const EXPORT_CHUNK_ROWS: u32 = 1000;
 
-/// The published signing keys with the seq range each signed (a key's range ends where the
-/// next key's begins; the active key's at the head).
+/// The signing keys that have signed entries, each with the exact seq range it signed (first
+/// entry; the rotation entry that retired it, or null while current), ordered by first seq.
 pub async fn key_lines(store: &dyn Store) -> Result<Vec<KeyLine>, StoreError> {
-    let rows = store.signing_keys().await?;
-    let head = store.head().await?.map(|h| h.seq.0);
-    let starts: Vec<Option<u64>> = rows.iter().map(|r| r.first_seq.map(|s| s.0)).collect();
+    let mut rows = store.signing_keys().await?;
+    rows.retain(|r| r.first_seq.is_some());
+    rows.sort_by_key(|r| r.first_seq);
     Ok(rows
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let first = starts[i];
-            let next_start = starts.iter().skip(i + 1).flatten().next().copied();
-            KeyLine {
-                key_id: r.key_id.to_hex(),
-                algorithm: "ed25519".to_owned(),
-                public_key: hex::encode(r.public_key.to_bytes()),
-                first_seq: first,
-                last_seq: first.and(match next_start {
-                    Some(n) => n.checked_sub(1),
-                    None => head,
-                }),
-            }
+        .map(|r| {
+            KeyLine::new(
+                &r.public_key,
+                r.first_seq.map(|s| s.0),
+                r.last_seq.map(|s| s.0),
+            )
         })
         .collect())
 }
@@ -49,6 +41,14 @@ pub enum ExportError {
     /// The receiver went away (client disconnected).
     #[error("the reader went away")]
     Closed,
+    /// The range starts beyond the ledger's end.
+    #[error("from_seq {from} is beyond the ledger's end: it holds {size} entries")]
+    BeyondHead {
+        /// The first seq asked for.
+        from: u64,
+        /// Entries in the ledger.
+        size: u64,
+    },
 }
 
 async fn send(out: &mpsc::Sender<Bytes>, line: &BundleLine) -> Result<(), ExportError> {
@@ -62,11 +62,16 @@ async fn send(out: &mpsc::Sender<Bytes>, line: &BundleLine) -> Result<(), Export
 /// Writes the bundle of entries `from..=to` (to defaults to the head as of now).
 pub async fn write_bundle(
     store: &dyn Store,
+    ledger_id: LedgerId,
     from: Seq,
     to: Option<Seq>,
     out: mpsc::Sender<Bytes>,
 ) -> Result<Footer, ExportError> {
     let head = store.head().await?.map(|h| h.seq);
+    let size = head.map_or(0, |h| h.0 + 1);
+    if from.0 > size {
+        return Err(ExportError::BeyondHead { from: from.0, size });
+    }
     let last = match (head, to) {
         (None, _) => None,
         (Some(h), Some(t)) => Some(h.min(t)),
@@ -79,8 +84,10 @@ pub async fn write_bundle(
         &out,
         &BundleLine::Header(Header {
             format: BUNDLE_FORMAT.to_owned(),
+            ledger_id: ledger_id.to_hex(),
             from_seq: from.0,
             to_seq: last.map(|l| l.0),
+            ledger_size: size,
             exported_at: format_micros(now_micros()),
             prev_hash: prev_hash.to_hex(),
             merkle_frontier: frontier,

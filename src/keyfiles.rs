@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
+use crate::bundle::KeyLine;
 use crate::crypto::{Kek, LedgerSigningKey, PublicKey, SubjectIndexKey};
+use crate::entry::LedgerId;
+use crate::verify::{KeyRange, TrustedKeys};
 
 /// Private signing key file name.
 pub const SIGNING_KEY_FILE: &str = "signing.key";
@@ -21,6 +24,11 @@ pub const SIGNING_PUB_FILE: &str = "signing.pub";
 pub const KEK_FILE: &str = "kek.key";
 /// Subject index key file name.
 pub const INDEX_KEY_FILE: &str = "index.key";
+/// The ledger's identity (32 hex digits; public, but it must not change).
+pub const LEDGER_ID_FILE: &str = "ledger.id";
+/// Directory of retired signing keys' public halves, each `<key_id>.json`: a key line with the
+/// exact range the key signed (docs/FORMAT.md), written at rotation.
+pub const RETIRED_DIR: &str = "retired";
 const SECRET_FILES: [&str; 3] = [SIGNING_KEY_FILE, KEK_FILE, INDEX_KEY_FILE];
 
 /// Why the keys could not be loaded or created.
@@ -197,6 +205,123 @@ pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyFileError> {
     })?;
     let bytes = hex::decode(text.trim()).map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
     PublicKey::from_bytes(&bytes).map_err(|_| KeyFileError::Malformed(path.to_owned()))
+}
+
+/// The ledger identity recorded in `dir`, if any.
+pub fn read_ledger_id(dir: &Path) -> Result<Option<LedgerId>, KeyFileError> {
+    let path = dir.join(LEDGER_ID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => LedgerId::from_hex(text.trim())
+            .map(Some)
+            .map_err(|_| KeyFileError::Malformed(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Records a fresh ledger identity in `dir` (refusing to replace one).
+pub fn create_ledger_id(dir: &Path) -> Result<LedgerId, KeyFileError> {
+    let mut id = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+    let id = LedgerId(id);
+    write_new(
+        &dir.join(LEDGER_ID_FILE),
+        format!("{id}\n").as_bytes(),
+        0o644,
+    )?;
+    Ok(id)
+}
+
+/// Writes a retired key's public half with the exact range it signed.
+pub fn write_retired(
+    dir: &Path,
+    key: &PublicKey,
+    first: u64,
+    last: u64,
+) -> Result<(), KeyFileError> {
+    let retired = dir.join(RETIRED_DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&retired)
+        .map_err(io_err(&retired))?;
+    let line = KeyLine::new(key, Some(first), Some(last));
+    let mut text = serde_json::to_string(&line).unwrap_or_default();
+    text.push('\n');
+    let path = retired.join(format!("{}.json", key.key_id()));
+    match write_new(&path, text.as_bytes(), 0o644) {
+        Err(KeyFileError::AlreadyExists(_))
+            if fs::read_to_string(&path).ok().as_deref() == Some(&text) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Reads a public key file an auditor trusts: 64 hex digits (a key trusted wherever the chain
+/// lets it sign), or a JSON key line `{"key_id","algorithm","public_key","first_seq","last_seq"}`
+/// as `GET /v1/keys`, bundles and `keys/retired/` give it (trusted only in that range).
+pub fn read_trusted_key(path: &Path) -> Result<(PublicKey, Option<KeyRange>), KeyFileError> {
+    let text = fs::read_to_string(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            KeyFileError::Missing(path.to_owned())
+        } else {
+            io_err(path)(e)
+        }
+    })?;
+    let text = text.trim();
+    if text.starts_with('{') {
+        let line: KeyLine =
+            serde_json::from_str(text).map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
+        let (key, range) = line
+            .parse()
+            .map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
+        let range = range.ok_or_else(|| KeyFileError::Malformed(path.to_owned()))?;
+        return Ok((key, Some(range)));
+    }
+    let mut bytes = [0u8; 32];
+    if !crate::entry::decode_hex_exact(text, &mut bytes) {
+        return Err(KeyFileError::Malformed(path.to_owned()));
+    }
+    let key =
+        PublicKey::from_bytes(&bytes).map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
+    Ok((key, None))
+}
+
+/// Adds a trusted key file's key to `keys`, with its range if it has one.
+pub fn trust_key_file(keys: &mut TrustedKeys, path: &Path) -> Result<(), KeyFileError> {
+    match read_trusted_key(path)? {
+        (key, Some(range)) => keys.insert_ranged(key, range),
+        (key, None) => keys.insert(key),
+    }
+    Ok(())
+}
+
+/// Every key the ledger has used, as the keys directory records them: the current key (no range
+/// of its own: the chain's rotations bound it) and each retired key with its exact range.
+pub fn trusted_keys(dir: &Path) -> Result<TrustedKeys, KeyFileError> {
+    let mut keys = TrustedKeys::new();
+    let retired = dir.join(RETIRED_DIR);
+    if retired.is_dir() {
+        let mut paths: Vec<PathBuf> = fs::read_dir(&retired)
+            .map_err(io_err(&retired))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            trust_key_file(&mut keys, &p)?;
+        }
+    }
+    if dir.join(SIGNING_KEY_FILE).exists() {
+        let seed = read_hex32(&dir.join(SIGNING_KEY_FILE))?;
+        keys.insert(LedgerSigningKey::from_seed(&seed).public_key());
+    } else if dir.join(SIGNING_PUB_FILE).exists() {
+        keys.insert(read_public_key(&dir.join(SIGNING_PUB_FILE))?);
+    }
+    Ok(keys)
 }
 
 /// Whether a secret key file's mode lets anyone but the owner read it.

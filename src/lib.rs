@@ -13,6 +13,7 @@ pub mod merkle;
 pub mod receipt;
 pub mod record;
 pub mod report;
+pub mod rotation;
 pub mod timefmt;
 pub mod verify;
 

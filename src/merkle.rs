@@ -32,12 +32,11 @@ impl MerkleHash {
         hex::encode(self.0)
     }
 
-    /// Parses 64 hex digits.
+    /// Parses exactly 64 lowercase hex digits.
     #[must_use]
     pub fn from_hex(s: &str) -> Option<MerkleHash> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).ok()?;
-        Some(MerkleHash(out))
+        crate::entry::decode_hex_exact(s, &mut out).then_some(MerkleHash(out))
     }
 }
 

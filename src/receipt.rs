@@ -1,7 +1,7 @@
 //! Erasure receipts: what the service signs when it destroys a subject's key. Pure: no I/O.
 //!
 //! ```text
-//! message = "auditledger/erasure-receipt/v1\0"
+//! message = "auditledger/erasure-receipt/v2\0" || ledger_id (16)
 //!           || subject_handle (16) || i64 erased_at (µs) || u64 erasure_seq
 //!           || erasure_entry_hash (32) || str request_ref
 //! signature = Ed25519-Sign(signing key, message)
@@ -11,14 +11,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::CheckpointJson;
 use crate::crypto::{KeyId, LedgerSigningKey, PublicKey, Signature, SignatureError};
-use crate::entry::{EntryHash, Seq, SubjectHandle};
+use crate::entry::{EntryHash, LedgerId, Seq, SubjectHandle};
 
 /// Domain separation for the receipt signature.
-pub const RECEIPT_DOMAIN: &[u8] = b"auditledger/erasure-receipt/v1\0";
+pub const RECEIPT_DOMAIN: &[u8] = b"auditledger/erasure-receipt/v2\0";
 
 /// The facts an erasure receipt attests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiptFacts {
+    /// The ledger the erasure happened in.
+    pub ledger_id: LedgerId,
     /// The erased subject's handle.
     pub subject_handle: SubjectHandle,
     /// When the key was destroyed, µs since the Unix epoch.
@@ -36,6 +38,7 @@ impl ReceiptFacts {
     #[must_use]
     pub fn message(&self) -> Vec<u8> {
         let mut m = RECEIPT_DOMAIN.to_vec();
+        m.extend_from_slice(&self.ledger_id.0);
         m.extend_from_slice(&self.subject_handle.0);
         m.extend_from_slice(&self.erased_at_micros.to_be_bytes());
         m.extend_from_slice(&self.erasure_seq.0.to_be_bytes());
@@ -61,6 +64,8 @@ impl ReceiptFacts {
 /// A receipt as the API returns it (hex and RFC 3339 on the wire).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptJson {
+    /// The ledger's identity, 32 hex digits.
+    pub ledger_id: String,
     /// Subject handle, 32 hex digits.
     pub subject_handle: String,
     /// RFC 3339, UTC, microseconds.
@@ -91,6 +96,7 @@ mod tests {
     fn a_receipt_signature_binds_every_fact() {
         let key = LedgerSigningKey::generate();
         let facts = ReceiptFacts {
+            ledger_id: LedgerId([7; 16]),
             subject_handle: SubjectHandle([1; 16]),
             erased_at_micros: 5,
             erasure_seq: Seq(9),
@@ -101,6 +107,9 @@ mod tests {
         assert!(facts.verify(&key.public_key(), &sig).is_ok());
         let mut other = facts.clone();
         other.erasure_seq = Seq(10);
+        assert!(other.verify(&key.public_key(), &sig).is_err());
+        let mut other = facts.clone();
+        other.ledger_id = LedgerId([8; 16]);
         assert!(other.verify(&key.public_key(), &sig).is_err());
         let mut other = facts;
         other.request_ref = "DSR-2".to_owned();

@@ -29,6 +29,15 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000).ok()
 }
 
+/// Parses a time written exactly as [`format_micros`] writes it
+/// (`YYYY-MM-DDTHH:MM:SS.ffffffZ`): the only spelling a signed or hashed time has on the wire,
+/// so any other spelling of the same instant is refused.
+#[must_use]
+pub fn parse_canonical_micros(s: &str) -> Option<i64> {
+    let micros = parse_rfc3339(s)?;
+    (format_micros(micros) == s).then_some(micros)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +48,14 @@ mod tests {
         let s = format_micros(m);
         assert_eq!(s, "2025-11-22T09:45:18.123456Z");
         assert_eq!(parse_rfc3339(&s), Some(m));
+        assert_eq!(parse_canonical_micros(&s), Some(m));
+        for other in [
+            "2025-11-22T09:45:18.123456000Z",
+            "2025-11-22T10:45:18.123456+01:00",
+            "2025-11-22T09:45:18.123456z",
+            "2025-11-22t09:45:18.123456Z",
+        ] {
+            assert_eq!(parse_canonical_micros(other), None, "{other}");
+        }
     }
 }

@@ -157,6 +157,8 @@ async fn erasure_forgets_the_subject_everywhere_while_the_chain_still_verifies()
     assert_eq!(receipt["key_id"], keys["keys"][0]["key_id"]);
     let after = s.all_events().await;
     let facts = ReceiptFacts {
+        ledger_id: auditledger::entry::LedgerId::from_hex(receipt["ledger_id"].as_str().unwrap())
+            .unwrap(),
         subject_handle: SubjectHandle::from_hex(&alice_handle).unwrap(),
         erased_at_micros: auditledger::timefmt::parse_rfc3339(
             receipt["erased_at"].as_str().unwrap(),

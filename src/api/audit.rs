@@ -19,7 +19,6 @@ use super::AppState;
 use super::error::ApiError;
 use crate::entry::Seq;
 use crate::report::SignedReport;
-use crate::verify::TrustedKeys;
 
 /// Ranges up to this many entries are verified within the request; larger ones run as a job.
 pub const SYNC_VERIFY_MAX_ENTRIES: u64 = 100_000;
@@ -110,10 +109,23 @@ fn seq_range(from: Option<u64>, to: Option<u64>) -> Result<(Seq, Option<Seq>), A
     Ok((from, to))
 }
 
-fn trusted(state: &AppState) -> TrustedKeys {
-    let mut keys = TrustedKeys::new();
-    keys.insert(state.0.ledger.signing_key().public_key());
-    keys
+/// Signs a verification's report with the key that signs now, at a position inside its range.
+fn sign(state: &AppState, outcome: crate::audit::Verification) -> SignedReport {
+    let active = state.0.ledger.signing_key();
+    let mut report = outcome.report;
+    report.signed_at_size = report.signed_at_size.max(active.first_seq);
+    report.statement = match &outcome.proven {
+        Some(p) => crate::bundle::describe(p, false, Some(report.signed_at_size)).join("\n"),
+        None => String::new(),
+    };
+    report.sign(&active.key)
+}
+
+fn audit_error(e: crate::audit::AuditError) -> ApiError {
+    match e {
+        e @ crate::audit::AuditError::BeyondHead { .. } => ApiError::BadRequest(e.to_string()),
+        e => ApiError::Internal(e.to_string()),
+    }
 }
 
 /// Verify the stored ledger: digests, hashes, links, signatures, and the Merkle root of every
@@ -134,12 +146,19 @@ pub async fn verify(
     let (from, to) = seq_range(q.from_seq, q.to_seq)?;
     let store = Arc::clone(state.0.ledger.store());
     let total = crate::audit::range_len(store.as_ref(), from, to).await?;
-    let keys = trusted(&state);
+    let size = store.head().await?.map_or(0, |h| h.seq.0 + 1);
+    if from.0 > size {
+        return Err(ApiError::BadRequest(format!(
+            "from_seq {} is beyond the ledger's end: it holds {size} entries",
+            from.0
+        )));
+    }
+    let keys = state.0.trust.clone();
     if total <= SYNC_VERIFY_MAX_ENTRIES && q.run_async != Some(true) {
-        let report = crate::audit::verify_range(store, keys, from, to, Arc::default())
+        let outcome = crate::audit::verify_range(store, keys, from, to, Arc::default())
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        return Ok(Json(report.sign(state.0.ledger.signing_key())).into_response());
+            .map_err(audit_error)?;
+        return Ok(Json(sign(&state, outcome)).into_response());
     }
     let mut id_bytes = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut id_bytes);
@@ -166,12 +185,10 @@ pub async fn verify(
     tokio::spawn(async move {
         let outcome =
             crate::audit::verify_range(store, keys, from, to, Arc::clone(&task_job.checked)).await;
-        let result = outcome
-            .map(|r| r.sign(task_state.0.ledger.signing_key()))
-            .map_err(|e| {
-                tracing::error!(error = %e, "verification job failed");
-                "the verification could not run; the cause has been logged".to_owned()
-            });
+        let result = outcome.map(|r| sign(&task_state, r)).map_err(|e| {
+            tracing::error!(error = %e, "verification job failed");
+            "the verification could not run; the cause has been logged".to_owned()
+        });
         *lock_result(&task_job) = Some(result);
     });
     Ok((StatusCode::ACCEPTED, Json(job_out(&id, &job))).into_response())
@@ -221,10 +238,20 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
     let (from, to) = seq_range(q.from_seq, q.to_seq)?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
     let store = Arc::clone(state.0.ledger.store());
+    let size = store.head().await?.map_or(0, |h| h.seq.0 + 1);
+    if from.0 > size {
+        return Err(ApiError::BadRequest(format!(
+            "from_seq {} is beyond the ledger's end: it holds {size} entries; nothing to export",
+            from.0
+        )));
+    }
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let ledger_id = state.0.ledger.ledger_id();
     tokio::spawn(async move {
-        if let Err(e) = crate::export::write_bundle(store.as_ref(), from, to, sender).await {
+        if let Err(e) =
+            crate::export::write_bundle(store.as_ref(), ledger_id, from, to, sender).await
+        {
             // The body ends without a footer; the verifier reports the bundle incomplete.
             tracing::warn!(error = %e, "export stopped");
         }

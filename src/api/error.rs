@@ -203,7 +203,9 @@ impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> ApiError {
         match e {
             ReadError::Malformed(m) => ApiError::Integrity { seq: m.seq.0 },
-            ReadError::Tampered { seq, .. } => ApiError::Integrity { seq: seq.0 },
+            ReadError::Tampered { seq, .. } | ReadError::MissingData { seq, .. } => {
+                ApiError::Integrity { seq: seq.0 }
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -39,6 +39,8 @@ pub struct App {
     pub limits: Limits,
     /// Verification jobs.
     pub jobs: audit::Jobs,
+    /// What the ledger is verified against: the keys and identity the keys directory records.
+    pub trust: crate::audit::AuditTrust,
 }
 
 /// Handler state.

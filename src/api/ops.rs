@@ -86,7 +86,7 @@ pub struct KeysOut {
     responses((status = 200, description = "Signing keys", body = KeysOut)))]
 pub async fn keys(State(state): State<AppState>) -> Result<Json<KeysOut>, ApiError> {
     let ledger = &state.0.ledger;
-    let active_id = ledger.signing_key().key_id().to_hex();
+    let active_id = ledger.signing_key().key.key_id().to_hex();
     let keys = crate::export::key_lines(ledger.store().as_ref())
         .await?
         .into_iter()

@@ -34,7 +34,9 @@ impl KeyId {
     /// Parses 16 hex digits.
     pub fn from_hex(s: &str) -> Result<KeyId, SignatureError> {
         let mut out = [0u8; KEY_ID_LEN];
-        hex::decode_to_slice(s, &mut out).map_err(|_| SignatureError::MalformedKeyId)?;
+        if !crate::entry::decode_hex_exact(s, &mut out) {
+            return Err(SignatureError::MalformedKeyId);
+        }
         Ok(KeyId(out))
     }
 }
@@ -72,7 +74,9 @@ impl Signature {
     /// Parses 128 hex digits.
     pub fn from_hex(s: &str) -> Result<Signature, SignatureError> {
         let mut out = [0u8; SIGNATURE_LEN];
-        hex::decode_to_slice(s, &mut out).map_err(|_| SignatureError::MalformedSignature)?;
+        if !crate::entry::decode_hex_exact(s, &mut out) {
+            return Err(SignatureError::MalformedSignature);
+        }
         Ok(Signature(out))
     }
 }
@@ -149,7 +153,7 @@ impl PublicKey {
         KeyId(id)
     }
 
-    /// Checks `signature` over the signature message of `entry_hash`, strictly.
+    /// Checks `signature` over the signature message of `entry_hash`, by ZIP-215.
     pub fn verify_entry(
         &self,
         entry_hash: &EntryHash,

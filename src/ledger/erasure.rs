@@ -22,13 +22,7 @@ use crate::entry::{EventType, Metadata, StreamId};
 use crate::receipt::{ReceiptFacts, ReceiptJson};
 use crate::timefmt::format_micros;
 
-/// The system stream that `SubjectErased` entries go to. Streams starting with
-/// [`SYSTEM_STREAM_PREFIX`] are the ledger's own; callers cannot append to them.
-pub const ERASURE_STREAM: &str = "auditledger:subject-erasures";
-/// Prefix reserved for the ledger's own streams.
-pub const SYSTEM_STREAM_PREFIX: &str = "auditledger:";
-/// Event type of an erasure entry.
-pub const SUBJECT_ERASED: &str = "SubjectErased";
+pub use crate::verify::invariants::{ERASURE_STREAM, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
 
 /// An erasure request, validated.
 pub struct EraseRequest {
@@ -103,6 +97,7 @@ impl Writer {
         let (system_ref, system_key) = self.vault.system_key();
         let draft = Draft {
             header: crate::entry::EntryHeader {
+                ledger_id: Some(self.ledger_id),
                 seq,
                 stream_id: stream,
                 stream_version,
@@ -124,7 +119,8 @@ impl Writer {
         let inclusion_proof: Vec<String> =
             tree.nodes().iter().rev().map(|(_, h)| h.to_hex()).collect();
         let nodes = extend_tree(&mut tree, &records);
-        let checkpoint = self.sign_checkpoint(&tree, &records[0]);
+        let previous = tx.latest_checkpoint().await?.map_or(0, |c| c.tree_size);
+        let checkpoint = self.sign_checkpoint(&tree, &records[0], previous);
         tx.insert(&records).await?;
         tx.insert_merkle_nodes(&nodes).await?;
         tx.insert_checkpoint(&checkpoint).await?;
@@ -132,6 +128,7 @@ impl Writer {
             .await?;
 
         let facts = ReceiptFacts {
+            ledger_id: self.ledger_id,
             subject_handle: handle,
             erased_at_micros: recorded_at,
             erasure_seq: seq,
@@ -140,6 +137,7 @@ impl Writer {
         };
         let (key_id, signature) = facts.sign(&self.signing);
         let receipt = ReceiptJson {
+            ledger_id: self.ledger_id.to_hex(),
             subject_handle: handle.to_hex(),
             erased_at: format_micros(recorded_at),
             erasure_seq: seq.0,

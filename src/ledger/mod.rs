@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{LedgerSigningKey, SealError, SubjectIndexKey};
-use crate::entry::{EntryHash, EventType, Metadata, Seq, StreamId, SubjectHandle};
+use crate::entry::{EntryHash, EventType, LedgerId, Metadata, Seq, StreamId, SubjectHandle};
 use crate::receipt::ReceiptJson;
 use crate::record::Record;
 use crate::store::{ChainHead, EntryRow, MalformedRow, Store, StoreError};
@@ -123,6 +123,15 @@ pub enum ReadError {
     /// The vault failed.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// A payload, or the key it is sealed under, is missing, and no erasure explains it: the
+    /// ledger was tampered with (nothing purges payloads; keys go only with an erasure).
+    #[error("the entry at seq {seq} is missing its {what}, and no erasure explains it")]
+    MissingData {
+        /// Where.
+        seq: Seq,
+        /// `payload` or `data key`.
+        what: &'static str,
+    },
     /// A payload does not open under its key with its header: it was changed or moved.
     #[error("payload of the entry at seq {seq} fails authentication: {reason}")]
     Tampered {
@@ -174,19 +183,62 @@ pub struct LedgerConfig {
     pub checkpoint_interval: Duration,
 }
 
+/// The key that signs now, and the first position it signs (for the range of what it signs).
+#[derive(Debug)]
+pub struct ActiveKey {
+    /// The key.
+    pub key: Arc<LedgerSigningKey>,
+    /// The first seq it signs (its rotation's seq + 1, or 0 for the ledger's first key).
+    pub first_seq: u64,
+}
+
+/// The active signing key, shared between the writer (which replaces it on rotation) and the
+/// readers that sign reports.
+#[derive(Debug)]
+pub struct SigningCell(std::sync::RwLock<Arc<ActiveKey>>);
+
+impl SigningCell {
+    fn new(active: ActiveKey) -> SigningCell {
+        SigningCell(std::sync::RwLock::new(Arc::new(active)))
+    }
+
+    /// The key that signs now.
+    #[must_use]
+    pub fn current(&self) -> Arc<ActiveKey> {
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn replace(&self, active: ActiveKey) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(active);
+    }
+}
+
 /// The keys the ledger signs and indexes with.
 pub struct LedgerKeys {
+    /// The ledger's identity (from the keys directory).
+    pub ledger_id: LedgerId,
     /// Signs entries and receipts.
     pub signing: Arc<LedgerSigningKey>,
+    /// The first seq that key signs.
+    pub signing_first_seq: u64,
     /// Keys the subject index.
     pub index: Arc<SubjectIndexKey>,
 }
 
 /// The ledger: appends through the writer task, reads straight from the store.
 pub struct Ledger {
+    ledger_id: LedgerId,
     store: Arc<dyn Store>,
     vault: Arc<Vault>,
-    signing: Arc<LedgerSigningKey>,
+    signing: Arc<SigningCell>,
     index: Arc<SubjectIndexKey>,
     sender: mpsc::Sender<WriterMsg>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -197,7 +249,7 @@ pub struct Ledger {
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ledger({:?})", self.signing)
+        write!(f, "Ledger({:?})", self.signing.current().key)
     }
 }
 
@@ -212,11 +264,17 @@ impl Ledger {
         publisher: Option<mpsc::UnboundedSender<Checkpoint>>,
     ) -> Ledger {
         let (sender, receiver) = mpsc::channel(QUEUE_REQUESTS);
+        let signing = Arc::new(SigningCell::new(ActiveKey {
+            key: Arc::clone(&keys.signing),
+            first_seq: keys.signing_first_seq,
+        }));
         let stats = Arc::new(StageStats::default());
         let writer = Writer {
+            ledger_id: keys.ledger_id,
             store: Arc::clone(&store),
             vault: Arc::clone(&vault),
             signing: Arc::clone(&keys.signing),
+            cell: Arc::clone(&signing),
             index: Arc::clone(&keys.index),
             max_batch_events: config.max_batch_events.max(1),
             tombstone_ttl_micros: i64::try_from(config.tombstone_ttl.as_micros())
@@ -252,9 +310,10 @@ impl Ledger {
             }
         });
         Ledger {
+            ledger_id: keys.ledger_id,
             store,
             vault,
-            signing: keys.signing,
+            signing,
             index: keys.index,
             sender,
             writer: Mutex::new(Some(handle)),
@@ -343,10 +402,16 @@ impl Ledger {
         &self.store
     }
 
-    /// The signing key.
+    /// The ledger's identity.
     #[must_use]
-    pub fn signing_key(&self) -> &LedgerSigningKey {
-        &self.signing
+    pub fn ledger_id(&self) -> LedgerId {
+        self.ledger_id
+    }
+
+    /// The signing key that signs now, with the first position it signs.
+    #[must_use]
+    pub fn signing_key(&self) -> Arc<ActiveKey> {
+        self.signing.current()
     }
 
     /// Stage timings.
@@ -397,25 +462,33 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Opens a record's payload if its key still exists.
+    /// Opens a record's payload. Its subject's erasure (as the database records it) is the only
+    /// reason a payload may not open: a payload or key missing otherwise is tampering, reported
+    /// as an error naming the seq, never as `erased: true`.
     pub async fn open_record(&self, record: Record) -> Result<ReadEvent, ReadError> {
         let seq = record.entry.header.seq;
         let Some(payload) = &record.payload else {
-            return Ok(ReadEvent {
-                record,
-                data: None,
-                erased: true,
-            });
+            return Err(missing(seq, "payload"));
         };
         let key_ref = payload
             .key_ref()
             .map_err(|reason| ReadError::Tampered { seq, reason })?;
         let Some(key) = self.vault.key(&key_ref).await? else {
-            return Ok(ReadEvent {
-                record,
-                data: None,
-                erased: true,
-            });
+            // An erasure may have committed since the row was read: ask again.
+            let erased_now = self
+                .store
+                .read_global(seq, Some(seq), 1)
+                .await?
+                .first()
+                .is_some_and(EntryRow::erased);
+            if erased_now && matches!(key_ref, crate::crypto::KeyRef::Subject(_)) {
+                return Ok(ReadEvent {
+                    record,
+                    data: None,
+                    erased: true,
+                });
+            }
+            return Err(missing(seq, "data key"));
         };
         let plain = crate::crypto::open(&key, payload, &record.entry.header.payload_aad())
             .map_err(|reason| ReadError::Tampered { seq, reason })?;
@@ -429,6 +502,15 @@ impl Ledger {
             erased: false,
         })
     }
+}
+
+fn missing(seq: Seq, what: &'static str) -> ReadError {
+    tracing::error!(
+        seq = seq.0,
+        what,
+        "an entry's {what} is missing and no erasure explains it: the ledger was tampered with"
+    );
+    ReadError::MissingData { seq, what }
 }
 
 /// Rows read per query while rebuilding the tree.

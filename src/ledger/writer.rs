@@ -22,10 +22,10 @@ use zeroize::Zeroizing;
 
 use super::erasure::{EraseError, EraseRequest};
 use super::{AppendError, AppendRequest, Appended, StageStats};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointBinding, TreeHead};
 use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, SubjectIndexKey, seal};
 use crate::entry::{
-    Entry, EntryHash, EntryHeader, GENESIS_PREV_HASH, Seq, StreamId, SubjectHandle,
+    Entry, EntryHash, EntryHeader, GENESIS_PREV_HASH, LedgerId, Seq, StreamId, SubjectHandle,
 };
 use crate::merkle::{CompactRange, MerkleHash, NodeId, decompose, leaf_hash};
 use crate::receipt::ReceiptJson;
@@ -99,9 +99,12 @@ struct SubjectKeys {
 }
 
 pub(super) struct Writer {
+    pub ledger_id: LedgerId,
     pub store: Arc<dyn Store>,
     pub vault: Arc<Vault>,
     pub signing: Arc<LedgerSigningKey>,
+    /// Where readers find the key that signs now; replaced on rotation.
+    pub cell: Arc<super::SigningCell>,
     pub index: Arc<SubjectIndexKey>,
     pub max_batch_events: usize,
     pub tombstone_ttl_micros: i64,
@@ -282,6 +285,7 @@ impl Writer {
                 };
                 drafts.push(Draft {
                     header: EntryHeader {
+                        ledger_id: Some(self.ledger_id),
                         seq: next_seq,
                         stream_id: req.stream.clone(),
                         stream_version: first_version + i,
@@ -359,7 +363,7 @@ impl Writer {
         if tree.size() - last_checkpoint < self.checkpoint_every {
             return Ok(None);
         }
-        let cp = self.sign_checkpoint(&tree, &records[records.len() - 1]);
+        let cp = self.sign_checkpoint(&tree, &records[records.len() - 1], last_checkpoint);
         tx.insert_checkpoint(&cp).await?;
         Ok(Some(cp))
     }
@@ -379,14 +383,26 @@ impl Writer {
 }
 
 impl Writer {
-    /// Signs a checkpoint of `tree`, whose last entry is `last`.
-    pub(super) fn sign_checkpoint(&self, tree: &CompactRange, last: &Record) -> Checkpoint {
+    /// Signs a checkpoint of `tree`, whose last entry is `last`, following the checkpoint of
+    /// size `previous` (0: none).
+    pub(super) fn sign_checkpoint(
+        &self,
+        tree: &CompactRange,
+        last: &Record,
+        previous: u64,
+    ) -> Checkpoint {
         Checkpoint::sign(
             &self.signing,
-            tree.size(),
-            tree.root(),
-            last.entry_hash,
-            last.entry.header.recorded_at_micros.max(now_micros()),
+            CheckpointBinding {
+                ledger_id: self.ledger_id,
+                previous_tree_size: previous,
+            },
+            TreeHead {
+                tree_size: tree.size(),
+                root_hash: tree.root(),
+                last_entry_hash: last.entry_hash,
+                timestamp_micros: last.entry.header.recorded_at_micros.max(now_micros()),
+            },
         )
     }
 
@@ -416,10 +432,16 @@ impl Writer {
         let tree = load_tree(tx.as_mut(), Some(head)).await?;
         let cp = Checkpoint::sign(
             &self.signing,
-            tree.size(),
-            tree.root(),
-            head.entry_hash,
-            now_micros().max(head.recorded_at_micros),
+            CheckpointBinding {
+                ledger_id: self.ledger_id,
+                previous_tree_size: latest.map_or(0, |c| c.tree_size),
+            },
+            TreeHead {
+                tree_size: tree.size(),
+                root_hash: tree.root(),
+                last_entry_hash: head.entry_hash,
+                timestamp_micros: now_micros().max(head.recorded_at_micros),
+            },
         );
         tx.insert_checkpoint(&cp).await?;
         tx.commit().await?;

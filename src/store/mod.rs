@@ -4,14 +4,15 @@
 mod postgres;
 mod sqlite;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey, SealedPayload, Signature, WrappedKey};
 use crate::entry::{
-    Entry, EntryHash, EntryHeader, EventType, Metadata, PayloadDigest, Seq, StreamId, SubjectHandle,
+    Entry, EntryHash, EntryHeader, EventType, LedgerId, Metadata, PayloadDigest, Seq, StreamId,
+    SubjectHandle,
 };
 use crate::merkle::{MerkleHash, NodeId};
 use crate::record::Record;
@@ -55,7 +56,56 @@ pub struct ChainHead {
     pub entry_hash: EntryHash,
     /// Its time, which the next entry's time must not precede.
     pub recorded_at_micros: i64,
+    /// The key that signed it.
+    pub key_id: KeyId,
+    /// The key its rotation entry hands over to, if it is one (from its metadata).
+    pub rotated_to: Option<KeyId>,
 }
+
+impl ChainHead {
+    /// The key that signs the entry after this one.
+    #[must_use]
+    pub fn next_key(&self) -> KeyId {
+        self.rotated_to.unwrap_or(self.key_id)
+    }
+}
+
+/// Decodes a head row's columns.
+pub(crate) fn chain_head(
+    seq: i64,
+    entry_hash: &[u8],
+    recorded_at_micros: i64,
+    key_id: &str,
+    stream_id: &str,
+    event_type: &str,
+    metadata: &str,
+) -> Result<ChainHead, StoreError> {
+    let seq = Seq(to_u64(seq));
+    let entry_hash = EntryHash::from_slice(entry_hash).map_err(|_| malformed(seq, "entry_hash"))?;
+    let key_id = KeyId::from_hex(key_id).map_err(|_| malformed(seq, "key_id"))?;
+    let rotated_to = if stream_id == crate::rotation::KEYS_STREAM
+        && event_type == crate::rotation::SIGNING_KEY_ROTATED
+    {
+        let meta: Metadata =
+            serde_json::from_str(metadata).map_err(|_| malformed(seq, "metadata"))?;
+        let rotation = crate::rotation::Rotation::from_metadata(&meta)
+            .map_err(|_| malformed(seq, "metadata"))?;
+        Some(rotation.new_key.key_id())
+    } else {
+        None
+    };
+    Ok(ChainHead {
+        seq,
+        entry_hash,
+        recorded_at_micros,
+        key_id,
+        rotated_to,
+    })
+}
+
+/// The columns a head read selects, in `chain_head` order.
+pub(crate) const HEAD_SELECT: &str = "SELECT seq, entry_hash, recorded_at, key_id, stream_id, \
+    event_type, metadata FROM entries ORDER BY seq DESC LIMIT 1";
 
 /// A wrapped data key as kept in the vault.
 #[derive(Clone, Debug)]
@@ -77,6 +127,8 @@ pub struct SigningKeyRow {
     pub public_key: PublicKey,
     /// The first entry it signed, if any.
     pub first_seq: Option<Seq>,
+    /// The rotation entry that retired it, if it is retired.
+    pub last_seq: Option<Seq>,
 }
 
 /// Raw column values of one `entries` row, before decoding.
@@ -96,19 +148,20 @@ pub struct EntryRow {
     entry_hash: Vec<u8>,
     signature: Vec<u8>,
     key_id: String,
+    ledger_id: Option<Vec<u8>>,
     erased: bool,
 }
 
 /// Columns of `entries`, in `EntryRow` order.
 pub(crate) const ENTRY_COLUMNS: &str = "seq, stream_id, stream_version, event_type, \
     schema_version, subject, recorded_at, metadata, payload, payload_digest, prev_hash, \
-    entry_hash, signature, key_id";
+    entry_hash, signature, key_id, ledger_id";
 
 /// What reads select: the columns plus whether the entry's subject has been erased. Asking
 /// the database, not a per-process cache, keeps every instance in agreement after an erasure.
 pub(crate) const ENTRY_SELECT: &str = "seq, stream_id, stream_version, event_type, \
     schema_version, subject, recorded_at, metadata, payload, payload_digest, prev_hash, \
-    entry_hash, signature, key_id, \
+    entry_hash, signature, key_id, ledger_id, \
     EXISTS (SELECT 1 FROM erased_subjects es WHERE es.handle = entries.subject) AS erased";
 
 impl EntryRow {
@@ -126,6 +179,12 @@ impl EntryRow {
             what: what.to_owned(),
         };
         let header = EntryHeader {
+            ledger_id: self
+                .ledger_id
+                .as_deref()
+                .map(LedgerId::from_slice)
+                .transpose()
+                .map_err(|_| bad("ledger_id"))?,
             seq,
             stream_id: StreamId::parse(&self.stream_id).map_err(|_| bad("stream_id"))?,
             stream_version: u64::try_from(self.stream_version)
@@ -155,6 +214,17 @@ impl EntryRow {
             key_id: KeyId::from_hex(&self.key_id).map_err(|_| bad("key_id"))?,
         })
     }
+}
+
+/// What a verification starts from, read in one snapshot.
+#[derive(Debug)]
+pub struct AuditSnapshot {
+    /// The last entry.
+    pub head: Option<ChainHead>,
+    /// The newest checkpoint (never beyond `head` on an intact ledger).
+    pub latest_checkpoint: Option<Checkpoint>,
+    /// Every key reference in the vault.
+    pub vault: HashSet<KeyRef>,
 }
 
 /// A stored erasure tombstone.
@@ -248,8 +318,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Checkpoint>, StoreError>;
 
-    /// Data keys that exist although their subject was erased: `(handle, erasure_seq)`.
-    async fn restored_erased_keys(&self) -> Result<Vec<(SubjectHandle, Seq)>, StoreError>;
+    /// The head, the latest checkpoint and the vault's key references, read in one consistent
+    /// snapshot, for a verification that appends and checkpoints may race.
+    async fn audit_snapshot(&self) -> Result<AuditSnapshot, StoreError>;
 
     /// Vault rows not wrapped under `kek_id`, up to `limit` (for KEK rotation).
     async fn vault_rows_not_under(
@@ -263,6 +334,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces wrapped keys in one transaction (for KEK rotation).
     async fn rewrap_vault_rows(&self, rows: &[VaultRow]) -> Result<(), StoreError>;
+
+    /// The ledger identity the database records, if any.
+    async fn ledger_id(&self) -> Result<Option<LedgerId>, StoreError>;
+
+    /// Records the ledger identity if none is recorded; returns the one recorded.
+    async fn init_ledger_id(&self, id: &LedgerId) -> Result<LedgerId, StoreError>;
+
+    /// Every key reference the vault holds a key for.
+    async fn vault_key_refs(&self) -> Result<HashSet<KeyRef>, StoreError>;
 
     /// Closes connections (SQLite also checkpoints its WAL).
     async fn close(&self);
@@ -343,6 +423,15 @@ pub trait AppendTx: Send {
         first_seq: Seq,
     ) -> Result<(), StoreError>;
 
+    /// Records a rotation at `seq`: `old` signed its last entry there, `new` (published with
+    /// its public key) signs from `seq + 1`.
+    async fn record_rotation(
+        &mut self,
+        old: &KeyId,
+        new: &PublicKey,
+        seq: Seq,
+    ) -> Result<(), StoreError>;
+
     /// Commits durably; only after this returns may any caller be acknowledged.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
@@ -356,11 +445,13 @@ pub struct CheckpointRow {
     timestamp: i64,
     key_id: String,
     signature: Vec<u8>,
+    ledger_id: Option<Vec<u8>>,
+    previous_tree_size: Option<i64>,
 }
 
 /// Columns of `checkpoints`, in `CheckpointRow` order.
-pub(crate) const CHECKPOINT_COLUMNS: &str =
-    "tree_size, root_hash, last_entry_hash, timestamp, key_id, signature";
+pub(crate) const CHECKPOINT_COLUMNS: &str = "tree_size, root_hash, last_entry_hash, timestamp, \
+    key_id, signature, ledger_id, previous_tree_size";
 
 impl CheckpointRow {
     /// Decodes the row.
@@ -370,7 +461,17 @@ impl CheckpointRow {
             seq: Seq(size.saturating_sub(1)),
             what: format!("checkpoints.{what}"),
         };
+        let binding = match (self.ledger_id, self.previous_tree_size) {
+            (Some(id), Some(previous)) => Some(crate::checkpoint::CheckpointBinding {
+                ledger_id: LedgerId::from_slice(&id).map_err(|_| bad("ledger_id"))?,
+                previous_tree_size: u64::try_from(previous)
+                    .map_err(|_| bad("previous_tree_size"))?,
+            }),
+            (None, None) => None,
+            _ => return Err(bad("ledger_id")),
+        };
         Ok(Checkpoint {
+            binding,
             tree_size: size,
             root_hash: MerkleHash(
                 self.root_hash
@@ -399,6 +500,11 @@ pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// A `ledger_meta` or `data_keys` value out of shape.
+pub(crate) fn malformed_meta() -> StoreError {
+    malformed(Seq(0), "ledger_meta / data_keys")
+}
+
 fn malformed(seq: Seq, what: &str) -> StoreError {
     StoreError::Malformed(MalformedRow {
         seq,
@@ -424,24 +530,15 @@ pub(crate) fn signing_key_row(
     key_id: &str,
     public_key: &[u8],
     first_seq: Option<i64>,
+    last_seq: Option<i64>,
 ) -> Result<SigningKeyRow, StoreError> {
     Ok(SigningKeyRow {
         key_id: KeyId::from_hex(key_id).map_err(|_| malformed(Seq(0), "signing_keys.key_id"))?,
         public_key: PublicKey::from_bytes(public_key)
             .map_err(|_| malformed(Seq(0), "signing_keys.public_key"))?,
         first_seq: first_seq.map(|f| Seq(to_u64(f))),
+        last_seq: last_seq.map(|f| Seq(to_u64(f))),
     })
-}
-
-/// An `erased_subjects` row joined to a `data_keys` row that should not exist.
-pub(crate) fn restored_key_row(
-    handle: &[u8],
-    erasure_seq: i64,
-) -> Result<(SubjectHandle, Seq), StoreError> {
-    let seq = Seq(to_u64(erasure_seq));
-    SubjectHandle::from_slice(handle)
-        .map(|h| (h, seq))
-        .map_err(|_| malformed(seq, "erased_subjects.handle"))
 }
 
 /// An insert's error: a unique-key violation means another writer took the position.

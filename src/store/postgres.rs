@@ -8,7 +8,7 @@
 //! Durability is PostgreSQL's: a commit returns once its WAL is flushed (`synchronous_commit`
 //! on, the default; docs/OPERATIONS.md).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,13 +17,13 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use super::{
-    AppendTx, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS, ENTRY_SELECT, EntryRow,
-    MalformedRow, SigningKeyRow, Store, StoreError, Tombstone, VaultRow, insert_error,
-    restored_key_row, signing_key_row, to_i64, to_u64, vault_row,
+    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS,
+    ENTRY_SELECT, EntryRow, HEAD_SELECT, MalformedRow, SigningKeyRow, Store, StoreError, Tombstone,
+    VaultRow, chain_head, insert_error, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
-use crate::entry::{EntryHash, Seq, StreamId, SubjectHandle};
+use crate::entry::{LedgerId, Seq, StreamId, SubjectHandle};
 use crate::merkle::{MerkleHash, NodeId, leaf_hash};
 use crate::record::Record;
 use crate::timefmt::now_micros;
@@ -93,18 +93,23 @@ impl PostgresStore {
 }
 
 async fn head_on(conn: &mut PgConnection) -> Result<Option<ChainHead>, StoreError> {
-    let row =
-        sqlx::query("SELECT seq, entry_hash, recorded_at FROM entries ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row = sqlx::query(HEAD_SELECT).fetch_optional(&mut *conn).await?;
     let Some(row) = row else { return Ok(None) };
-    let seq = Seq(to_u64(row.try_get("seq")?));
     let hash: Vec<u8> = row.try_get("entry_hash")?;
-    Ok(Some(ChainHead {
-        seq,
-        entry_hash: EntryHash::from_slice(&hash).map_err(|_| malformed(seq, "entry_hash"))?,
-        recorded_at_micros: row.try_get("recorded_at")?,
-    }))
+    let key_id: String = row.try_get("key_id")?;
+    let stream: String = row.try_get("stream_id")?;
+    let ty: String = row.try_get("event_type")?;
+    let meta: String = row.try_get("metadata")?;
+    chain_head(
+        row.try_get("seq")?,
+        &hash,
+        row.try_get("recorded_at")?,
+        &key_id,
+        &stream,
+        &ty,
+        &meta,
+    )
+    .map(Some)
 }
 
 async fn subject_handle_on(
@@ -289,14 +294,14 @@ impl Store for PostgresStore {
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
-        let rows: Vec<(String, Vec<u8>, Option<i64>)> = sqlx::query_as(
-            "SELECT key_id, public_key, first_seq FROM signing_keys \
+        let rows: Vec<(String, Vec<u8>, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT key_id, public_key, first_seq, last_seq FROM signing_keys \
              ORDER BY first_seq NULLS LAST, created_at",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, pk, first)| signing_key_row(&id, &pk, first))
+            .map(|(id, pk, first, last)| signing_key_row(&id, &pk, first, last))
             .collect()
     }
 
@@ -404,16 +409,25 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn restored_erased_keys(&self) -> Result<Vec<(SubjectHandle, Seq)>, StoreError> {
-        let rows: Vec<(Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT e.handle, e.erasure_seq FROM erased_subjects e \
-             JOIN data_keys k ON k.key_ref = '\\x01'::bytea || e.handle ORDER BY e.erasure_seq",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(h, s)| restored_key_row(&h, s))
-            .collect()
+    async fn audit_snapshot(&self) -> Result<AuditSnapshot, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let latest_checkpoint = latest_checkpoint_on(&mut tx).await?;
+        let head = head_on(&mut tx).await?;
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key_ref FROM data_keys")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        Ok(AuditSnapshot {
+            head,
+            latest_checkpoint,
+            vault: rows
+                .iter()
+                .map(|r| KeyRef::from_bytes(r).map_err(|_| malformed_meta()))
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     async fn vault_rows_not_under(
@@ -453,6 +467,34 @@ impl Store for PostgresStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn ledger_id(&self) -> Result<Option<LedgerId>, StoreError> {
+        let v: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM ledger_meta WHERE name = 'ledger_id'")
+                .fetch_optional(&self.pool)
+                .await?;
+        v.map(|v| LedgerId::from_slice(&v).map_err(|_| malformed_meta()))
+            .transpose()
+    }
+
+    async fn init_ledger_id(&self, id: &LedgerId) -> Result<LedgerId, StoreError> {
+        sqlx::query(
+            "INSERT INTO ledger_meta (name, value) VALUES ('ledger_id', $1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(id.0.to_vec())
+        .execute(&self.pool)
+        .await?;
+        self.ledger_id().await?.ok_or_else(malformed_meta)
+    }
+
+    async fn vault_key_refs(&self) -> Result<HashSet<KeyRef>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key_ref FROM data_keys")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| KeyRef::from_bytes(r).map_err(|_| malformed_meta()))
+            .collect()
     }
 
     async fn close(&self) {
@@ -495,6 +537,7 @@ impl AppendTx for PgAppendTx {
             let mut hash = Vec::with_capacity(chunk.len());
             let mut sig = Vec::with_capacity(chunk.len());
             let mut key = Vec::with_capacity(chunk.len());
+            let mut ledger: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
             for r in chunk {
                 let h = &r.entry.header;
                 seq.push(to_i64(h.seq.0));
@@ -511,12 +554,13 @@ impl AppendTx for PgAppendTx {
                 hash.push(r.entry_hash.0.to_vec());
                 sig.push(r.signature.0.to_vec());
                 key.push(r.key_id.to_hex());
+                ledger.push(h.ledger_id.map(|l| l.0.to_vec()));
             }
             let sql = format!(
                 "INSERT INTO entries ({ENTRY_COLUMNS}) SELECT * FROM UNNEST(\
                  $1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bytea[], \
                  $7::bigint[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[], $12::bytea[], \
-                 $13::bytea[], $14::text[])"
+                 $13::bytea[], $14::text[], $15::bytea[])"
             );
             sqlx::query(&sql)
                 .bind(&seq)
@@ -533,6 +577,7 @@ impl AppendTx for PgAppendTx {
                 .bind(&hash)
                 .bind(&sig)
                 .bind(&key)
+                .bind(&ledger)
                 .execute(&mut *self.tx)
                 .await
                 .map_err(insert_error)?;
@@ -653,7 +698,7 @@ impl AppendTx for PgAppendTx {
 
     async fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+            "INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         ))
         .bind(to_i64(cp.tree_size))
         .bind(cp.root_hash.0.to_vec())
@@ -661,6 +706,8 @@ impl AppendTx for PgAppendTx {
         .bind(cp.timestamp_micros)
         .bind(cp.key_id.to_hex())
         .bind(cp.signature.0.to_vec())
+        .bind(cp.binding.map(|b| b.ledger_id.0.to_vec()))
+        .bind(cp.binding.map(|b| to_i64(b.previous_tree_size)))
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -676,6 +723,30 @@ impl AppendTx for PgAppendTx {
         )
         .bind(to_i64(first_seq.0))
         .bind(key_id.to_hex())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_rotation(
+        &mut self,
+        old: &KeyId,
+        new: &PublicKey,
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE signing_keys SET last_seq = $1 WHERE key_id = $2")
+            .bind(to_i64(seq.0))
+            .bind(old.to_hex())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (key_id, public_key, first_seq, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (key_id) DO UPDATE SET first_seq = excluded.first_seq, last_seq = NULL",
+        )
+        .bind(new.key_id().to_hex())
+        .bind(new.to_bytes().to_vec())
+        .bind(to_i64(seq.0 + 1))
+        .bind(now_micros())
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -2,7 +2,7 @@
 //! before it returns (NORMAL can lose the last transactions on power loss). One connection
 //! writes; a small pool reads, never blocked by the writer thanks to WAL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,13 +14,13 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use super::{
-    AppendTx, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS, ENTRY_SELECT, EntryRow,
-    SigningKeyRow, Store, StoreError, Tombstone, VaultRow, insert_error, restored_key_row,
-    signing_key_row, to_i64, to_u64, vault_row,
+    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS,
+    ENTRY_SELECT, EntryRow, HEAD_SELECT, SigningKeyRow, Store, StoreError, Tombstone, VaultRow,
+    chain_head, insert_error, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
-use crate::entry::{EntryHash, Seq, StreamId, SubjectHandle};
+use crate::entry::{LedgerId, Seq, StreamId, SubjectHandle};
 use crate::merkle::{MerkleHash, NodeId, leaf_hash};
 use crate::record::Record;
 
@@ -87,23 +87,23 @@ async fn head_on<'e, E>(executor: E) -> Result<Option<ChainHead>, StoreError>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
-    let row =
-        sqlx::query("SELECT seq, entry_hash, recorded_at FROM entries ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(executor)
-            .await?;
+    let row = sqlx::query(HEAD_SELECT).fetch_optional(executor).await?;
     let Some(row) = row else { return Ok(None) };
-    let seq: i64 = row.try_get("seq")?;
-    let seq = Seq(to_u64(seq));
     let hash: Vec<u8> = row.try_get("entry_hash")?;
-    let entry_hash = EntryHash::from_slice(&hash).map_err(|_| super::MalformedRow {
-        seq,
-        what: "entry_hash".to_owned(),
-    })?;
-    Ok(Some(ChainHead {
-        seq,
-        entry_hash,
-        recorded_at_micros: row.try_get("recorded_at")?,
-    }))
+    let key_id: String = row.try_get("key_id")?;
+    let stream: String = row.try_get("stream_id")?;
+    let ty: String = row.try_get("event_type")?;
+    let meta: String = row.try_get("metadata")?;
+    chain_head(
+        row.try_get("seq")?,
+        &hash,
+        row.try_get("recorded_at")?,
+        &key_id,
+        &stream,
+        &ty,
+        &meta,
+    )
+    .map(Some)
 }
 
 #[async_trait]
@@ -187,14 +187,14 @@ impl Store for SqliteStore {
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
-        let rows: Vec<(String, Vec<u8>, Option<i64>)> = sqlx::query_as(
-            "SELECT key_id, public_key, first_seq FROM signing_keys \
+        let rows: Vec<(String, Vec<u8>, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT key_id, public_key, first_seq, last_seq FROM signing_keys \
              ORDER BY first_seq IS NULL, first_seq, created_at",
         )
         .fetch_all(&self.read)
         .await?;
         rows.into_iter()
-            .map(|(id, pk, first)| signing_key_row(&id, &pk, first))
+            .map(|(id, pk, first, last)| signing_key_row(&id, &pk, first, last))
             .collect()
     }
 
@@ -313,17 +313,23 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn restored_erased_keys(&self) -> Result<Vec<(SubjectHandle, Seq)>, StoreError> {
-        let rows: Vec<(Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT e.handle, e.erasure_seq FROM erased_subjects e \
-             JOIN data_keys k ON substr(k.key_ref, 1, 1) = x'01' AND substr(k.key_ref, 2) = e.handle \
-             ORDER BY e.erasure_seq",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        rows.into_iter()
-            .map(|(h, s)| restored_key_row(&h, s))
-            .collect()
+    async fn audit_snapshot(&self) -> Result<AuditSnapshot, StoreError> {
+        // One read transaction: in WAL mode it sees a single snapshot of the database.
+        let mut tx = self.read.begin().await?;
+        let latest_checkpoint = latest_checkpoint_on(&mut tx).await?;
+        let head = head_on(&mut *tx).await?;
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key_ref FROM data_keys")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        Ok(AuditSnapshot {
+            head,
+            latest_checkpoint,
+            vault: rows
+                .iter()
+                .map(|r| KeyRef::from_bytes(r).map_err(|_| malformed_meta()))
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     async fn count_vault_rows_not_under(&self, kek_id: &str) -> Result<u64, StoreError> {
@@ -332,6 +338,34 @@ impl Store for SqliteStore {
             .fetch_one(&self.write)
             .await?;
         Ok(to_u64(n))
+    }
+
+    async fn ledger_id(&self) -> Result<Option<LedgerId>, StoreError> {
+        let v: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM ledger_meta WHERE name = 'ledger_id'")
+                .fetch_optional(&self.read)
+                .await?;
+        v.map(|v| LedgerId::from_slice(&v).map_err(|_| malformed_meta()))
+            .transpose()
+    }
+
+    async fn init_ledger_id(&self, id: &LedgerId) -> Result<LedgerId, StoreError> {
+        sqlx::query(
+            "INSERT INTO ledger_meta (name, value) VALUES ('ledger_id', ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(id.0.to_vec())
+        .execute(&self.write)
+        .await?;
+        self.ledger_id().await?.ok_or_else(malformed_meta)
+    }
+
+    async fn vault_key_refs(&self) -> Result<HashSet<KeyRef>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key_ref FROM data_keys")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| KeyRef::from_bytes(r).map_err(|_| malformed_meta()))
+            .collect()
     }
 
     async fn close(&self) {
@@ -499,7 +533,8 @@ impl AppendTx for SqliteAppendTx {
                     .push_bind(r.entry.prev_hash.0.to_vec())
                     .push_bind(r.entry_hash.0.to_vec())
                     .push_bind(r.signature.0.to_vec())
-                    .push_bind(r.key_id.to_hex());
+                    .push_bind(r.key_id.to_hex())
+                    .push_bind(h.ledger_id.map(|l| l.0.to_vec()));
             });
             qb.build()
                 .execute(&mut *self.tx)
@@ -620,7 +655,7 @@ impl AppendTx for SqliteAppendTx {
 
     async fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+            "INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(to_i64(cp.tree_size))
         .bind(cp.root_hash.0.to_vec())
@@ -628,6 +663,8 @@ impl AppendTx for SqliteAppendTx {
         .bind(cp.timestamp_micros)
         .bind(cp.key_id.to_hex())
         .bind(cp.signature.0.to_vec())
+        .bind(cp.binding.map(|b| b.ledger_id.0.to_vec()))
+        .bind(cp.binding.map(|b| to_i64(b.previous_tree_size)))
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -643,6 +680,30 @@ impl AppendTx for SqliteAppendTx {
             .bind(key_id.to_hex())
             .execute(&mut *self.tx)
             .await?;
+        Ok(())
+    }
+
+    async fn record_rotation(
+        &mut self,
+        old: &KeyId,
+        new: &PublicKey,
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE signing_keys SET last_seq = ? WHERE key_id = ?")
+            .bind(to_i64(seq.0))
+            .bind(old.to_hex())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (key_id, public_key, first_seq, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (key_id) DO UPDATE SET first_seq = excluded.first_seq, last_seq = NULL",
+        )
+        .bind(new.key_id().to_hex())
+        .bind(new.to_bytes().to_vec())
+        .bind(to_i64(seq.0 + 1))
+        .bind(micros_now())
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 

@@ -1,0 +1,132 @@
+//! Which key may sign what: the keys an auditor trusts (with the ranges they know), and the
+//! key schedule the chain itself declares through its rotation entries. Pure.
+//!
+//! A signed object has a *position*: an entry at seq `s` is at `s`; a checkpoint of tree size
+//! `n` at `n`; a report at its `signed_at_size`. The key valid at position `p` is the key that
+//! signs entry `p`, so a key whose entries are `first..=last` may sign checkpoints of sizes
+//! `first..=last` (the checkpoint of size `last + 1` already belongs to its successor).
+//!
+//! Trust comes from the auditor, never from the ledger alone:
+//! - a key the auditor names with a range is trusted only inside it;
+//! - a key the auditor names without a range is trusted wherever the chain lets it sign;
+//! - a key the auditor does not name is *anchored* if a rotation hands over from a trusted key
+//!   to it (forward), or if a chain of countersigned rotations leads from it to a trusted key
+//!   (backward: the trusted key accepted that history). A key that ends unanchored is unknown.
+
+use std::collections::BTreeMap;
+
+use crate::crypto::{KeyId, PublicKey};
+
+/// An inclusive range of positions, open-ended when `last` is `None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    /// First position.
+    pub first: u64,
+    /// Last position, or `None` for a key still in use.
+    pub last: Option<u64>,
+}
+
+impl KeyRange {
+    /// Whether `position` is inside.
+    #[must_use]
+    pub fn contains(&self, position: u64) -> bool {
+        position >= self.first && self.last.is_none_or(|l| position <= l)
+    }
+}
+
+impl std::fmt::Display for KeyRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.last {
+            Some(l) => write!(f, "{}..={l}", self.first),
+            None => write!(f, "{}..", self.first),
+        }
+    }
+}
+
+/// A public key an auditor trusts, and the range they trust it for (`None`: wherever the chain
+/// lets it sign).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustedKey {
+    /// The key.
+    pub key: PublicKey,
+    /// Where it may sign, if the auditor knows.
+    pub range: Option<KeyRange>,
+}
+
+/// The public keys a verifier trusts, by id.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedKeys(BTreeMap<KeyId, TrustedKey>);
+
+impl TrustedKeys {
+    /// An empty set.
+    #[must_use]
+    pub fn new() -> TrustedKeys {
+        TrustedKeys::default()
+    }
+
+    /// Trusts `key` wherever the chain lets it sign.
+    pub fn insert(&mut self, key: PublicKey) {
+        self.0.insert(key.key_id(), TrustedKey { key, range: None });
+    }
+
+    /// Trusts `key` only for positions in `range`.
+    pub fn insert_ranged(&mut self, key: PublicKey, range: KeyRange) {
+        self.0.insert(
+            key.key_id(),
+            TrustedKey {
+                key,
+                range: Some(range),
+            },
+        );
+    }
+
+    /// The key with this id, if trusted.
+    #[must_use]
+    pub fn find(&self, id: &KeyId) -> Option<&PublicKey> {
+        self.0.get(id).map(|t| &t.key)
+    }
+
+    /// The trusted entry for this id.
+    #[must_use]
+    pub fn get(&self, id: &KeyId) -> Option<&TrustedKey> {
+        self.0.get(id)
+    }
+
+    /// Whether no key is trusted.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every trusted key.
+    pub fn iter(&self) -> impl Iterator<Item = &TrustedKey> {
+        self.0.values()
+    }
+}
+
+/// How a key that signed part of the history came to be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// The auditor named it.
+    Direct,
+    /// A trusted key handed over to it, or it handed over (through countersigned rotations) to
+    /// a trusted key.
+    Anchored,
+    /// Neither (a verification that ends with such a key fails).
+    Unanchored,
+}
+
+/// One key's use in the history verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyUse {
+    /// The key.
+    pub key_id: KeyId,
+    /// First seq it signed in what was verified.
+    pub first_seq: u64,
+    /// Last seq it signed, if any entry.
+    pub last_seq: Option<u64>,
+    /// The seq of the rotation entry that retired it, if in what was verified.
+    pub retired_at: Option<u64>,
+    /// How it is trusted.
+    pub trust: Trust,
+}

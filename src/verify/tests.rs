@@ -1,0 +1,406 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+use crate::checkpoint::{CheckpointBinding, TreeHead};
+use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, seal};
+use crate::entry::{Entry, EntryHeader, EventType, Metadata, StreamId, SubjectHandle};
+use crate::rotation::{KEYS_STREAM, SIGNING_KEY_ROTATED};
+
+const LEDGER: LedgerId = LedgerId([0x1e; 16]);
+
+/// A ledger being written, entry by entry, with real sealing and signing.
+struct Builder {
+    key: LedgerSigningKey,
+    dek: DataKey,
+    records: Vec<Record>,
+    versions: BTreeMap<String, u64>,
+}
+
+impl Builder {
+    fn new(key: LedgerSigningKey) -> Builder {
+        Builder {
+            key,
+            dek: DataKey::generate(),
+            records: Vec::new(),
+            versions: BTreeMap::new(),
+        }
+    }
+
+    fn prev(&self) -> EntryHash {
+        self.records
+            .last()
+            .map_or(GENESIS_PREV_HASH, |r| r.entry_hash)
+    }
+
+    fn header(&mut self, stream: &str, ty: &str, subject: Option<SubjectHandle>) -> EntryHeader {
+        let v = self.versions.get(stream).map_or(0, |v| v + 1);
+        self.versions.insert(stream.to_owned(), v);
+        EntryHeader {
+            ledger_id: Some(LEDGER),
+            seq: Seq(self.records.len() as u64),
+            stream_id: StreamId::parse(stream).unwrap(),
+            stream_version: v,
+            event_type: EventType::parse(ty).unwrap(),
+            schema_version: 1,
+            subject,
+            recorded_at_micros: 1_000 + self.records.len() as i64,
+            metadata: Metadata::new(),
+        }
+    }
+
+    fn push_header(&mut self, header: EntryHeader, key_ref: KeyRef) {
+        let payload = seal(&self.dek, &key_ref, &header.payload_aad(), b"{}");
+        let entry = Entry {
+            header,
+            payload_digest: payload.digest(),
+            prev_hash: self.prev(),
+        };
+        let entry_hash = entry.hash();
+        self.records.push(Record {
+            entry,
+            payload: Some(payload),
+            entry_hash,
+            signature: self.key.sign_entry(&entry_hash),
+            key_id: self.key.key_id(),
+        });
+    }
+
+    fn event(&mut self, stream: &str, subject: Option<SubjectHandle>) {
+        let h = self.header(stream, "T", subject);
+        let key_ref = subject.map_or(KeyRef::System([0; 16]), KeyRef::Subject);
+        self.push_header(h, key_ref);
+    }
+
+    fn erase(&mut self, subject: SubjectHandle) {
+        let h = self.header(
+            invariants::ERASURE_STREAM,
+            invariants::SUBJECT_ERASED,
+            Some(subject),
+        );
+        self.push_header(h, KeyRef::System([0; 16]));
+    }
+
+    fn rotate(&mut self, new: LedgerSigningKey) {
+        let mut h = self.header(KEYS_STREAM, SIGNING_KEY_ROTATED, None);
+        let point = RotationPoint {
+            ledger_id: LEDGER,
+            seq: h.seq,
+            prev_hash: self.prev(),
+            old_key: self.key.public_key(),
+        };
+        h.metadata = Rotation::countersign(&new, &point).to_metadata();
+        self.push_header(h, KeyRef::System([0; 16]));
+        self.key = new;
+    }
+}
+
+fn run(trusted: Trusted, records: &[Record]) -> Result<Proven, Failure> {
+    let mut v = Verifier::new(trusted, Start::genesis())?;
+    for r in records {
+        v.push_record(r)?;
+    }
+    v.finish()
+}
+
+fn trusting(keys: &[&PublicKey]) -> Trusted {
+    let mut t = TrustedKeys::new();
+    for k in keys {
+        t.insert(**k);
+    }
+    Trusted {
+        keys: t,
+        ledger_id: Some(LEDGER),
+        ..Trusted::default()
+    }
+}
+
+fn kind_at(r: Result<Proven, Failure>) -> (u64, FailureKind) {
+    let f = r.unwrap_err();
+    (f.seq.0, f.kind)
+}
+
+fn sample() -> (Builder, PublicKey) {
+    let key = LedgerSigningKey::generate();
+    let public = key.public_key();
+    let mut b = Builder::new(key);
+    for i in 0..5 {
+        b.event("s", (i % 2 == 0).then_some(SubjectHandle([i; 16])));
+    }
+    (b, public)
+}
+
+#[test]
+fn each_kind_of_tampering_is_named_at_its_position() {
+    let (b, pk) = sample();
+    let good = b.records.clone();
+    assert!(run(trusting(&[&pk]), &good).is_ok());
+
+    let mut r = good.clone();
+    r.remove(2);
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &r)),
+        (2, FailureKind::SeqMismatch)
+    );
+
+    let mut r = good.clone();
+    r[3].entry.header.stream_version = 99;
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &r)),
+        (3, FailureKind::EntryHashMismatch)
+    );
+
+    let mut r = good.clone();
+    r[1].payload.as_mut().unwrap().0[5] ^= 1;
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &r)),
+        (1, FailureKind::PayloadDigestMismatch)
+    );
+
+    let mut r = good.clone();
+    r[1].payload = None;
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &r)),
+        (1, FailureKind::MissingPayload)
+    );
+
+    let mut r = good.clone();
+    r[4].signature = r[3].signature;
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &r)),
+        (4, FailureKind::BadSignature)
+    );
+
+    let mut r = good.clone();
+    r[2].entry.prev_hash = EntryHash([7; 32]);
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &r)),
+        (2, FailureKind::BrokenLink)
+    );
+
+    assert_eq!(
+        kind_at(run(trusting(&[]), &good)),
+        (0, FailureKind::UnknownKey)
+    );
+
+    let other = Trusted {
+        ledger_id: Some(LedgerId([2; 16])),
+        ..trusting(&[&pk])
+    };
+    assert_eq!(kind_at(run(other, &good)), (0, FailureKind::LedgerMismatch));
+}
+
+#[test]
+fn validly_signed_breaches_of_the_invariants_are_caught() {
+    let key = LedgerSigningKey::generate();
+    let pk = key.public_key();
+    let mut b = Builder::new(key);
+    b.event("s", None);
+    let mut h = b.header("s", "T", None);
+    h.recorded_at_micros = 0;
+    b.push_header(h, KeyRef::System([0; 16]));
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &b.records)),
+        (1, FailureKind::TimeReversal)
+    );
+
+    let key = LedgerSigningKey::generate();
+    let pk = key.public_key();
+    let mut b = Builder::new(key);
+    b.event("s", None);
+    let mut h = b.header("s", "T", None);
+    h.stream_version = 2;
+    b.push_header(h, KeyRef::System([0; 16]));
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &b.records)),
+        (1, FailureKind::StreamVersionGap)
+    );
+
+    let key = LedgerSigningKey::generate();
+    let pk = key.public_key();
+    let mut b = Builder::new(key);
+    b.event("auditledger:subject-erasures", None);
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &b.records)),
+        (0, FailureKind::ReservedStream)
+    );
+
+    let key = LedgerSigningKey::generate();
+    let pk = key.public_key();
+    let mut b = Builder::new(key);
+    let alice = SubjectHandle([0xa1; 16]);
+    b.event("s", Some(alice));
+    b.erase(alice);
+    b.event("s", Some(alice));
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &b.records)),
+        (2, FailureKind::ErasedHandleReused)
+    );
+
+    let key = LedgerSigningKey::generate();
+    let pk = key.public_key();
+    let mut b = Builder::new(key);
+    let h = b.header("s", "T", Some(alice));
+    b.push_header(h, KeyRef::System([0; 16]));
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &b.records)),
+        (0, FailureKind::PayloadKeyMismatch)
+    );
+}
+
+#[test]
+fn a_rotation_hands_over_and_a_retired_key_cannot_sign_after_it() {
+    let k1 = LedgerSigningKey::generate();
+    let k2 = LedgerSigningKey::generate();
+    let (p1, p2) = (k1.public_key(), k2.public_key());
+    let mut b = Builder::new(k1);
+    b.event("s", None);
+    b.rotate(k2);
+    b.event("s", None);
+    // Trusting only the current key: the old one (known from a bundle's key line, say) is
+    // anchored by the countersignature.
+    let only_current = Trusted {
+        candidates: vec![p1],
+        ..trusting(&[&p2])
+    };
+    assert_eq!(
+        kind_at(run(trusting(&[&p2]), &b.records)),
+        (0, FailureKind::UnknownKey)
+    );
+    let proven = run(only_current, &b.records).unwrap();
+    assert_eq!(proven.keys.len(), 2);
+    assert_eq!(proven.keys[0].trust, Trust::Anchored);
+    assert_eq!(proven.keys[0].retired_at, Some(1));
+    // The old key signs an entry after its rotation.
+    let mut forged = b.records.clone();
+    let old = LedgerSigningKey::generate();
+    let _ = old;
+    forged[2].key_id = p1.key_id();
+    assert_eq!(
+        kind_at(run(trusting(&[&p1, &p2]), &forged)),
+        (2, FailureKind::KeyOutOfRange)
+    );
+}
+
+#[test]
+fn a_history_rewritten_by_a_retired_key_fails_against_the_current_key_or_its_range() {
+    let k1 = LedgerSigningKey::generate();
+    let seed = k1.seed();
+    let p1 = k1.public_key();
+    let k2 = LedgerSigningKey::generate();
+    let p2 = k2.public_key();
+    // The real history rotated at seq 1; the attacker keeps k1 and writes on without rotating.
+    let mut forged = Builder::new(LedgerSigningKey::from_seed(&seed));
+    for _ in 0..4 {
+        forged.event("s", None);
+    }
+    let _ = k2;
+    let only_current = Trusted {
+        candidates: vec![p1],
+        ..trusting(&[&p2])
+    };
+    assert_eq!(
+        kind_at(run(only_current, &forged.records)),
+        (0, FailureKind::UnknownKey)
+    );
+    let mut keys = TrustedKeys::new();
+    keys.insert_ranged(
+        p1,
+        KeyRange {
+            first: 0,
+            last: Some(1),
+        },
+    );
+    keys.insert(p2);
+    let t = Trusted {
+        keys,
+        ledger_id: Some(LEDGER),
+        ..Trusted::default()
+    };
+    assert_eq!(
+        kind_at(run(t, &forged.records)),
+        (2, FailureKind::KeyOutOfRange)
+    );
+}
+
+#[test]
+fn checkpoints_chain_and_a_missing_or_repeated_one_is_named() {
+    let (b, pk) = sample();
+    let key = &b.key;
+    let mut tree = CompactRange::new();
+    let mut cps = Vec::new();
+    let mut previous = 0;
+    for r in &b.records {
+        tree.append(leaf_hash(&r.entry_hash.0), |_, _| {});
+        if tree.size() % 2 == 0 {
+            let cp = Checkpoint::sign(
+                key,
+                CheckpointBinding {
+                    ledger_id: LEDGER,
+                    previous_tree_size: previous,
+                },
+                TreeHead {
+                    tree_size: tree.size(),
+                    root_hash: tree.root(),
+                    last_entry_hash: r.entry_hash,
+                    timestamp_micros: 5,
+                },
+            );
+            previous = tree.size();
+            cps.push(cp);
+        }
+    }
+    let feed = |cps: &[Checkpoint]| -> Result<Proven, Failure> {
+        let mut v = Verifier::new(trusting(&[&pk]), Start::genesis())?;
+        for r in &b.records {
+            v.push_record(r)?;
+            for cp in cps
+                .iter()
+                .filter(|c| c.tree_size == r.entry.header.seq.0 + 1)
+            {
+                v.push_checkpoint(cp)?;
+            }
+        }
+        v.finish()
+    };
+    let proven = feed(&cps).unwrap();
+    assert_eq!((proven.checkpoints, proven.uncovered_tail), (2, 1));
+    assert_eq!(
+        kind_at(feed(&cps[1..])),
+        (3, FailureKind::MissingCheckpoint)
+    );
+    let twice = vec![cps[0].clone(), cps[0].clone(), cps[1].clone()];
+    assert_eq!(kind_at(feed(&twice)), (1, FailureKind::DuplicateCheckpoint));
+}
+
+#[test]
+fn the_vault_must_hold_every_key_no_erasure_explains() {
+    let key = LedgerSigningKey::generate();
+    let pk = key.public_key();
+    let mut b = Builder::new(key);
+    let (alice, bob) = (SubjectHandle([0xa1; 16]), SubjectHandle([0xb0; 16]));
+    b.event("s", Some(alice));
+    b.event("s", Some(bob));
+    b.event("s", None);
+    b.erase(alice);
+    let mut v = Verifier::new(trusting(&[&pk]), Start::genesis()).unwrap();
+    v.track_key_refs();
+    for r in &b.records {
+        v.push_record(r).unwrap();
+    }
+    let all: std::collections::HashSet<KeyRef> =
+        [KeyRef::System([0; 16]), KeyRef::Subject(bob)].into();
+    assert_eq!(vault::check(v.invariants(), &all), Ok(()));
+    let no_bob: std::collections::HashSet<KeyRef> = [KeyRef::System([0; 16])].into();
+    let f = vault::check(v.invariants(), &no_bob).unwrap_err();
+    assert_eq!((f.seq.0, f.kind), (1, FailureKind::MissingKey));
+    let no_system: std::collections::HashSet<KeyRef> = [KeyRef::Subject(bob)].into();
+    let f = vault::check(v.invariants(), &no_system).unwrap_err();
+    assert_eq!((f.seq.0, f.kind), (2, FailureKind::MissingKey));
+    let restored: std::collections::HashSet<KeyRef> = [
+        KeyRef::System([0; 16]),
+        KeyRef::Subject(bob),
+        KeyRef::Subject(alice),
+    ]
+    .into();
+    let f = vault::check(v.invariants(), &restored).unwrap_err();
+    assert_eq!((f.seq.0, f.kind), (3, FailureKind::RestoredErasedKey));
+}
