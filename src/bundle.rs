@@ -365,12 +365,12 @@ pub fn describe(p: &Proven, keys_from_bundle: bool, ledger_size: Option<u64>) ->
         |id| format!("ledger {id}"),
     );
     out.push(format!(
-        "ok: {} ({range}) of {ledger} and {} verified: hashes, links, signatures, key ranges and chain invariants",
+        "ok: {} verified ({range}) of {ledger}, with {}: hashes, links, signatures, key ranges and chain invariants",
         count(p.entries, "entry", "entries"),
         count(p.checkpoints, "checkpoint", "checkpoints"),
     ));
     if keys_from_bundle {
-        out.push("keys: taken from the bundle itself, so a bundle re-signed with other keys would pass too; pass --public-key with a key obtained independently".to_owned());
+        out.push("keys: verified with the public keys inside the bundle, so a bundle re-signed with other keys would pass too; pass --public-key with a key obtained independently".to_owned());
     } else {
         for k in &p.keys {
             let how = match k.trust {

@@ -302,7 +302,8 @@ mod tests {
         let key = LedgerSigningKey::generate();
         let json = Checkpoint::sign(&key, binding(), head()).to_json();
         let mut upper = json.clone();
-        upper.root_hash = upper.root_hash.to_uppercase();
+        upper.signature = upper.signature.to_uppercase();
+        assert_ne!(upper.signature, json.signature);
         assert!(upper.parse().is_err());
         let mut offset = json.clone();
         offset.timestamp = "2026-11-22T10:45:18.123456+01:00".to_owned();

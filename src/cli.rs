@@ -54,6 +54,16 @@ enum Command {
         #[arg(long, hide = true)]
         stop_after_batches: Option<u64>,
     },
+    /// Hand signing over to a new Ed25519 key, recorded in the chain (an entry signed by the old
+    /// key and countersigned by the new one). Works while the service runs (every instance that
+    /// shares this keys directory switches) or while it is stopped. Resumable.
+    RotateSigningKey {
+        #[command(flatten)]
+        dirs: Dirs,
+        /// How long to wait for a running service to record the rotation.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
     /// Write an export bundle (NDJSON: entries with sealed payloads, checkpoints, public keys).
     Export {
         #[command(flatten)]
@@ -132,6 +142,9 @@ pub fn run(cli: Cli) -> ExitCode {
             public_keys,
             trusted_checkpoint,
         } => verify_bundle(&file, &public_keys, trusted_checkpoint.as_deref()),
+        Command::RotateSigningKey { dirs, timeout_secs } => runtime.block_on(
+            rotate_signing_key(&dirs, Duration::from_secs(timeout_secs)),
+        ),
         Command::RotateKek {
             dirs,
             batch_size,
@@ -232,6 +245,7 @@ impl Service {
             crate::witness::check_against_published(shared.as_ref(), dir).await?;
         }
         let ledger_id = establish_ledger_id(&dirs.keys_dir, shared.as_ref()).await?;
+        let keys = finish_interrupted_rotation(&dirs.keys_dir, shared.as_ref(), keys).await?;
         let signing_first_seq = check_key_schedule(shared.as_ref(), &keys.signing).await?;
         let trust = crate::audit::AuditTrust {
             keys: keyfiles::trusted_keys(&dirs.keys_dir)?,
@@ -241,9 +255,13 @@ impl Service {
         shared
             .publish_signing_key(&keys.signing.public_key())
             .await?;
+        let signing = Arc::new(crate::ledger::SigningCell::new(crate::ledger::ActiveKey {
+            key: Arc::new(keys.signing),
+            first_seq: signing_first_seq,
+        }));
         let publisher = crate::witness::spawn(
             Arc::clone(&shared),
-            keys.signing.public_key(),
+            Arc::clone(&signing),
             crate::witness::WitnessConfig {
                 dir: config.witness_dir.clone(),
                 webhook: config.witness_webhook.clone(),
@@ -255,8 +273,8 @@ impl Service {
             Arc::new(vault),
             LedgerKeys {
                 ledger_id,
-                signing: Arc::new(keys.signing),
-                signing_first_seq,
+                signing,
+                keys_dir: Some(dirs.keys_dir.clone()),
                 index: Arc::new(keys.index),
             },
             LedgerConfig {
@@ -348,6 +366,157 @@ async fn establish_ledger_id(
     Ok(id)
 }
 
+async fn rotate_signing_key(dirs: &Dirs, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let current = keyfiles::load(&dirs.keys_dir)?;
+    let next = keyfiles::prepare_next_signing_key(&dirs.keys_dir)?;
+    let new_id = next.key_id();
+    drop(next);
+    match crate::backend::open(dirs, crate::backend::Access::Maintenance).await {
+        Ok((store, lock)) => {
+            // No service is running: record the rotation here, through the same writer.
+            let result = rotate_offline(dirs, Arc::clone(&store), current).await;
+            crate::backend::close(store.as_ref(), lock).await;
+            let seq = result?;
+            print_rotation(dirs, new_id, seq);
+        }
+        Err(e) => {
+            println!(
+                "a running service holds the ledger ({e:#}); waiting for it to record the rotation to key {new_id}"
+            );
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let done = !dirs.keys_dir.join(keyfiles::NEXT_SIGNING_KEY_FILE).exists()
+                    && keyfiles::read_public_key(&dirs.keys_dir.join(keyfiles::SIGNING_PUB_FILE))
+                        .is_ok_and(|k| k.key_id() == new_id);
+                if done {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    anyhow::bail!(
+                        "no service recorded the rotation within {} s; {} stays in place: run this again, or start the service (it rotates at start)",
+                        timeout.as_secs(),
+                        dirs.keys_dir.join(keyfiles::NEXT_SIGNING_KEY_FILE).display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let (store, _lock) =
+                crate::backend::open(dirs, crate::backend::Access::ReadOnly).await?;
+            let seq = store
+                .signing_keys()
+                .await?
+                .into_iter()
+                .find(|r| r.key_id == new_id)
+                .and_then(|r| r.first_seq)
+                .map_or(0, |s| s.0.saturating_sub(1));
+            store.close().await;
+            print_rotation(dirs, new_id, crate::entry::Seq(seq));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_rotation(dirs: &Dirs, new_id: crate::crypto::KeyId, seq: crate::entry::Seq) {
+    println!(
+        "signing key rotated at seq {seq}: key {new_id} signs from seq {} on; the retired key's public half and exact range are in {}",
+        seq.next(),
+        dirs.keys_dir.join(keyfiles::RETIRED_DIR).display()
+    );
+}
+
+async fn rotate_offline(
+    dirs: &Dirs,
+    store: Arc<dyn Store>,
+    keys: keyfiles::KeyMaterial,
+) -> anyhow::Result<crate::entry::Seq> {
+    let ledger_id = establish_ledger_id(&dirs.keys_dir, store.as_ref()).await?;
+    let keys = finish_interrupted_rotation(&dirs.keys_dir, store.as_ref(), keys).await?;
+    let Some(next) = keyfiles::read_next_signing_key(&dirs.keys_dir)? else {
+        anyhow::bail!("the new signing key disappeared from the keys directory");
+    };
+    if keys.signing.key_id() == next.key_id() {
+        // Finished at start-up just now (an earlier run was interrupted after the commit).
+        let seq = store
+            .signing_keys()
+            .await?
+            .into_iter()
+            .find(|r| r.key_id == next.key_id())
+            .and_then(|r| r.first_seq)
+            .map_or(0, |s| s.0.saturating_sub(1));
+        return Ok(crate::entry::Seq(seq));
+    }
+    let first_seq = check_key_schedule(store.as_ref(), &keys.signing).await?;
+    store.publish_signing_key(&keys.signing.public_key()).await?;
+    let vault = Vault::open(Arc::clone(&store), keys.kek).await?;
+    let defaults = ServeConfig::new(
+        "127.0.0.1:0".parse().context("address")?,
+        dirs.data_dir.clone(),
+        dirs.keys_dir.clone(),
+    );
+    let ledger = Ledger::start(
+        Arc::clone(&store),
+        Arc::new(vault),
+        LedgerKeys {
+            ledger_id,
+            signing: Arc::new(crate::ledger::SigningCell::new(crate::ledger::ActiveKey {
+                key: Arc::new(keys.signing),
+                first_seq,
+            })),
+            keys_dir: Some(dirs.keys_dir.clone()),
+            index: Arc::new(keys.index),
+        },
+        LedgerConfig {
+            checkpoint_every: defaults.checkpoint_every,
+            checkpoint_interval: Duration::from_secs(3600),
+            max_batch_events: defaults.max_batch_events,
+            tombstone_ttl: Duration::ZERO,
+        },
+        None,
+    );
+    let result = ledger.rotate_signing_key(next).await;
+    ledger.shutdown().await;
+    result.map_err(|e| anyhow::anyhow!("the rotation was not recorded: {e}"))
+}
+
+/// A rotation committed but not yet reflected in the keys directory (a crash in between):
+/// finish it, so the keys directory holds the key the chain names.
+async fn finish_interrupted_rotation(
+    keys_dir: &Path,
+    store: &dyn Store,
+    keys: keyfiles::KeyMaterial,
+) -> anyhow::Result<keyfiles::KeyMaterial> {
+    let Some(head) = store.head().await? else {
+        return Ok(keys);
+    };
+    let wanted = head.next_key();
+    if wanted == keys.signing.key_id() {
+        return Ok(keys);
+    }
+    let Some(next) = keyfiles::read_next_signing_key(keys_dir)? else {
+        return Ok(keys);
+    };
+    if next.key_id() != wanted {
+        return Ok(keys);
+    }
+    let rows = store.signing_keys().await?;
+    let old = rows.iter().find(|r| r.key_id == keys.signing.key_id());
+    let (Some(first), Some(last)) = (
+        old.and_then(|r| r.first_seq),
+        old.and_then(|r| r.last_seq),
+    ) else {
+        return Ok(keys);
+    };
+    keyfiles::finish_rotation(
+        keys_dir,
+        &keys.signing.public_key(),
+        first.0,
+        last.0,
+        &next,
+    )?;
+    println!("finished the rotation to signing key {wanted} recorded at seq {last}");
+    Ok(keyfiles::load(keys_dir)?)
+}
+
 /// The signing key must be the one the chain's key schedule names for the next entry (a key
 /// changes only by `rotate-signing-key`, which records the hand-over in the chain). Returns the
 /// first seq the key signs.
@@ -432,13 +601,20 @@ pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
 
 async fn verify(dirs: &Dirs, public_keys: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let keys = trusted_keys(dirs, public_keys)?;
-    let ledger_id = keyfiles::read_ledger_id(&dirs.keys_dir)?.with_context(|| {
-        format!(
-            "{} is missing: the ledger's identity cannot be checked",
-            dirs.keys_dir.join(keyfiles::LEDGER_ID_FILE).display()
-        )
-    })?;
     let (shared, _lock) = crate::backend::open(dirs, crate::backend::Access::ReadOnly).await?;
+    let ledger_id = match keyfiles::read_ledger_id(&dirs.keys_dir)? {
+        Some(id) => id,
+        None => {
+            let id = shared.ledger_id().await?.context(
+                "neither the keys directory nor the database records the ledger's identity",
+            )?;
+            println!(
+                "note: {} is missing, so the ledger identity {id} was taken from the database itself",
+                dirs.keys_dir.join(keyfiles::LEDGER_ID_FILE).display()
+            );
+            id
+        }
+    };
     let store = Arc::clone(&shared);
     // Verify up to the head as it is now; appends that land meanwhile are left for next time.
     let total = crate::audit::range_len(shared.as_ref(), Seq(0), None).await?;

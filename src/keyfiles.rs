@@ -26,6 +26,9 @@ pub const KEK_FILE: &str = "kek.key";
 pub const INDEX_KEY_FILE: &str = "index.key";
 /// The ledger's identity (32 hex digits; public, but it must not change).
 pub const LEDGER_ID_FILE: &str = "ledger.id";
+/// A signing key waiting to be rotated in (written by `rotate-signing-key`, consumed by the
+/// service that records the rotation).
+pub const NEXT_SIGNING_KEY_FILE: &str = "signing.next.key";
 /// Directory of retired signing keys' public halves, each `<key_id>.json`: a key line with the
 /// exact range the key signed (docs/FORMAT.md), written at rotation.
 pub const RETIRED_DIR: &str = "retired";
@@ -322,6 +325,63 @@ pub fn trusted_keys(dir: &Path) -> Result<TrustedKeys, KeyFileError> {
         keys.insert(read_public_key(&dir.join(SIGNING_PUB_FILE))?);
     }
     Ok(keys)
+}
+
+/// The signing key waiting to be rotated in, if any.
+pub fn read_next_signing_key(dir: &Path) -> Result<Option<LedgerSigningKey>, KeyFileError> {
+    let path = dir.join(NEXT_SIGNING_KEY_FILE);
+    match read_hex32(&path) {
+        Ok(seed) => Ok(Some(LedgerSigningKey::from_seed(&seed))),
+        Err(KeyFileError::Missing(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a fresh signing key to rotate in, or returns the one already waiting.
+pub fn prepare_next_signing_key(dir: &Path) -> Result<LedgerSigningKey, KeyFileError> {
+    if let Some(k) = read_next_signing_key(dir)? {
+        return Ok(k);
+    }
+    let key = LedgerSigningKey::generate();
+    write_secret(&dir.join(NEXT_SIGNING_KEY_FILE), &key.seed())?;
+    Ok(key)
+}
+
+fn replace_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyFileError> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, contents, mode)?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// After a rotation is committed: the old key's public half goes to `retired/` with its exact
+/// range, the new key becomes `signing.key` (and `signing.pub`), and the old private key is
+/// gone from the directory. Safe to repeat after a crash part-way.
+pub fn finish_rotation(
+    dir: &Path,
+    old: &PublicKey,
+    old_first_seq: u64,
+    rotation_seq: u64,
+    new: &LedgerSigningKey,
+) -> Result<(), KeyFileError> {
+    write_retired(dir, old, old_first_seq, rotation_seq)?;
+    let mut text = Zeroizing::new(hex::encode(new.seed().as_ref()));
+    text.push('\n');
+    replace_atomically(&dir.join(SIGNING_KEY_FILE), text.as_bytes(), 0o600)?;
+    let public = format!("{}\n", hex::encode(new.public_key().to_bytes()));
+    replace_atomically(&dir.join(SIGNING_PUB_FILE), public.as_bytes(), 0o644)?;
+    match fs::remove_file(dir.join(NEXT_SIGNING_KEY_FILE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(io_err(&dir.join(NEXT_SIGNING_KEY_FILE))(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether a secret key file's mode lets anyone but the owner read it.

@@ -44,6 +44,8 @@ pub const CHECKPOINT_TREE_SIZE: &str = "auditledger_checkpoint_tree_size";
 /// Failed checkpoint publications.
 pub const WITNESS_FAILURES: &str = "auditledger_witness_failures_total";
 /// Verifications that found tampering.
+pub const KEY_ROTATIONS: &str = "auditledger_signing_key_rotations_total";
+/// Verifications that found tampering.
 pub const VERIFICATION_FAILURES: &str = "auditledger_verification_failures_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

@@ -130,7 +130,10 @@ fn write_atomically(dir: &Path, name: &str, body: &[u8]) -> std::io::Result<()> 
 
 struct Publisher {
     store: Arc<dyn Store>,
-    key: PublicKey,
+    signing: Arc<crate::ledger::SigningCell>,
+    /// Every signing key seen in use (a checkpoint signed just before a rotation may arrive
+    /// after it).
+    keys: Vec<PublicKey>,
     config: WitnessConfig,
     client: reqwest::Client,
     last: Option<Checkpoint>,
@@ -145,7 +148,16 @@ impl Publisher {
         {
             return Ok(());
         }
-        cp.verify(&self.key)?;
+        let current = self.signing.current().key.public_key();
+        if !self.keys.contains(&current) {
+            self.keys.push(current);
+        }
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.key_id() == cp.key_id)
+            .with_context(|| format!("checkpoint {} signed by unknown key {}", cp.tree_size, cp.key_id))?;
+        cp.verify(key)?;
         let proof = match &self.last {
             Some(prev) => {
                 let proof =
@@ -195,7 +207,7 @@ impl Publisher {
 /// Starts the publisher; send it every committed checkpoint. `None` if no witness is set.
 pub fn spawn(
     store: Arc<dyn Store>,
-    key: PublicKey,
+    signing: Arc<crate::ledger::SigningCell>,
     config: WitnessConfig,
 ) -> anyhow::Result<Option<mpsc::UnboundedSender<Checkpoint>>> {
     if config.webhook_ca.is_some() && config.webhook.is_none() {
@@ -212,7 +224,8 @@ pub fn spawn(
     let (sender, mut receiver) = mpsc::unbounded_channel::<Checkpoint>();
     let mut publisher = Publisher {
         store,
-        key,
+        signing,
+        keys: Vec::new(),
         config,
         client,
         last,

@@ -606,7 +606,7 @@ async fn tamper_suite_each_attack_is_detected_and_located() {
     };
 
     // A forged row appended at the tail.
-    tamper(dir.path(), &["INSERT INTO entries SELECT 20, stream_id, 99, event_type, schema_version, subject, recorded_at, metadata, payload, payload_digest, prev_hash, entry_hash, signature, key_id FROM entries WHERE seq = 3"]).await;
+    tamper(dir.path(), &["INSERT INTO entries SELECT 20, stream_id, 99, event_type, schema_version, subject, recorded_at, metadata, payload, payload_digest, prev_hash, entry_hash, signature, key_id, ledger_id FROM entries WHERE seq = 3"]).await;
     verify_says(20, "broken_link");
     restore();
 

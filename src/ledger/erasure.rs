@@ -85,6 +85,7 @@ impl Writer {
         };
 
         let head = tx.head().await?;
+        self.ensure_current_key(head.as_ref()).await?;
         let (seq, prev_hash, recorded_at) = next_position(head);
         let stream = StreamId::parse(ERASURE_STREAM)
             .map_err(|e| WriteError::Internal(format!("erasure stream id: {e}")))?;

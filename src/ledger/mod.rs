@@ -3,6 +3,7 @@
 
 mod erasure;
 mod proofs;
+mod rotation;
 mod writer;
 
 use std::sync::Arc;
@@ -198,7 +199,9 @@ pub struct ActiveKey {
 pub struct SigningCell(std::sync::RwLock<Arc<ActiveKey>>);
 
 impl SigningCell {
-    fn new(active: ActiveKey) -> SigningCell {
+    /// A cell holding `active`.
+    #[must_use]
+    pub fn new(active: ActiveKey) -> SigningCell {
         SigningCell(std::sync::RwLock::new(Arc::new(active)))
     }
 
@@ -225,10 +228,10 @@ impl SigningCell {
 pub struct LedgerKeys {
     /// The ledger's identity (from the keys directory).
     pub ledger_id: LedgerId,
-    /// Signs entries and receipts.
-    pub signing: Arc<LedgerSigningKey>,
-    /// The first seq that key signs.
-    pub signing_first_seq: u64,
+    /// The key that signs entries, checkpoints and receipts (replaced on rotation).
+    pub signing: Arc<SigningCell>,
+    /// The keys directory: where a new signing key waits to be rotated in.
+    pub keys_dir: Option<std::path::PathBuf>,
     /// Keys the subject index.
     pub index: Arc<SubjectIndexKey>,
 }
@@ -244,6 +247,7 @@ pub struct Ledger {
     writer: Mutex<Option<JoinHandle<()>>>,
     purger: JoinHandle<()>,
     ticker: JoinHandle<()>,
+    rotator: Option<JoinHandle<()>>,
     stats: Arc<StageStats>,
 }
 
@@ -264,17 +268,15 @@ impl Ledger {
         publisher: Option<mpsc::UnboundedSender<Checkpoint>>,
     ) -> Ledger {
         let (sender, receiver) = mpsc::channel(QUEUE_REQUESTS);
-        let signing = Arc::new(SigningCell::new(ActiveKey {
-            key: Arc::clone(&keys.signing),
-            first_seq: keys.signing_first_seq,
-        }));
+        let signing = Arc::clone(&keys.signing);
         let stats = Arc::new(StageStats::default());
         let writer = Writer {
             ledger_id: keys.ledger_id,
             store: Arc::clone(&store),
             vault: Arc::clone(&vault),
-            signing: Arc::clone(&keys.signing),
+            signing: Arc::clone(&signing.current().key),
             cell: Arc::clone(&signing),
+            keys_dir: keys.keys_dir.clone(),
             index: Arc::clone(&keys.index),
             max_batch_events: config.max_batch_events.max(1),
             tombstone_ttl_micros: i64::try_from(config.tombstone_ttl.as_micros())
@@ -296,6 +298,11 @@ impl Ledger {
                     return;
                 }
             }
+        });
+        let rotator = keys.keys_dir.clone().map(|dir| {
+            let sender = sender.clone();
+            let cell = Arc::clone(&signing);
+            tokio::spawn(watch_for_rotation(dir, sender, cell))
         });
         let purge_store = Arc::clone(&store);
         let purger = tokio::spawn(async move {
@@ -319,8 +326,28 @@ impl Ledger {
             writer: Mutex::new(Some(handle)),
             purger,
             ticker,
+            rotator,
             stats,
         }
+    }
+
+    /// Hands signing over to `new_key` (a rotation entry signed by the current key and
+    /// countersigned by the new one); returns the rotation entry's seq.
+    pub async fn rotate_signing_key(
+        &self,
+        new_key: LedgerSigningKey,
+    ) -> Result<Seq, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(WriterMsg::Rotate(rotation::PendingRotate {
+                new_key,
+                reply: Some(reply),
+            }))
+            .await
+            .map_err(|_| AppendError::ShuttingDown)?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(AppendError::Unavailable("writer stopped".to_owned())))
     }
 
     /// Makes a checkpoint of the current head if the log grew since the last one; returns the
@@ -381,6 +408,9 @@ impl Ledger {
     pub async fn shutdown(&self) {
         self.purger.abort();
         self.ticker.abort();
+        if let Some(r) = &self.rotator {
+            r.abort();
+        }
         let (ack, done) = oneshot::channel();
         if self.sender.send(WriterMsg::Shutdown(ack)).await.is_ok() {
             let _ = done.await;
@@ -511,6 +541,42 @@ fn missing(seq: Seq, what: &'static str) -> ReadError {
         "an entry's {what} is missing and no erasure explains it: the ledger was tampered with"
     );
     ReadError::MissingData { seq, what }
+}
+
+/// How often the keys directory is checked for a signing key waiting to be rotated in.
+const ROTATION_POLL: Duration = Duration::from_millis(500);
+
+/// Hands a signing key that `rotate-signing-key` left in the keys directory to the writer.
+async fn watch_for_rotation(
+    dir: std::path::PathBuf,
+    sender: mpsc::Sender<WriterMsg>,
+    cell: Arc<SigningCell>,
+) {
+    let mut every = tokio::time::interval(ROTATION_POLL);
+    loop {
+        every.tick().await;
+        let next = match crate::keyfiles::read_next_signing_key(&dir) {
+            Ok(Some(k)) => k,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the signing key waiting to be rotated in");
+                continue;
+            }
+        };
+        if next.key_id() == cell.current().key.key_id() {
+            continue;
+        }
+        let (reply, answer) = oneshot::channel();
+        let msg = WriterMsg::Rotate(rotation::PendingRotate {
+            new_key: next,
+            reply: Some(reply),
+        });
+        if sender.send(msg).await.is_err() {
+            return;
+        }
+        // One rotation at a time; a failed one is retried at the next tick.
+        let _ = answer.await;
+    }
 }
 
 /// Rows read per query while rebuilding the tree.

@@ -43,12 +43,15 @@ pub(super) enum WriterMsg {
     Erase(PendingErase),
     /// Make a checkpoint if the log grew since the last one; answer with the newest.
     Checkpoint(Option<oneshot::Sender<Result<Option<Checkpoint>, ()>>>),
+    /// Hand signing over to a new key.
+    Rotate(super::rotation::PendingRotate),
     Shutdown(oneshot::Sender<()>),
 }
 
 /// Work that runs alone, in a transaction of its own, after the appends queued before it.
 enum Solo {
     Erase(PendingErase),
+    Rotate(super::rotation::PendingRotate),
     Checkpoint(Option<oneshot::Sender<Result<Option<Checkpoint>, ()>>>),
 }
 
@@ -110,6 +113,8 @@ pub(super) struct Writer {
     pub tombstone_ttl_micros: i64,
     pub checkpoint_every: u64,
     pub key_marked: bool,
+    /// The keys directory, where a rotation's new key waits and its result is recorded.
+    pub keys_dir: Option<std::path::PathBuf>,
     pub stats: Arc<StageStats>,
     /// Newly committed checkpoints go to the witness publisher.
     pub published: Option<mpsc::UnboundedSender<Checkpoint>>,
@@ -138,6 +143,10 @@ impl Writer {
                         solo = Some(Solo::Checkpoint(reply));
                         break;
                     }
+                    WriterMsg::Rotate(r) => {
+                        solo = Some(Solo::Rotate(r));
+                        break;
+                    }
                     WriterMsg::Shutdown(ack) => {
                         // Refuse new sends; what is already queued still gets committed.
                         receiver.close();
@@ -155,6 +164,12 @@ impl Writer {
                 Some(Solo::Erase(e)) => {
                     let result = self.erase(e.request).await;
                     let _ = e.reply.send(result);
+                }
+                Some(Solo::Rotate(r)) => {
+                    let result = self.rotate(r.new_key).await;
+                    if let Some(reply) = r.reply {
+                        let _ = reply.send(result);
+                    }
                 }
                 Some(Solo::Checkpoint(reply)) => {
                     let result = self.checkpoint_now().await.map_err(|e| {
@@ -247,6 +262,7 @@ impl Writer {
     ) -> Result<Vec<Result<Appended, AppendError>>, WriteError> {
         let mut tx = self.store.begin_append().await?;
         let head = tx.head().await?;
+        self.ensure_current_key(head.as_ref()).await?;
         let (mut next_seq, prev_hash, recorded_at) = next_position(head);
         let (system_ref, system_key) = self.vault.system_key();
 
@@ -422,6 +438,7 @@ impl Writer {
         let Some(head) = tx.head().await? else {
             return Ok(None);
         };
+        self.ensure_current_key(Some(&head)).await?;
         let latest = tx.latest_checkpoint().await?;
         if latest
             .as_ref()
