@@ -133,7 +133,7 @@ pub async fn verify_range(
     };
     let mut verifier = match Verifier::new(
         trusted,
-        Start {
+        &Start {
             seq: from,
             prev_hash,
             frontier,
@@ -185,26 +185,11 @@ pub async fn verify_range(
         return Ok(finished(report, Err(f)));
     }
     // Checks that concern the ledger as a whole, against the snapshot read at the start.
-    let mut whole: Option<Failure> = None;
-    if whole_ledger {
-        if let Some(cp) = &snapshot.latest_checkpoint
-            && cp.tree_size > size
-        {
-            whole = Some(Failure::new(
-                Seq(size),
-                FailureKind::Truncated,
-                format!(
-                    "checkpoint {} covers {} entries, but the ledger holds {size}: the tail was cut off",
-                    cp.tree_size, cp.tree_size
-                ),
-            ));
-        }
-        if let Err(f) = vault::check(verifier.invariants(), &snapshot.vault)
-            && whole.as_ref().is_none_or(|w| f.seq < w.seq)
-        {
-            whole = Some(f);
-        }
-    }
+    let whole = if whole_ledger {
+        whole_ledger_checks(&verifier, &snapshot, size)
+    } else {
+        None
+    };
     let entries = verifier.entries();
     let outcome = tokio::task::spawn_blocking(move || verifier.finish())
         .await
@@ -216,6 +201,33 @@ pub async fn verify_range(
         (Ok(p), None) => Ok(p),
     };
     Ok(finished(report, outcome))
+}
+
+/// The newest checkpoint against the head, and the key vault against the chain.
+fn whole_ledger_checks(
+    verifier: &Verifier,
+    snapshot: &crate::store::AuditSnapshot,
+    size: u64,
+) -> Option<Failure> {
+    let mut found: Option<Failure> = None;
+    if let Some(cp) = &snapshot.latest_checkpoint
+        && cp.tree_size > size
+    {
+        found = Some(Failure::new(
+            Seq(size),
+            FailureKind::Truncated,
+            format!(
+                "checkpoint {} covers {} entries, but the ledger holds {size}: the tail was cut off",
+                cp.tree_size, cp.tree_size
+            ),
+        ));
+    }
+    if let Err(f) = vault::check(verifier.invariants(), &snapshot.vault)
+        && found.as_ref().is_none_or(|w| f.seq < w.seq)
+    {
+        found = Some(f);
+    }
+    found
 }
 
 fn finished(mut report: AuditReport, outcome: Result<Proven, Failure>) -> Verification {

@@ -607,7 +607,7 @@ impl BundleVerifier {
         if let Some(prev) = self.key_lines.last()
             && prev
                 .first_seq
-                .map_or(true, |p| k.first_seq.is_some_and(|f| f <= p))
+                .is_none_or(|p| k.first_seq.is_some_and(|f| f <= p))
         {
             return Err(self.bad_line("key lines are not in order of first_seq"));
         }
@@ -668,7 +668,7 @@ impl BundleVerifier {
         };
         let mut verifier = Verifier::new(
             trusted,
-            Start {
+            &Start {
                 seq: Seq(h.from_seq),
                 prev_hash,
                 frontier,

@@ -142,9 +142,9 @@ pub fn run(cli: Cli) -> ExitCode {
             public_keys,
             trusted_checkpoint,
         } => verify_bundle(&file, &public_keys, trusted_checkpoint.as_deref()),
-        Command::RotateSigningKey { dirs, timeout_secs } => runtime.block_on(
-            rotate_signing_key(&dirs, Duration::from_secs(timeout_secs)),
-        ),
+        Command::RotateSigningKey { dirs, timeout_secs } => {
+            runtime.block_on(rotate_signing_key(&dirs, Duration::from_secs(timeout_secs)))
+        }
         Command::RotateKek {
             dirs,
             batch_size,
@@ -222,20 +222,7 @@ impl Service {
     pub async fn start(config: &ServeConfig) -> anyhow::Result<Service> {
         crate::telemetry::install();
         let dirs = &config.dirs;
-        let (keys, created) = keyfiles::load_or_create(&dirs.keys_dir)?;
-        if created {
-            println!(
-                "created keys in {} (signing key id {}); back them up",
-                dirs.keys_dir.display(),
-                keys.signing.key_id()
-            );
-        }
-        if dirs.keys_dir.join(crate::rotate::NEXT_KEK_FILE).exists() {
-            anyhow::bail!(
-                "a KEK rotation is in progress ({} exists); run `auditledger rotate-kek` again to finish it before serving",
-                dirs.keys_dir.join(crate::rotate::NEXT_KEK_FILE).display()
-            );
-        }
+        let keys = load_keys_to_serve(dirs)?;
         let (shared, lock) = crate::backend::open(dirs, crate::backend::Access::Serve).await?;
         let store = Arc::clone(&shared);
         if let Some(n) = crate::ledger::rebuild_tree_if_needed(shared.as_ref()).await? {
@@ -244,13 +231,9 @@ impl Service {
         if let Some(dir) = &config.witness_dir {
             crate::witness::check_against_published(shared.as_ref(), dir).await?;
         }
-        let ledger_id = establish_ledger_id(&dirs.keys_dir, shared.as_ref()).await?;
-        let keys = finish_interrupted_rotation(&dirs.keys_dir, shared.as_ref(), keys).await?;
-        let signing_first_seq = check_key_schedule(shared.as_ref(), &keys.signing).await?;
-        let trust = crate::audit::AuditTrust {
-            keys: keyfiles::trusted_keys(&dirs.keys_dir)?,
-            ledger_id,
-        };
+        let (keys, trust, signing_first_seq) =
+            identity_and_keys(dirs, shared.as_ref(), keys).await?;
+        let ledger_id = trust.ledger_id;
         let vault = Vault::open(Arc::clone(&shared), keys.kek).await?;
         shared
             .publish_signing_key(&keys.signing.public_key())
@@ -339,6 +322,42 @@ impl Service {
     }
 }
 
+/// The keys, created on first start; refuses while a KEK rotation is unfinished.
+fn load_keys_to_serve(dirs: &Dirs) -> anyhow::Result<keyfiles::KeyMaterial> {
+    let (keys, created) = keyfiles::load_or_create(&dirs.keys_dir)?;
+    if created {
+        println!(
+            "created keys in {} (signing key id {}); back them up",
+            dirs.keys_dir.display(),
+            keys.signing.key_id()
+        );
+    }
+    if dirs.keys_dir.join(crate::rotate::NEXT_KEK_FILE).exists() {
+        anyhow::bail!(
+            "a KEK rotation is in progress ({} exists); run `auditledger rotate-kek` again to finish it before serving",
+            dirs.keys_dir.join(crate::rotate::NEXT_KEK_FILE).display()
+        );
+    }
+    Ok(keys)
+}
+
+/// The ledger's identity and keys, checked against the database: the identity agrees, an
+/// interrupted rotation is finished, and the signing key is the one the chain names.
+async fn identity_and_keys(
+    dirs: &Dirs,
+    store: &dyn Store,
+    keys: keyfiles::KeyMaterial,
+) -> anyhow::Result<(keyfiles::KeyMaterial, crate::audit::AuditTrust, u64)> {
+    let ledger_id = establish_ledger_id(&dirs.keys_dir, store).await?;
+    let keys = finish_interrupted_rotation(&dirs.keys_dir, store, keys).await?;
+    let first_seq = check_key_schedule(store, &keys.signing).await?;
+    let trust = crate::audit::AuditTrust {
+        keys: keyfiles::trusted_keys(&dirs.keys_dir)?,
+        ledger_id,
+    };
+    Ok((keys, trust, first_seq))
+}
+
 /// The ledger's identity: the keys directory's `ledger.id` (trusted), which the database must
 /// agree with. A new ledger (or one written before identities existed) gets a fresh one in both.
 async fn establish_ledger_id(
@@ -395,7 +414,9 @@ async fn rotate_signing_key(dirs: &Dirs, timeout: Duration) -> anyhow::Result<Ex
                     anyhow::bail!(
                         "no service recorded the rotation within {} s; {} stays in place: run this again, or start the service (it rotates at start)",
                         timeout.as_secs(),
-                        dirs.keys_dir.join(keyfiles::NEXT_SIGNING_KEY_FILE).display()
+                        dirs.keys_dir
+                            .join(keyfiles::NEXT_SIGNING_KEY_FILE)
+                            .display()
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -446,7 +467,9 @@ async fn rotate_offline(
         return Ok(crate::entry::Seq(seq));
     }
     let first_seq = check_key_schedule(store.as_ref(), &keys.signing).await?;
-    store.publish_signing_key(&keys.signing.public_key()).await?;
+    store
+        .publish_signing_key(&keys.signing.public_key())
+        .await?;
     let vault = Vault::open(Arc::clone(&store), keys.kek).await?;
     let defaults = ServeConfig::new(
         "127.0.0.1:0".parse().context("address")?,
@@ -500,19 +523,11 @@ async fn finish_interrupted_rotation(
     }
     let rows = store.signing_keys().await?;
     let old = rows.iter().find(|r| r.key_id == keys.signing.key_id());
-    let (Some(first), Some(last)) = (
-        old.and_then(|r| r.first_seq),
-        old.and_then(|r| r.last_seq),
-    ) else {
+    let (Some(first), Some(last)) = (old.and_then(|r| r.first_seq), old.and_then(|r| r.last_seq))
+    else {
         return Ok(keys);
     };
-    keyfiles::finish_rotation(
-        keys_dir,
-        &keys.signing.public_key(),
-        first.0,
-        last.0,
-        &next,
-    )?;
+    keyfiles::finish_rotation(keys_dir, &keys.signing.public_key(), first.0, last.0, &next)?;
     println!("finished the rotation to signing key {wanted} recorded at seq {last}");
     Ok(keyfiles::load(keys_dir)?)
 }
@@ -602,18 +617,18 @@ pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
 async fn verify(dirs: &Dirs, public_keys: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let keys = trusted_keys(dirs, public_keys)?;
     let (shared, _lock) = crate::backend::open(dirs, crate::backend::Access::ReadOnly).await?;
-    let ledger_id = match keyfiles::read_ledger_id(&dirs.keys_dir)? {
-        Some(id) => id,
-        None => {
-            let id = shared.ledger_id().await?.context(
-                "neither the keys directory nor the database records the ledger's identity",
-            )?;
-            println!(
-                "note: {} is missing, so the ledger identity {id} was taken from the database itself",
-                dirs.keys_dir.join(keyfiles::LEDGER_ID_FILE).display()
-            );
-            id
-        }
+    let ledger_id = if let Some(id) = keyfiles::read_ledger_id(&dirs.keys_dir)? {
+        id
+    } else {
+        let id = shared
+            .ledger_id()
+            .await?
+            .context("neither the keys directory nor the database records the ledger's identity")?;
+        println!(
+            "note: {} is missing, so the ledger identity {id} was taken from the database itself",
+            dirs.keys_dir.join(keyfiles::LEDGER_ID_FILE).display()
+        );
+        id
     };
     let store = Arc::clone(&shared);
     // Verify up to the head as it is now; appends that land meanwhile are left for next time.

@@ -64,7 +64,8 @@ impl ReceiptFacts {
 /// A receipt as the API returns it (hex and RFC 3339 on the wire).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptJson {
-    /// The ledger's identity, 32 hex digits.
+    /// The ledger's identity, 32 hex digits (empty in a receipt kept from before v2).
+    #[serde(default)]
     pub ledger_id: String,
     /// Subject handle, 32 hex digits.
     pub subject_handle: String,

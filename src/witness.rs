@@ -156,7 +156,12 @@ impl Publisher {
             .keys
             .iter()
             .find(|k| k.key_id() == cp.key_id)
-            .with_context(|| format!("checkpoint {} signed by unknown key {}", cp.tree_size, cp.key_id))?;
+            .with_context(|| {
+                format!(
+                    "checkpoint {} signed by unknown key {}",
+                    cp.tree_size, cp.key_id
+                )
+            })?;
         cp.verify(key)?;
         let proof = match &self.last {
             Some(prev) => {

@@ -70,7 +70,11 @@ async fn appended_events_read_back_with_their_chain_fields(b: Backend) {
     let key = &keys["keys"][0];
     assert_eq!(key["key_id"], e0["key_id"]);
     assert_eq!(key["first_seq"], 0);
-    assert_eq!(key["last_seq"], Value::Null, "the current key has no end yet");
+    assert_eq!(
+        key["last_seq"],
+        Value::Null,
+        "the current key has no end yet"
+    );
     assert_eq!(key["active"], true);
 
     // Global log, and paging.

@@ -19,7 +19,13 @@ async fn two_instances_on_one_database_keep_one_chain_even_when_one_is_killed() 
     // The second instance shares the keys (as instances behind one load balancer do).
     let second_dir = common::workdir();
     std::fs::create_dir(second_dir.path().join("keys")).unwrap();
-    for f in ["signing.key", "signing.pub", "kek.key", "index.key", "ledger.id"] {
+    for f in [
+        "signing.key",
+        "signing.pub",
+        "kek.key",
+        "index.key",
+        "ledger.id",
+    ] {
         std::fs::copy(
             env.path().join("keys").join(f),
             second_dir.path().join("keys").join(f),
@@ -109,7 +115,13 @@ async fn an_erasure_on_one_instance_is_respected_by_the_other() {
     let a = env.serve(&[]).await;
     let second_dir = common::workdir();
     std::fs::create_dir(second_dir.path().join("keys")).unwrap();
-    for f in ["signing.key", "signing.pub", "kek.key", "index.key", "ledger.id"] {
+    for f in [
+        "signing.key",
+        "signing.pub",
+        "kek.key",
+        "index.key",
+        "ledger.id",
+    ] {
         std::fs::copy(
             env.path().join("keys").join(f),
             second_dir.path().join("keys").join(f),

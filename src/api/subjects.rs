@@ -52,6 +52,8 @@ pub struct ExportBody {
 /// A signed erasure receipt.
 #[derive(Serialize, ToSchema)]
 pub struct ReceiptOut {
+    /// The ledger's identity (32 hex digits), which the signature binds.
+    ledger_id: String,
     /// The erased subject's handle (32 hex digits).
     subject_handle: String,
     /// When the key was destroyed (RFC 3339, UTC, µs).
@@ -75,6 +77,7 @@ pub struct ReceiptOut {
 impl From<ReceiptJson> for ReceiptOut {
     fn from(r: ReceiptJson) -> ReceiptOut {
         ReceiptOut {
+            ledger_id: r.ledger_id,
             subject_handle: r.subject_handle,
             erased_at: r.erased_at,
             erasure_seq: r.erasure_seq,

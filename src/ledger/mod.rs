@@ -238,7 +238,7 @@ pub struct LedgerKeys {
 
 /// The ledger: appends through the writer task, reads straight from the store.
 pub struct Ledger {
-    ledger_id: LedgerId,
+    id: LedgerId,
     store: Arc<dyn Store>,
     vault: Arc<Vault>,
     signing: Arc<SigningCell>,
@@ -317,7 +317,7 @@ impl Ledger {
             }
         });
         Ledger {
-            ledger_id: keys.ledger_id,
+            id: keys.ledger_id,
             store,
             vault,
             signing,
@@ -333,16 +333,13 @@ impl Ledger {
 
     /// Hands signing over to `new_key` (a rotation entry signed by the current key and
     /// countersigned by the new one); returns the rotation entry's seq.
-    pub async fn rotate_signing_key(
-        &self,
-        new_key: LedgerSigningKey,
-    ) -> Result<Seq, AppendError> {
+    pub async fn rotate_signing_key(&self, new_key: LedgerSigningKey) -> Result<Seq, AppendError> {
         let (reply, answer) = oneshot::channel();
         self.sender
-            .send(WriterMsg::Rotate(rotation::PendingRotate {
+            .send(WriterMsg::Rotate(Box::new(rotation::PendingRotate {
                 new_key,
                 reply: Some(reply),
-            }))
+            })))
             .await
             .map_err(|_| AppendError::ShuttingDown)?;
         answer
@@ -435,7 +432,7 @@ impl Ledger {
     /// The ledger's identity.
     #[must_use]
     pub fn ledger_id(&self) -> LedgerId {
-        self.ledger_id
+        self.id
     }
 
     /// The signing key that signs now, with the first position it signs.
@@ -567,10 +564,10 @@ async fn watch_for_rotation(
             continue;
         }
         let (reply, answer) = oneshot::channel();
-        let msg = WriterMsg::Rotate(rotation::PendingRotate {
+        let msg = WriterMsg::Rotate(Box::new(rotation::PendingRotate {
             new_key: next,
             reply: Some(reply),
-        });
+        }));
         if sender.send(msg).await.is_err() {
             return;
         }

@@ -44,14 +44,14 @@ pub(super) enum WriterMsg {
     /// Make a checkpoint if the log grew since the last one; answer with the newest.
     Checkpoint(Option<oneshot::Sender<Result<Option<Checkpoint>, ()>>>),
     /// Hand signing over to a new key.
-    Rotate(super::rotation::PendingRotate),
+    Rotate(Box<super::rotation::PendingRotate>),
     Shutdown(oneshot::Sender<()>),
 }
 
 /// Work that runs alone, in a transaction of its own, after the appends queued before it.
 enum Solo {
     Erase(PendingErase),
-    Rotate(super::rotation::PendingRotate),
+    Rotate(Box<super::rotation::PendingRotate>),
     Checkpoint(Option<oneshot::Sender<Result<Option<Checkpoint>, ()>>>),
 }
 

@@ -103,60 +103,39 @@ impl Invariants {
     /// The invariant it breaks.
     pub fn check(&mut self, record: &Record, payload: &SealedPayload) -> Result<(), Failure> {
         let h = &record.entry.header;
-        let seq = h.seq;
-        let fail = |kind, detail: String| Failure::new(seq, kind, detail);
+        check_reserved(h)?;
+        let key_ref = check_sealed_under(h, payload)?;
+        self.check_order(h)?;
+        // Effects, once every check has passed.
+        self.last_recorded_at = Some(h.recorded_at_micros);
         let stream = h.stream_id.as_str();
-        let system = stream.starts_with(SYSTEM_STREAM_PREFIX);
-        if system
-            && !SYSTEM_ENTRY_TYPES
-                .iter()
-                .any(|(s, t)| *s == stream && *t == h.event_type.as_str())
+        if let Some(v) = self.streams.get_mut(stream) {
+            *v = h.stream_version;
+        } else {
+            self.streams.insert(stream.to_owned(), h.stream_version);
+        }
+        if let Some(subject) = h.subject
+            && is_erasure(h)
         {
-            return Err(fail(
-                FailureKind::ReservedStream,
-                format!(
-                    "an entry of type {} in the ledger's own stream {stream}, which holds only the ledger's own entry types",
-                    h.event_type
-                ),
-            ));
+            self.erased.insert(subject, h.seq);
         }
-        if is_erasure(h) && h.subject.is_none() {
-            return Err(fail(
-                FailureKind::ReservedStream,
-                "an erasure entry that names no subject".to_owned(),
-            ));
+        if let Some(refs) = &mut self.key_refs {
+            match key_ref {
+                KeyRef::System(id) => {
+                    refs.system.entry(id).or_insert(h.seq);
+                }
+                KeyRef::Subject(handle) => {
+                    refs.subjects.entry(handle).or_insert(h.seq);
+                }
+            }
         }
-        if is_rotation(h) && h.subject.is_some() {
-            return Err(fail(
-                FailureKind::ReservedStream,
-                "a key rotation entry that names a subject".to_owned(),
-            ));
-        }
-        let key_ref = payload.key_ref().map_err(|_| {
-            fail(
-                FailureKind::MalformedRecord,
-                "the sealed payload does not name its key".to_owned(),
-            )
-        })?;
-        let sealed_right = match (key_ref, h.subject) {
-            (KeyRef::System(_), _) if system => true,
-            (KeyRef::System(_), None) => true,
-            (KeyRef::Subject(k), Some(s)) if !system => k == s,
-            _ => false,
-        };
-        if !sealed_right {
-            return Err(fail(
-                FailureKind::PayloadKeyMismatch,
-                match h.subject {
-                    Some(s) if !system => format!(
-                        "an entry of subject {} whose payload is not sealed under that subject's key",
-                        s.to_hex()
-                    ),
-                    _ => "an entry without a subject whose payload is not sealed under the system key"
-                        .to_owned(),
-                },
-            ));
-        }
+        Ok(())
+    }
+
+    /// Time, stream versions and erased handles: what depends on the entries before.
+    fn check_order(&self, h: &EntryHeader) -> Result<(), Failure> {
+        let fail = |kind, detail: String| Failure::new(h.seq, kind, detail);
+        let stream = h.stream_id.as_str();
         if let Some(last) = self.last_recorded_at
             && h.recorded_at_micros < last
         {
@@ -201,28 +180,62 @@ impl Invariants {
                 ),
             ));
         }
-        // Effects, once every check has passed.
-        self.last_recorded_at = Some(h.recorded_at_micros);
-        if let Some(v) = self.streams.get_mut(stream) {
-            *v = h.stream_version;
-        } else {
-            self.streams.insert(stream.to_owned(), h.stream_version);
-        }
-        if let Some(subject) = h.subject
-            && is_erasure(h)
-        {
-            self.erased.insert(subject, seq);
-        }
-        if let Some(refs) = &mut self.key_refs {
-            match key_ref {
-                KeyRef::System(id) => {
-                    refs.system.entry(id).or_insert(seq);
-                }
-                KeyRef::Subject(handle) => {
-                    refs.subjects.entry(handle).or_insert(seq);
-                }
-            }
-        }
         Ok(())
     }
+}
+
+/// The ledger's own streams hold only the ledger's own entry types, each of its shape.
+fn check_reserved(h: &EntryHeader) -> Result<(), Failure> {
+    let fail = |detail: String| Failure::new(h.seq, FailureKind::ReservedStream, detail);
+    let stream = h.stream_id.as_str();
+    if stream.starts_with(SYSTEM_STREAM_PREFIX)
+        && !SYSTEM_ENTRY_TYPES
+            .iter()
+            .any(|(s, t)| *s == stream && *t == h.event_type.as_str())
+    {
+        return Err(fail(format!(
+            "an entry of type {} in the ledger's own stream {stream}, which holds only the ledger's own entry types",
+            h.event_type
+        )));
+    }
+    if is_erasure(h) && h.subject.is_none() {
+        return Err(fail("an erasure entry that names no subject".to_owned()));
+    }
+    if is_rotation(h) && h.subject.is_some() {
+        return Err(fail("a key rotation entry that names a subject".to_owned()));
+    }
+    Ok(())
+}
+
+/// The payload is sealed under the key the header calls for; returns that key's reference.
+fn check_sealed_under(h: &EntryHeader, payload: &SealedPayload) -> Result<KeyRef, Failure> {
+    let system = h.stream_id.as_str().starts_with(SYSTEM_STREAM_PREFIX);
+    let key_ref = payload.key_ref().map_err(|_| {
+        Failure::new(
+            h.seq,
+            FailureKind::MalformedRecord,
+            "the sealed payload does not name its key",
+        )
+    })?;
+    let sealed_right = match (key_ref, h.subject) {
+        (KeyRef::System(_), _) if system => true,
+        (KeyRef::System(_), None) => true,
+        (KeyRef::Subject(k), Some(s)) if !system => k == s,
+        _ => false,
+    };
+    if sealed_right {
+        return Ok(key_ref);
+    }
+    Err(Failure::new(
+        h.seq,
+        FailureKind::PayloadKeyMismatch,
+        match h.subject {
+            Some(s) if !system => format!(
+                "an entry of subject {} whose payload is not sealed under that subject's key",
+                s.to_hex()
+            ),
+            _ => "an entry without a subject whose payload is not sealed under the system key"
+                .to_owned(),
+        },
+    ))
 }

@@ -275,7 +275,7 @@ impl Verifier {
     ///
     /// # Errors
     /// The frontier does not fit `start.seq`.
-    pub fn new(trusted: Trusted, start: Start) -> Result<Verifier, Failure> {
+    pub fn new(trusted: Trusted, start: &Start) -> Result<Verifier, Failure> {
         let tree = CompactRange::from_hashes(start.seq.0, &start.frontier).map_err(|e| {
             Failure::new(
                 start.seq,
@@ -793,6 +793,27 @@ impl Verifier {
                 format!("checkpoint at tree size {}: {e}", cp.tree_size),
             )
         })?;
+        self.check_checkpoint_chain(cp)?;
+        if cp.root_hash != self.tree.root() || cp.last_entry_hash != self.prev_hash {
+            return Err(fail(
+                FailureKind::CheckpointMismatch,
+                format!(
+                    "the entries hash to root {}, but the checkpoint at tree size {size} signs {}",
+                    self.tree.root().to_hex(),
+                    cp.root_hash.to_hex()
+                ),
+            ));
+        }
+        self.checkpoints += 1;
+        self.last_checkpoint = Some(cp.tree_size);
+        Ok(())
+    }
+
+    /// A v2 checkpoint names its predecessor: the one verified before it (or, first in a partial
+    /// range, one at or before the start).
+    fn check_checkpoint_chain(&self, cp: &Checkpoint) -> Result<(), Failure> {
+        let seq = Seq(cp.tree_size.saturating_sub(1));
+        let fail = |kind, detail: String| Failure::new(seq, kind, detail);
         if let Some(b) = cp.binding {
             match self.last_checkpoint {
                 Some(last) if b.previous_tree_size > last => {
@@ -825,18 +846,6 @@ impl Verifier {
                 _ => {}
             }
         }
-        if cp.root_hash != self.tree.root() || cp.last_entry_hash != self.prev_hash {
-            return Err(fail(
-                FailureKind::CheckpointMismatch,
-                format!(
-                    "the entries hash to root {}, but the checkpoint at tree size {size} signs {}",
-                    self.tree.root().to_hex(),
-                    cp.root_hash.to_hex()
-                ),
-            ));
-        }
-        self.checkpoints += 1;
-        self.last_checkpoint = Some(cp.tree_size);
         Ok(())
     }
 

@@ -42,7 +42,7 @@ impl Builder {
             event_type: EventType::parse(ty).unwrap(),
             schema_version: 1,
             subject,
-            recorded_at_micros: 1_000 + self.records.len() as i64,
+            recorded_at_micros: 1_000 + i64::try_from(self.records.len()).unwrap(),
             metadata: Metadata::new(),
         }
     }
@@ -94,7 +94,7 @@ impl Builder {
 }
 
 fn run(trusted: Trusted, records: &[Record]) -> Result<Proven, Failure> {
-    let mut v = Verifier::new(trusted, Start::genesis())?;
+    let mut v = Verifier::new(trusted, &Start::genesis())?;
     for r in records {
         v.push_record(r)?;
     }
@@ -330,7 +330,7 @@ fn checkpoints_chain_and_a_missing_or_repeated_one_is_named() {
     let mut previous = 0;
     for r in &b.records {
         tree.append(leaf_hash(&r.entry_hash.0), |_, _| {});
-        if tree.size() % 2 == 0 {
+        if tree.size().is_multiple_of(2) {
             let cp = Checkpoint::sign(
                 key,
                 CheckpointBinding {
@@ -349,7 +349,7 @@ fn checkpoints_chain_and_a_missing_or_repeated_one_is_named() {
         }
     }
     let feed = |cps: &[Checkpoint]| -> Result<Proven, Failure> {
-        let mut v = Verifier::new(trusting(&[&pk]), Start::genesis())?;
+        let mut v = Verifier::new(trusting(&[&pk]), &Start::genesis())?;
         for r in &b.records {
             v.push_record(r)?;
             for cp in cps
@@ -381,7 +381,7 @@ fn the_vault_must_hold_every_key_no_erasure_explains() {
     b.event("s", Some(bob));
     b.event("s", None);
     b.erase(alice);
-    let mut v = Verifier::new(trusting(&[&pk]), Start::genesis()).unwrap();
+    let mut v = Verifier::new(trusting(&[&pk]), &Start::genesis()).unwrap();
     v.track_key_refs();
     for r in &b.records {
         v.push_record(r).unwrap();

@@ -3,6 +3,7 @@
 //! vault's key references; the chain (not the database's own erasure table) says who was erased.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 
 use super::invariants::Invariants;
 use super::{Failure, FailureKind};
@@ -16,7 +17,10 @@ use crate::entry::Seq;
 /// The earliest finding: a key missing without an erasure (`missing_key`, at the first entry
 /// that needs it), or an erased subject's key present again (`restored_erased_key`, at the
 /// erasure entry).
-pub fn check(invariants: &Invariants, vault: &HashSet<KeyRef>) -> Result<(), Failure> {
+pub fn check<S: BuildHasher>(
+    invariants: &Invariants,
+    vault: &HashSet<KeyRef, S>,
+) -> Result<(), Failure> {
     let Some(seen) = invariants.key_refs() else {
         return Ok(());
     };
