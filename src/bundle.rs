@@ -820,3 +820,7 @@ fn check_key_lines(lines: &[KeyLine], proven: &Proven) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "bundle_tests.rs"]
+mod tests;

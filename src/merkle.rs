@@ -365,9 +365,13 @@ impl CompactRange {
     pub fn from_hashes(size: u64, hashes: &[MerkleHash]) -> Result<CompactRange, ProofError> {
         let ids = decompose(0, size);
         if ids.len() != hashes.len() {
-            return Err(ProofError::MissingNode(
-                ids[hashes.len().min(ids.len() - 1)],
-            ));
+            // The first subtree with no hash, or (too many hashes) the last one there is.
+            let at = ids
+                .get(hashes.len())
+                .or(ids.last())
+                .copied()
+                .unwrap_or(NodeId { level: 0, index: 0 });
+            return Err(ProofError::MissingNode(at));
         }
         Ok(CompactRange {
             size,
@@ -411,7 +415,8 @@ impl CompactRange {
             on_node(parent, hash);
             self.nodes.push((parent, hash));
         }
-        self.size += 1;
+        // Saturating: a hostile size near 2^64 must not overflow a verifier.
+        self.size = self.size.saturating_add(1);
     }
 
     /// The root hash of the tree so far.

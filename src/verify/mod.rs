@@ -956,4 +956,6 @@ impl Verifier {
 }
 
 #[cfg(test)]
+pub(crate) mod testkit;
+#[cfg(test)]
 mod tests;

@@ -1,97 +1,10 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
 use crate::checkpoint::{CheckpointBinding, TreeHead};
-use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, seal};
-use crate::entry::{Entry, EntryHeader, EventType, Metadata, StreamId, SubjectHandle};
-use crate::rotation::{KEYS_STREAM, SIGNING_KEY_ROTATED};
+use crate::crypto::{KeyRef, LedgerSigningKey};
+use crate::entry::SubjectHandle;
 
-const LEDGER: LedgerId = LedgerId([0x1e; 16]);
-
-/// A ledger being written, entry by entry, with real sealing and signing.
-struct Builder {
-    key: LedgerSigningKey,
-    dek: DataKey,
-    records: Vec<Record>,
-    versions: BTreeMap<String, u64>,
-}
-
-impl Builder {
-    fn new(key: LedgerSigningKey) -> Builder {
-        Builder {
-            key,
-            dek: DataKey::generate(),
-            records: Vec::new(),
-            versions: BTreeMap::new(),
-        }
-    }
-
-    fn prev(&self) -> EntryHash {
-        self.records
-            .last()
-            .map_or(GENESIS_PREV_HASH, |r| r.entry_hash)
-    }
-
-    fn header(&mut self, stream: &str, ty: &str, subject: Option<SubjectHandle>) -> EntryHeader {
-        let v = self.versions.get(stream).map_or(0, |v| v + 1);
-        self.versions.insert(stream.to_owned(), v);
-        EntryHeader {
-            ledger_id: Some(LEDGER),
-            seq: Seq(self.records.len() as u64),
-            stream_id: StreamId::parse(stream).unwrap(),
-            stream_version: v,
-            event_type: EventType::parse(ty).unwrap(),
-            schema_version: 1,
-            subject,
-            recorded_at_micros: 1_000 + i64::try_from(self.records.len()).unwrap(),
-            metadata: Metadata::new(),
-        }
-    }
-
-    fn push_header(&mut self, header: EntryHeader, key_ref: KeyRef) {
-        let payload = seal(&self.dek, &key_ref, &header.payload_aad(), b"{}");
-        let entry = Entry {
-            header,
-            payload_digest: payload.digest(),
-            prev_hash: self.prev(),
-        };
-        let entry_hash = entry.hash();
-        self.records.push(Record {
-            entry,
-            payload: Some(payload),
-            entry_hash,
-            signature: self.key.sign_entry(&entry_hash),
-            key_id: self.key.key_id(),
-        });
-    }
-
-    fn event(&mut self, stream: &str, subject: Option<SubjectHandle>) {
-        let h = self.header(stream, "T", subject);
-        let key_ref = subject.map_or(KeyRef::System([0; 16]), KeyRef::Subject);
-        self.push_header(h, key_ref);
-    }
-
-    fn erase(&mut self, subject: SubjectHandle) {
-        let h = self.header(
-            invariants::ERASURE_STREAM,
-            invariants::SUBJECT_ERASED,
-            Some(subject),
-        );
-        self.push_header(h, KeyRef::System([0; 16]));
-    }
-
-    fn rotate(&mut self, new: LedgerSigningKey) {
-        let mut h = self.header(KEYS_STREAM, SIGNING_KEY_ROTATED, None);
-        let point = RotationPoint {
-            ledger_id: LEDGER,
-            seq: h.seq,
-            prev_hash: self.prev(),
-            old_key: self.key.public_key(),
-        };
-        h.metadata = Rotation::countersign(&new, &point).to_metadata();
-        self.push_header(h, KeyRef::System([0; 16]));
-        self.key = new;
-    }
-}
+use super::testkit::{Builder, LEDGER};
 
 fn run(trusted: Trusted, records: &[Record]) -> Result<Proven, Failure> {
     let mut v = Verifier::new(trusted, &Start::genesis())?;
