@@ -1,5 +1,5 @@
 //! The bundle's own claims and its text, checked: each finding of issue 8 about bundles.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 use super::*;
 use crate::crypto::LedgerSigningKey;
@@ -145,7 +145,7 @@ fn text_that_is_not_exactly_the_exporters_is_refused() {
     let offset = edit(&entry, |v| {
         v["recorded_at"] = "1970-01-01T01:00:00.001000+01:00".into();
     });
-    let spaced = entry.replacen(",", ", ", 1);
+    let spaced = entry.replacen(',', ", ", 1);
     for (what, bad) in [
         ("decoy field", decoy),
         ("duplicate key", dup),
