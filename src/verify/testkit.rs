@@ -135,7 +135,7 @@ impl Builder {
         for r in &self.records {
             lines.push(BundleLine::Entry(EntryLine::from_record(r)));
             tree.append(leaf_hash(&r.entry_hash.0), |_, _| {});
-            if tree.size() % every == 0 {
+            if tree.size().is_multiple_of(every) {
                 let cp = Checkpoint::sign(
                     &self.key,
                     CheckpointBinding {
