@@ -317,3 +317,43 @@ fn the_vault_must_hold_every_key_no_erasure_explains() {
     let f = vault::check(v.invariants(), &restored).unwrap_err();
     assert_eq!((f.seq.0, f.kind), (3, FailureKind::RestoredErasedKey));
 }
+
+#[test]
+fn a_legacy_v1_prefix_verifies_and_a_v1_entry_after_v2_is_refused() {
+    let key = LedgerSigningKey::generate();
+    let pk = key.public_key();
+    let mut b = Builder::new(key);
+    // Written before identities existed: no ledger id, v1 encoding.
+    for _ in 0..2 {
+        let mut h = b.header("s", "T", None);
+        h.ledger_id = None;
+        b.push_header(h, KeyRef::System([0; 16]));
+    }
+    b.event("s", None);
+    b.event("s", None);
+    let proven = run(trusting(&[&pk]), &b.records).unwrap();
+    assert_eq!(proven.entries, 4);
+    let mut h = b.header("s", "T", None);
+    h.ledger_id = None;
+    b.push_header(h, KeyRef::System([0; 16]));
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &b.records)),
+        (4, FailureKind::LedgerMismatch)
+    );
+}
+
+#[test]
+fn a_failed_batch_is_a_failure_even_if_no_single_signature_fails() {
+    // Under ZIP-215 batch and single verification agree, so real signatures cannot show this;
+    // a batch rule that always fails does: every signature is valid alone, and still the
+    // verifier does not accept them.
+    let (b, pk) = sample();
+    let mut v = Verifier::new(trusting(&[&pk]), &Start::genesis()).unwrap();
+    v.batch = |_| false;
+    for r in &b.records {
+        v.push_record(r).unwrap();
+    }
+    let f = v.finish().unwrap_err();
+    assert_eq!((f.seq.0, f.kind), (0, FailureKind::BadSignature));
+    assert!(f.detail.contains("none failed alone"), "{}", f.detail);
+}
