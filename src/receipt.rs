@@ -55,6 +55,28 @@ impl ReceiptFacts {
         (key.key_id(), key.sign_message(&self.message()))
     }
 
+    /// Checks a receipt against the keys an auditor trusts: `key_id` must be trusted at the
+    /// erasure's seq (the key that signed the erasure entry signs its receipt), and the
+    /// signature must verify.
+    ///
+    /// # Errors
+    /// `unknown_key`, `key_out_of_range` or `bad_signature`, at the erasure seq.
+    pub fn verify_trusted(
+        &self,
+        keys: &crate::verify::TrustedKeys,
+        key_id: &KeyId,
+        signature: &Signature,
+    ) -> Result<(), crate::verify::Failure> {
+        let key = keys.key_at(key_id, self.erasure_seq.0)?;
+        self.verify(key, signature).map_err(|_| {
+            crate::verify::Failure::new(
+                self.erasure_seq,
+                crate::verify::FailureKind::BadSignature,
+                "the receipt's signature does not verify",
+            )
+        })
+    }
+
     /// Checks a signature over the facts, by the rule every signature here is checked by.
     pub fn verify(&self, key: &PublicKey, signature: &Signature) -> Result<(), SignatureError> {
         key.verify_message(&self.message(), signature)
@@ -91,6 +113,7 @@ pub struct ReceiptJson {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -104,8 +127,24 @@ mod tests {
             erasure_entry_hash: EntryHash([2; 32]),
             request_ref: "DSR-1".to_owned(),
         };
-        let (_, sig) = facts.sign(&key);
+        let (id, sig) = facts.sign(&key);
         assert!(facts.verify(&key.public_key(), &sig).is_ok());
+        let mut keys = crate::verify::TrustedKeys::new();
+        keys.insert_ranged(
+            key.public_key(),
+            crate::verify::KeyRange {
+                first: 0,
+                last: Some(8),
+            },
+        );
+        let f = facts.verify_trusted(&keys, &id, &sig).unwrap_err();
+        assert_eq!(
+            f.kind,
+            crate::verify::FailureKind::KeyOutOfRange,
+            "seq 9 is after the key's range"
+        );
+        keys.insert(key.public_key());
+        assert!(facts.verify_trusted(&keys, &id, &sig).is_ok());
         let mut other = facts.clone();
         other.erasure_seq = Seq(10);
         assert!(other.verify(&key.public_key(), &sig).is_err());

@@ -142,6 +142,29 @@ pub struct SignedReport {
 }
 
 impl SignedReport {
+    /// Checks the report against the keys an auditor trusts: its key must be trusted at the
+    /// report's position (`signed_at_size`), and its signature must verify.
+    ///
+    /// # Errors
+    /// `unknown_key`, `key_out_of_range` or `bad_signature`, at the report's position.
+    pub fn verify_trusted(&self, keys: &crate::verify::TrustedKeys) -> Result<(), Failure> {
+        let id = crate::crypto::KeyId::from_hex(&self.key_id).map_err(|_| {
+            Failure::new(
+                crate::entry::Seq(self.signed_at_size),
+                crate::verify::FailureKind::UnknownKey,
+                "the report's key_id is malformed",
+            )
+        })?;
+        let key = keys.key_at(&id, self.signed_at_size)?;
+        self.verify(key).map_err(|_| {
+            Failure::new(
+                crate::entry::Seq(self.signed_at_size),
+                crate::verify::FailureKind::BadSignature,
+                "the report's signature does not verify",
+            )
+        })
+    }
+
     /// Checks the report's signature under `key`.
     pub fn verify(&self, key: &PublicKey) -> Result<(), SignatureError> {
         let failure = match &self.first_failure {

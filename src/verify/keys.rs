@@ -102,6 +102,30 @@ impl TrustedKeys {
     pub fn iter(&self) -> impl Iterator<Item = &TrustedKey> {
         self.0.values()
     }
+
+    /// The key `id` names, if it is trusted at `position` (for a receipt or a report, whose
+    /// position is its erasure seq or its `signed_at_size`).
+    ///
+    /// # Errors
+    /// `unknown_key` if it is not trusted; `key_out_of_range` if it is, but not there.
+    pub fn key_at(&self, id: &KeyId, position: u64) -> Result<&PublicKey, super::Failure> {
+        let seq = crate::entry::Seq(position);
+        let t = self.0.get(id).ok_or_else(|| {
+            super::Failure::new(
+                seq,
+                super::FailureKind::UnknownKey,
+                format!("signed by key {id}, which is not trusted"),
+            )
+        })?;
+        match t.range {
+            Some(r) if !r.contains(position) => Err(super::Failure::new(
+                seq,
+                super::FailureKind::KeyOutOfRange,
+                format!("signed by key {id} at position {position}, outside its range {r}"),
+            )),
+            _ => Ok(&t.key),
+        }
+    }
 }
 
 /// How a key that signed part of the history came to be trusted.
