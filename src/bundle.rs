@@ -348,13 +348,38 @@ impl Summary {
     /// What was proven, in sentences, for the person running the verifier.
     #[must_use]
     pub fn describe(&self) -> Vec<String> {
-        describe(&self.proven, self.keys_from_bundle, Some(self.ledger_size))
+        describe(
+            &self.proven,
+            Source::Bundle {
+                keys_from_bundle: self.keys_from_bundle,
+            },
+            self.ledger_size,
+        )
     }
+}
+
+/// What was verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// An export bundle, offline.
+    Bundle {
+        /// Whether the keys came from the bundle itself.
+        keys_from_bundle: bool,
+    },
+    /// The stored ledger (`auditledger verify`, `GET /v1/audit/verify`), against the keys
+    /// directory, with the vault checked when the whole ledger was verified.
+    Database,
 }
 
 /// Sentences saying what a verification proved and what it did not.
 #[must_use]
-pub fn describe(p: &Proven, keys_from_bundle: bool, ledger_size: Option<u64>) -> Vec<String> {
+pub fn describe(p: &Proven, source: Source, ledger_size: u64) -> Vec<String> {
+    let keys_from_bundle = matches!(
+        source,
+        Source::Bundle {
+            keys_from_bundle: true
+        }
+    );
     let mut out = Vec::new();
     let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let range = p
@@ -404,12 +429,15 @@ pub fn describe(p: &Proven, keys_from_bundle: bool, ledger_size: Option<u64>) ->
             ));
         }
     }
-    match p.trusted_checkpoint_matched {
-        Some(size) => out.push(format!(
+    match (p.trusted_checkpoint_matched, source) {
+        (Some(size), _) => out.push(format!(
             "tail: this history extends the trusted checkpoint of tree size {size}: nothing it covers was cut off or rewritten"
         )),
-        None => out.push(
+        (None, Source::Bundle { .. }) => out.push(
             "tail: no trusted checkpoint given, so a cut-off tail or an older copy of the ledger cannot be detected; keep a checkpoint (or use a witness) and pass it with --trusted-checkpoint".to_owned(),
+        ),
+        (None, Source::Database) => out.push(
+            "tail: the newest stored checkpoint is within the ledger, but a tail cut together with the checkpoints covering it, or the whole database replaced by an older copy, is visible only against a checkpoint kept outside it (a witness, or verify-bundle --trusted-checkpoint)".to_owned(),
         ),
     }
     if p.uncovered_tail > 0 {
@@ -418,11 +446,12 @@ pub fn describe(p: &Proven, keys_from_bundle: bool, ledger_size: Option<u64>) ->
             count(p.uncovered_tail, "entry is", "entries are")
         ));
     }
-    if let (Some(size), Some((_, last))) = (ledger_size, p.range)
-        && size > last + 1
+    if let Some((_, last)) = p.range
+        && ledger_size > last + 1
     {
+        let size = ledger_size;
         out.push(format!(
-            "range: the ledger held {size} entries at export; entries from seq {} on are not in this bundle",
+            "range: the ledger held {size} entries; entries from seq {} on were not verified here",
             last + 1
         ));
     }

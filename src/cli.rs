@@ -666,7 +666,11 @@ fn print_report(outcome: &crate::audit::Verification) -> ExitCode {
             if report.to_seq.is_none() {
                 println!("ok: the ledger is empty");
             }
-            for line in crate::bundle::describe(proven, false, Some(report.signed_at_size)) {
+            for line in crate::bundle::describe(
+                proven,
+                crate::bundle::Source::Database,
+                report.signed_at_size,
+            ) {
                 println!("{line}");
             }
             println!(

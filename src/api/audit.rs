@@ -115,7 +115,10 @@ fn sign(state: &AppState, outcome: crate::audit::Verification) -> SignedReport {
     let mut report = outcome.report;
     report.signed_at_size = report.signed_at_size.max(active.first_seq);
     report.statement = match &outcome.proven {
-        Some(p) => crate::bundle::describe(p, false, Some(report.signed_at_size)).join("\n"),
+        Some(p) => {
+            crate::bundle::describe(p, crate::bundle::Source::Database, report.signed_at_size)
+                .join("\n")
+        }
         None => String::new(),
     };
     report.sign(&active.key)
