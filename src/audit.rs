@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bundle::{BundleVerifier, Stop, UnusableInput};
+use crate::checkpoint::Checkpoint;
 use crate::entry::{EntryHash, GENESIS_PREV_HASH, Seq};
 use crate::merkle::{self, MerkleHash};
 use crate::report::AuditReport;
@@ -29,6 +30,22 @@ pub enum AuditError {
     /// A verification thread failed.
     #[error("verification task failed: {0}")]
     Task(String),
+    /// The range starts beyond the head.
+    #[error(transparent)]
+    BeyondHead(#[from] BeyondHead),
+}
+
+/// A range that starts beyond the head: there is nothing there to verify or export. Bad
+/// input, not a finding about the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "from_seq {from} is beyond the head: the ledger holds {size} entries, so from_seq can be at most {size}"
+)]
+pub struct BeyondHead {
+    /// The requested first seq.
+    pub from: Seq,
+    /// Entries in the ledger.
+    pub size: u64,
 }
 
 /// The hash before `from` and the Merkle right edge at size `from`, as stored.
@@ -57,15 +74,6 @@ pub async fn range_start(
     ))
 }
 
-/// The number of entries `verify_range` will look at.
-pub async fn range_len(store: &dyn Store, from: Seq, to: Option<Seq>) -> Result<u64, StoreError> {
-    let Some(head) = store.head().await?.map(|h| h.seq) else {
-        return Ok(0);
-    };
-    let last = to.map_or(head, |t| t.min(head));
-    Ok((last.0 + 1).saturating_sub(from.0))
-}
-
 fn stop_to_failure(stop: Stop) -> Result<Failure, AuditError> {
     match stop {
         Stop::Tampered(f) => Ok(f),
@@ -73,8 +81,68 @@ fn stop_to_failure(stop: Stop) -> Result<Failure, AuditError> {
     }
 }
 
+/// The ledger as it stood at one moment: what a verification checks, however long it runs
+/// while appends and checkpoints continue. Entries and checkpoints made later are not part of
+/// it: a checkpoint counts only if its `tree_size` is at most `size`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Entries in the ledger then (the head's seq + 1).
+    pub size: u64,
+    /// The newest checkpoint then.
+    pub latest_checkpoint: Option<Checkpoint>,
+}
+
+impl Snapshot {
+    /// Takes a snapshot of the ledger now.
+    ///
+    /// The newest checkpoint is read before the head. A checkpoint is committed with the
+    /// entries it covers or after them, and each read sees every commit that finished before
+    /// it began (SQLite WAL and PostgreSQL read committed alike), so on an intact ledger the
+    /// checkpoint read first never covers more than the head read second. Read the other way
+    /// round, a checkpoint committed in between would look like a cut-off tail.
+    ///
+    /// # Errors
+    ///
+    /// The store failed.
+    pub async fn take(store: &dyn Store) -> Result<Snapshot, StoreError> {
+        let latest_checkpoint = store.latest_checkpoint().await?;
+        let size = store.head().await?.map_or(0, |h| h.seq.0 + 1);
+        Ok(Snapshot {
+            size,
+            latest_checkpoint,
+        })
+    }
+
+    /// Refuses a range that starts beyond the head: one past it (`from == size`) is an empty
+    /// range, anything further names entries that do not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`BeyondHead`] if `from > size`.
+    pub fn check_from(&self, from: Seq) -> Result<(), BeyondHead> {
+        if from.0 > self.size {
+            return Err(BeyondHead {
+                from,
+                size: self.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The number of entries a verification of `from..=to` looks at.
+    #[must_use]
+    pub fn range_len(&self, from: Seq, to: Option<Seq>) -> u64 {
+        let end = to.map_or(self.size, |t| t.0.saturating_add(1).min(self.size));
+        end.saturating_sub(from.0)
+    }
+}
+
 /// Verifies entries `from..=to` (to defaults to the head as of the start) and every stored
 /// checkpoint they complete; `progress` counts entries as they pass.
+///
+/// # Errors
+///
+/// The verification could not run (see [`AuditError`]); tampering is a report, not an error.
 pub async fn verify_range(
     store: Arc<dyn Store>,
     keys: TrustedKeys,
@@ -82,9 +150,28 @@ pub async fn verify_range(
     to: Option<Seq>,
     progress: Arc<AtomicU64>,
 ) -> Result<AuditReport, AuditError> {
-    let head = store.head().await?;
+    let snapshot = Snapshot::take(store.as_ref()).await?;
+    verify_snapshot(store, keys, &snapshot, from, to, progress).await
+}
+
+/// Verifies entries `from..=to` of `snapshot` (to defaults to its last entry) and every
+/// stored checkpoint they complete; `progress` counts entries as they pass.
+///
+/// # Errors
+///
+/// The verification could not run (see [`AuditError`]); tampering is a report, not an error.
+pub async fn verify_snapshot(
+    store: Arc<dyn Store>,
+    keys: TrustedKeys,
+    snapshot: &Snapshot,
+    from: Seq,
+    to: Option<Seq>,
+    progress: Arc<AtomicU64>,
+) -> Result<AuditReport, AuditError> {
+    snapshot.check_from(from)?;
+    let head = snapshot.size.checked_sub(1).map(Seq);
     let last = head
-        .map(|h| to.map_or(h.seq, |t| t.min(h.seq)))
+        .map(|h| to.map_or(h, |t| t.min(h)))
         .filter(|l| *l >= from);
     let mut report = AuditReport {
         from_seq: from.0,
@@ -159,9 +246,8 @@ pub async fn verify_range(
     }
     report.checkpoints_checked = checkpoints_seen;
     if failure.is_none() {
-        let whole_tail = to.is_none_or(|t| head.is_none_or(|h| t >= h.seq));
-        failure =
-            ledger_wide_checks(store.as_ref(), head.map_or(0, |h| h.seq.0 + 1), whole_tail).await?;
+        let whole_tail = to.is_none_or(|t| head.is_none_or(|h| t >= h));
+        failure = ledger_wide_checks(store.as_ref(), snapshot, whole_tail).await?;
     }
     if let Some(f) = &failure {
         tracing::error!(seq = f.seq.0, kind = %f.kind, "verification found tampering");
@@ -212,12 +298,14 @@ fn verify_chunk(
 /// Checks that concern the ledger as a whole rather than one entry.
 async fn ledger_wide_checks(
     store: &dyn Store,
-    size: u64,
+    snapshot: &Snapshot,
     whole_tail: bool,
 ) -> Result<Option<Failure>, StoreError> {
-    // A checkpoint that covers more than the ledger holds: the tail was cut off.
+    // A checkpoint that covers more than the ledger holds: the tail was cut off. Only the
+    // snapshot's: one made since then may cover entries appended since then.
+    let size = snapshot.size;
     if whole_tail
-        && let Some(cp) = store.latest_checkpoint().await?
+        && let Some(cp) = &snapshot.latest_checkpoint
         && cp.tree_size > size
     {
         return Ok(Some(Failure {

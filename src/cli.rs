@@ -379,8 +379,9 @@ async fn verify(dirs: &Dirs, public_keys: &[PathBuf]) -> anyhow::Result<ExitCode
     let keys = trusted_keys(dirs, public_keys)?;
     let (shared, _lock) = crate::backend::open(dirs, crate::backend::Access::ReadOnly).await?;
     let store = Arc::clone(&shared);
-    // Verify up to the head as it is now; appends that land meanwhile are left for next time.
-    let total = crate::audit::range_len(shared.as_ref(), Seq(0), None).await?;
+    // Verify the ledger as it is now; appends that land meanwhile are left for next time.
+    let snapshot = crate::audit::Snapshot::take(shared.as_ref()).await?;
+    let total = snapshot.range_len(Seq(0), None);
     let bar = progress_bar(total, "entries");
     bar.set_message("verifying");
     let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -393,7 +394,8 @@ async fn verify(dirs: &Dirs, public_keys: &[PathBuf]) -> anyhow::Result<ExitCode
             }
         })
     };
-    let report = crate::audit::verify_range(shared, keys, Seq(0), None, progress).await;
+    let report =
+        crate::audit::verify_snapshot(shared, keys, &snapshot, Seq(0), None, progress).await;
     ticker.abort();
     bar.finish_and_clear();
     store.close().await;
@@ -430,7 +432,12 @@ fn print_report(report: &crate::report::AuditReport) -> ExitCode {
 
 async fn export(dirs: &Dirs, out: &Path, from: u64, to: Option<u64>) -> anyhow::Result<ExitCode> {
     let (store, _lock) = crate::backend::open(dirs, crate::backend::Access::ReadOnly).await?;
-    let total = crate::audit::range_len(store.as_ref(), Seq(from), to.map(Seq)).await?;
+    let snapshot = crate::audit::Snapshot::take(store.as_ref()).await?;
+    if let Err(e) = snapshot.check_from(Seq(from)) {
+        store.close().await;
+        return Err(anyhow::Error::new(e).context("nothing exported"));
+    }
+    let total = snapshot.range_len(Seq(from), to.map(Seq));
     let file = fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut writer = std::io::BufWriter::new(file);
     let (sender, mut receiver) = tokio::sync::mpsc::channel(256);

@@ -49,6 +49,9 @@ pub enum ExportError {
     /// The receiver went away (client disconnected).
     #[error("the reader went away")]
     Closed,
+    /// The range starts beyond the head; nothing was written.
+    #[error(transparent)]
+    BeyondHead(#[from] crate::audit::BeyondHead),
 }
 
 async fn send(out: &mpsc::Sender<Bytes>, line: &BundleLine) -> Result<(), ExportError> {
@@ -67,6 +70,10 @@ pub async fn write_bundle(
     out: mpsc::Sender<Bytes>,
 ) -> Result<Footer, ExportError> {
     let head = store.head().await?.map(|h| h.seq);
+    let size = head.map_or(0, |h| h.0 + 1);
+    if from.0 > size {
+        return Err(crate::audit::BeyondHead { from, size }.into());
+    }
     let last = match (head, to) {
         (None, _) => None,
         (Some(h), Some(t)) => Some(h.min(t)),

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::audit::{AuditError, BeyondHead, Snapshot, verify_snapshot};
 use crate::entry::Seq;
 use crate::report::SignedReport;
 use crate::verify::TrustedKeys;
@@ -110,6 +111,18 @@ fn seq_range(from: Option<u64>, to: Option<u64>) -> Result<(Seq, Option<Seq>), A
     Ok((from, to))
 }
 
+/// A range beyond the head is the caller's mistake: 400, nothing signed.
+fn beyond_head(e: BeyondHead) -> ApiError {
+    ApiError::BadRequest(e.to_string())
+}
+
+fn audit_error(e: AuditError) -> ApiError {
+    match e {
+        AuditError::BeyondHead(e) => beyond_head(e),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
 fn trusted(state: &AppState) -> TrustedKeys {
     let mut keys = TrustedKeys::new();
     keys.insert(state.0.ledger.signing_key().public_key());
@@ -123,7 +136,7 @@ fn trusted(state: &AppState) -> TrustedKeys {
     responses(
         (status = 200, description = "Signed verification report", body = SignedReport),
         (status = 202, description = "Started as a job; poll it", body = JobOut),
-        (status = 400, description = "Bad range", content_type = "application/problem+json"),
+        (status = 400, description = "Bad range: to_seq below from_seq, or from_seq beyond the head (more than the number of entries)", content_type = "application/problem+json"),
         (status = 503, description = "Too many verification jobs running", content_type = "application/problem+json"),
     ))]
 pub async fn verify(
@@ -133,12 +146,15 @@ pub async fn verify(
     let Query(q) = query?;
     let (from, to) = seq_range(q.from_seq, q.to_seq)?;
     let store = Arc::clone(state.0.ledger.store());
-    let total = crate::audit::range_len(store.as_ref(), from, to).await?;
+    // The job verifies this snapshot, so a range that is valid now stays valid for it.
+    let snapshot = Snapshot::take(store.as_ref()).await?;
+    snapshot.check_from(from).map_err(beyond_head)?;
+    let total = snapshot.range_len(from, to);
     let keys = trusted(&state);
     if total <= SYNC_VERIFY_MAX_ENTRIES && q.run_async != Some(true) {
-        let report = crate::audit::verify_range(store, keys, from, to, Arc::default())
+        let report = verify_snapshot(store, keys, &snapshot, from, to, Arc::default())
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(audit_error)?;
         return Ok(Json(report.sign(state.0.ledger.signing_key())).into_response());
     }
     let mut id_bytes = [0u8; 8];
@@ -164,8 +180,8 @@ pub async fn verify(
     }
     let (task_job, task_state) = (Arc::clone(&job), state.clone());
     tokio::spawn(async move {
-        let outcome =
-            crate::audit::verify_range(store, keys, from, to, Arc::clone(&task_job.checked)).await;
+        let checked = Arc::clone(&task_job.checked);
+        let outcome = verify_snapshot(store, keys, &snapshot, from, to, checked).await;
         let result = outcome
             .map(|r| r.sign(task_state.0.ledger.signing_key()))
             .map_err(|e| {
@@ -213,7 +229,7 @@ pub struct ExportQuery {
 #[utoipa::path(get, path = "/v1/export", tag = "audit", params(ExportQuery),
     responses(
         (status = 200, description = "The bundle, one JSON object per line", content_type = "application/x-ndjson"),
-        (status = 400, description = "Bad range", content_type = "application/problem+json"),
+        (status = 400, description = "Bad range: to_seq below from_seq, or from_seq beyond the head (more than the number of entries)", content_type = "application/problem+json"),
     ))]
 pub async fn export(
     State(state): State<AppState>,
@@ -221,8 +237,14 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
     let (from, to) = seq_range(q.from_seq, q.to_seq)?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
     let store = Arc::clone(state.0.ledger.store());
+    // Refused before the 200 is sent: the ledger only grows, so the export's own check
+    // (which would end the body without a footer) does not fail on an intact ledger.
+    Snapshot::take(store.as_ref())
+        .await?
+        .check_from(from)
+        .map_err(beyond_head)?;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         if let Err(e) = crate::export::write_bundle(store.as_ref(), from, to, sender).await {
             // The body ends without a footer; the verifier reports the bundle incomplete.
