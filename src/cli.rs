@@ -228,9 +228,14 @@ impl Service {
         if let Some(n) = crate::ledger::rebuild_tree_if_needed(shared.as_ref()).await? {
             println!("rebuilt the Merkle tree over {n} entries");
         }
-        if let Some(dir) = &config.witness_dir {
-            crate::witness::check_against_published(shared.as_ref(), dir).await?;
-        }
+        // Whatever witnesses are configured now: the record of what was published stays.
+        let published_state = dirs.keys_dir.join(crate::witness::PUBLISHED_STATE_FILE);
+        crate::witness::check_against_published(
+            shared.as_ref(),
+            &published_state,
+            config.witness_dir.as_deref(),
+        )
+        .await?;
         let vault = Vault::open(Arc::clone(&shared), keys.kek).await?;
         shared
             .publish_signing_key(&keys.signing.public_key())
@@ -243,6 +248,7 @@ impl Service {
                 webhook: config.witness_webhook.clone(),
                 webhook_ca: config.witness_webhook_ca.clone(),
             },
+            published_state,
         )?;
         let ledger = Ledger::start(
             Arc::clone(&shared),

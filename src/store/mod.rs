@@ -182,6 +182,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<EntryRow>, StoreError>;
 
+    /// Up to `limit` `(seq, entry_hash)` pairs with `from <= seq <= to`, in order: the leaves
+    /// of the Merkle tree read from the entries themselves, not from stored tree nodes.
+    async fn entry_hashes(
+        &self,
+        from: Seq,
+        to: Seq,
+        limit: u32,
+    ) -> Result<Vec<(Seq, EntryHash)>, StoreError>;
+
     /// Up to `limit` rows of one stream with `stream_version >= from_version`, in order.
     async fn read_stream(
         &self,
@@ -431,6 +440,14 @@ pub(crate) fn signing_key_row(
             .map_err(|_| malformed(Seq(0), "signing_keys.public_key"))?,
         first_seq: first_seq.map(|f| Seq(to_u64(f))),
     })
+}
+
+/// An `entries` row's seq and entry hash.
+pub(crate) fn entry_hash_row(seq: i64, hash: &[u8]) -> Result<(Seq, EntryHash), StoreError> {
+    let seq = Seq(to_u64(seq));
+    EntryHash::from_slice(hash)
+        .map(|h| (seq, h))
+        .map_err(|_| malformed(seq, "entry_hash"))
 }
 
 /// An `erased_subjects` row joined to a `data_keys` row that should not exist.

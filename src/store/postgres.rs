@@ -18,8 +18,8 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use super::{
     AppendTx, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS, ENTRY_SELECT, EntryRow,
-    MalformedRow, SigningKeyRow, Store, StoreError, Tombstone, VaultRow, insert_error,
-    restored_key_row, signing_key_row, to_i64, to_u64, vault_row,
+    MalformedRow, SigningKeyRow, Store, StoreError, Tombstone, VaultRow, entry_hash_row,
+    insert_error, restored_key_row, signing_key_row, to_i64, to_u64, vault_row,
 };
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
@@ -235,6 +235,25 @@ impl Store for PostgresStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn entry_hashes(
+        &self,
+        from: Seq,
+        to: Seq,
+        limit: u32,
+    ) -> Result<Vec<(Seq, EntryHash)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, entry_hash FROM entries WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(to_i64(from.0))
+        .bind(to_i64(to.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(seq, hash)| entry_hash_row(seq, &hash))
+            .collect()
     }
 
     async fn read_stream(
