@@ -26,17 +26,77 @@ pub enum AuditError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The range starts beyond the ledger's end.
-    #[error("from_seq {from} is beyond the ledger's end: it holds {size} entries")]
-    BeyondHead {
-        /// The first seq asked for.
-        from: u64,
-        /// Entries in the ledger.
-        size: u64,
-    },
     /// A verification thread failed.
     #[error("verification task failed: {0}")]
     Task(String),
+    /// The range starts beyond the head.
+    #[error(transparent)]
+    BeyondHead(#[from] BeyondHead),
+}
+
+/// A range that starts beyond the head: there is nothing there to verify or export. Bad
+/// input, not a finding about the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "from_seq {from} is beyond the head: the ledger holds {size} entries, so from_seq can be at most {size}"
+)]
+pub struct BeyondHead {
+    /// The requested first seq.
+    pub from: Seq,
+    /// Entries in the ledger.
+    pub size: u64,
+}
+
+/// The ledger as it stood at one moment: what a verification checks, however long it runs
+/// while appends and checkpoints continue. Entries and checkpoints made later are not part of
+/// it, nor are vault changes made later (an erasure committed after it deletes a key whose
+/// erasure entry is not in it).
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Entries in the ledger then (the head's seq + 1).
+    pub size: u64,
+    /// The newest checkpoint then.
+    pub latest_checkpoint: Option<crate::checkpoint::Checkpoint>,
+    /// The vault's key references then.
+    pub vault: std::collections::HashSet<crate::crypto::KeyRef>,
+}
+
+impl Snapshot {
+    /// Takes a snapshot of the ledger now: head, newest checkpoint and vault in one read
+    /// transaction of the database.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn take(store: &dyn Store) -> Result<Snapshot, StoreError> {
+        let s = store.audit_snapshot().await?;
+        Ok(Snapshot {
+            size: s.head.map_or(0, |h| h.seq.0 + 1),
+            latest_checkpoint: s.latest_checkpoint,
+            vault: s.vault,
+        })
+    }
+
+    /// Refuses a range that starts beyond the head: one past it (`from == size`) is an empty
+    /// range, anything further names entries that do not exist.
+    ///
+    /// # Errors
+    /// [`BeyondHead`] if `from > size`.
+    pub fn check_from(&self, from: Seq) -> Result<(), BeyondHead> {
+        if from.0 > self.size {
+            return Err(BeyondHead {
+                from,
+                size: self.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The number of entries a verification of `from..=to` looks at.
+    #[must_use]
+    pub fn range_len(&self, from: Seq, to: Option<Seq>) -> u64 {
+        let end = to.map_or(self.size, |t| t.0.saturating_add(1).min(self.size));
+        end.saturating_sub(from.0)
+    }
 }
 
 /// What the stored ledger is verified against: trusted public keys (from the keys directory,
@@ -84,18 +144,12 @@ pub async fn range_start(
     ))
 }
 
-/// The number of entries `verify_range` will look at.
-pub async fn range_len(store: &dyn Store, from: Seq, to: Option<Seq>) -> Result<u64, StoreError> {
-    let Some(head) = store.head().await?.map(|h| h.seq) else {
-        return Ok(0);
-    };
-    let last = to.map_or(head, |t| t.min(head));
-    Ok((last.0 + 1).saturating_sub(from.0))
-}
-
 /// Verifies entries `from..=to` (to defaults to the head of the snapshot taken at the start)
 /// and every stored checkpoint they complete; on a whole-ledger run also the key vault against
 /// the chain and the newest checkpoint against the head. `progress` counts entries.
+///
+/// # Errors
+/// The verification could not run (see [`AuditError`]); tampering is a report, not an error.
 pub async fn verify_range(
     store: Arc<dyn Store>,
     trust: AuditTrust,
@@ -103,14 +157,29 @@ pub async fn verify_range(
     to: Option<Seq>,
     progress: Arc<AtomicU64>,
 ) -> Result<Verification, AuditError> {
-    let snapshot = store.audit_snapshot().await?;
-    let size = snapshot.head.map_or(0, |h| h.seq.0 + 1);
-    if from.0 > size {
-        return Err(AuditError::BeyondHead { from: from.0, size });
-    }
-    let last = snapshot
-        .head
-        .map(|h| to.map_or(h.seq, |t| t.min(h.seq)))
+    let snapshot = Snapshot::take(store.as_ref()).await?;
+    verify_snapshot(store, trust, &snapshot, from, to, progress).await
+}
+
+/// Verifies entries `from..=to` of `snapshot` (to defaults to its last entry) and every stored
+/// checkpoint they complete; on a whole-ledger run also the key vault against the chain and
+/// the newest checkpoint against the head, as the snapshot has them.
+///
+/// # Errors
+/// The verification could not run (see [`AuditError`]); tampering is a report, not an error.
+pub async fn verify_snapshot(
+    store: Arc<dyn Store>,
+    trust: AuditTrust,
+    snapshot: &Snapshot,
+    from: Seq,
+    to: Option<Seq>,
+    progress: Arc<AtomicU64>,
+) -> Result<Verification, AuditError> {
+    snapshot.check_from(from)?;
+    let size = snapshot.size;
+    let last = size
+        .checked_sub(1)
+        .map(|h| to.map_or(Seq(h), |t| t.min(Seq(h))))
         .filter(|l| *l >= from);
     let whole_ledger = from.0 == 0 && to.is_none_or(|t| t.0 + 1 >= size);
     let mut report = AuditReport {
@@ -186,7 +255,7 @@ pub async fn verify_range(
     }
     // Checks that concern the ledger as a whole, against the snapshot read at the start.
     let whole = if whole_ledger {
-        whole_ledger_checks(&verifier, &snapshot, size)
+        whole_ledger_checks(&verifier, snapshot)
     } else {
         None
     };
@@ -204,11 +273,8 @@ pub async fn verify_range(
 }
 
 /// The newest checkpoint against the head, and the key vault against the chain.
-fn whole_ledger_checks(
-    verifier: &Verifier,
-    snapshot: &crate::store::AuditSnapshot,
-    size: u64,
-) -> Option<Failure> {
+fn whole_ledger_checks(verifier: &Verifier, snapshot: &Snapshot) -> Option<Failure> {
+    let size = snapshot.size;
     let mut found: Option<Failure> = None;
     if let Some(cp) = &snapshot.latest_checkpoint
         && cp.tree_size > size

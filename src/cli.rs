@@ -228,9 +228,14 @@ impl Service {
         if let Some(n) = crate::ledger::rebuild_tree_if_needed(shared.as_ref()).await? {
             println!("rebuilt the Merkle tree over {n} entries");
         }
-        if let Some(dir) = &config.witness_dir {
-            crate::witness::check_against_published(shared.as_ref(), dir).await?;
-        }
+        // Whatever witnesses are configured now: the record of what was published stays.
+        let published_state = dirs.keys_dir.join(crate::witness::PUBLISHED_STATE_FILE);
+        crate::witness::check_against_published(
+            shared.as_ref(),
+            &published_state,
+            config.witness_dir.as_deref(),
+        )
+        .await?;
         let (keys, trust, signing_first_seq) =
             identity_and_keys(dirs, shared.as_ref(), keys).await?;
         let ledger_id = trust.ledger_id;
@@ -250,6 +255,7 @@ impl Service {
                 webhook: config.witness_webhook.clone(),
                 webhook_ca: config.witness_webhook_ca.clone(),
             },
+            published_state,
         )?;
         let ledger = Ledger::start(
             Arc::clone(&shared),
@@ -631,8 +637,9 @@ async fn verify(dirs: &Dirs, public_keys: &[PathBuf]) -> anyhow::Result<ExitCode
         id
     };
     let store = Arc::clone(&shared);
-    // Verify up to the head as it is now; appends that land meanwhile are left for next time.
-    let total = crate::audit::range_len(shared.as_ref(), Seq(0), None).await?;
+    // Verify the ledger as it is now; appends that land meanwhile are left for next time.
+    let snapshot = crate::audit::Snapshot::take(shared.as_ref()).await?;
+    let total = snapshot.range_len(Seq(0), None);
     let bar = progress_bar(total, "entries");
     bar.set_message("verifying");
     let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -646,7 +653,8 @@ async fn verify(dirs: &Dirs, public_keys: &[PathBuf]) -> anyhow::Result<ExitCode
         })
     };
     let trust = crate::audit::AuditTrust { keys, ledger_id };
-    let outcome = crate::audit::verify_range(shared, trust, Seq(0), None, progress).await;
+    let outcome =
+        crate::audit::verify_snapshot(shared, trust, &snapshot, Seq(0), None, progress).await;
     ticker.abort();
     bar.finish_and_clear();
     store.close().await;
@@ -698,14 +706,12 @@ async fn export(dirs: &Dirs, out: &Path, from: u64, to: Option<u64>) -> anyhow::
         )
     })?;
     let (store, _lock) = crate::backend::open(dirs, crate::backend::Access::ReadOnly).await?;
-    let size = store.head().await?.map_or(0, |h| h.seq.0 + 1);
-    if from > size {
+    let snapshot = crate::audit::Snapshot::take(store.as_ref()).await?;
+    if let Err(e) = snapshot.check_from(Seq(from)) {
         store.close().await;
-        anyhow::bail!(
-            "--from-seq {from} is beyond the ledger's end: it holds {size} entries; nothing exported"
-        );
+        return Err(anyhow::Error::new(e).context("nothing exported"));
     }
-    let total = crate::audit::range_len(store.as_ref(), Seq(from), to.map(Seq)).await?;
+    let total = snapshot.range_len(Seq(from), to.map(Seq));
     let file = fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut writer = std::io::BufWriter::new(file);
     let (sender, mut receiver) = tokio::sync::mpsc::channel(256);

@@ -41,14 +41,9 @@ pub enum ExportError {
     /// The receiver went away (client disconnected).
     #[error("the reader went away")]
     Closed,
-    /// The range starts beyond the ledger's end.
-    #[error("from_seq {from} is beyond the ledger's end: it holds {size} entries")]
-    BeyondHead {
-        /// The first seq asked for.
-        from: u64,
-        /// Entries in the ledger.
-        size: u64,
-    },
+    /// The range starts beyond the head; nothing was written.
+    #[error(transparent)]
+    BeyondHead(#[from] crate::audit::BeyondHead),
 }
 
 async fn send(out: &mpsc::Sender<Bytes>, line: &BundleLine) -> Result<(), ExportError> {
@@ -70,7 +65,7 @@ pub async fn write_bundle(
     let head = store.head().await?.map(|h| h.seq);
     let size = head.map_or(0, |h| h.0 + 1);
     if from.0 > size {
-        return Err(ExportError::BeyondHead { from: from.0, size });
+        return Err(crate::audit::BeyondHead { from, size }.into());
     }
     let last = match (head, to) {
         (None, _) => None,

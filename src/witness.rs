@@ -6,6 +6,7 @@
 //! "consistency_proof": [hex…]}`. In the directory it is written as
 //! `checkpoint-<tree_size, 20 digits>.json` and `latest.json` (atomically, by rename).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::checkpoint::{Checkpoint, CheckpointJson};
 use crate::crypto::PublicKey;
+use crate::entry::{EntryHash, Seq};
 use crate::ledger::stored_range_hashes;
 use crate::merkle::{self, MerkleHash};
 use crate::store::{Store, StoreError};
@@ -74,11 +76,6 @@ pub fn read_latest(dir: &Path) -> anyhow::Result<Option<Checkpoint>> {
     Ok(Some(publication.checkpoint.parse()?))
 }
 
-/// The Merkle root of the first `size` entries, from stored nodes.
-pub async fn root_at(store: &dyn Store, size: u64) -> Result<MerkleHash, StoreError> {
-    Ok(stored_range_hashes(store, &[(0, size)]).await?[0])
-}
-
 /// A consistency proof between two sizes, from stored nodes.
 pub async fn consistency_proof(
     store: &dyn Store,
@@ -90,33 +87,155 @@ pub async fn consistency_proof(
     stored_range_hashes(store, &ranges).await
 }
 
-/// Refuses to serve a database that is behind, or has diverged from, the checkpoint this
-/// service last published to its witness directory: that is a restored old backup, a
-/// truncated tail, or rewritten history.
-pub async fn check_against_published(store: &dyn Store, dir: &Path) -> anyhow::Result<()> {
-    let Some(published) = read_latest(dir)? else {
-        return Ok(());
+/// The file in the keys directory in which the service remembers the last checkpoint it
+/// handed to its witnesses (any kind): that checkpoint's JSON, as `GET /v1/checkpoints/latest`
+/// gives it. It lives outside the database so that restoring an older copy of the database
+/// cannot roll it back.
+pub const PUBLISHED_STATE_FILE: &str = "published.json";
+
+/// Entry hashes read per query when a root is recomputed at start.
+const ROOT_CHUNK_ROWS: u32 = 50_000;
+
+/// The checkpoint remembered in `path` (see [`PUBLISHED_STATE_FILE`]), if the file exists.
+///
+/// # Errors
+///
+/// The file exists but cannot be read or is not a checkpoint: the service must not start
+/// without knowing what it published.
+pub fn read_published_state(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let size = store.head().await?.map_or(0, |h| h.seq.0 + 1);
-    if published.tree_size > size {
-        bail!(
-            "the database holds {size} entries, but checkpoint {} (root {}) was already published to {}: \
-             the database was truncated or restored from an older copy; refusing to serve it",
-            published.tree_size,
-            published.root_hash.to_hex(),
-            dir.display()
-        );
+    let json: CheckpointJson = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a checkpoint: it records what this service last published; restore it \
+             from a backup of the keys directory, or rebuild it from the witness",
+            path.display()
+        )
+    })?;
+    Ok(Some(json.parse().with_context(|| {
+        format!("{} holds a malformed checkpoint", path.display())
+    })?))
+}
+
+/// Remembers `cp` as published: written to a temporary file, synced, renamed over `path`, and
+/// the directory synced, so that after a crash the file holds the old or the new checkpoint,
+/// whole.
+fn remember_published(path: &Path, cp: &Checkpoint) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no directory", path.display()))?;
+    let mut body = serde_json::to_vec_pretty(&cp.to_json())?;
+    body.push(b'\n');
+    let tmp = dir.join(format!(
+        ".{PUBLISHED_STATE_FILE}.{}.tmp",
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&tmp, &body)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The Merkle root and the last entry hash of the first `n` entries, for each `n` in `sizes`
+/// (each at least 1), recomputed from the entries' own hashes read a chunk at a time — never
+/// from stored tree nodes, which whoever can rewrite the entries can rewrite too.
+///
+/// # Errors
+///
+/// The store failed, or an entry below the largest size is missing.
+pub async fn roots_from_entries(
+    store: &dyn Store,
+    sizes: &[u64],
+) -> anyhow::Result<Vec<(MerkleHash, EntryHash)>> {
+    let end = sizes.iter().copied().max().unwrap_or(0);
+    let mut found: HashMap<u64, (MerkleHash, EntryHash)> = HashMap::new();
+    let mut tree = merkle::CompactRange::new();
+    while tree.size() < end {
+        let next = tree.size();
+        let rows = store
+            .entry_hashes(Seq(next), Seq(end - 1), ROOT_CHUNK_ROWS)
+            .await?;
+        if rows.is_empty() {
+            bail!("entry {next} is missing from the database; refusing to serve it");
+        }
+        for (seq, hash) in rows {
+            if seq.0 != tree.size() {
+                bail!(
+                    "entry {} is missing from the database; refusing to serve it",
+                    tree.size()
+                );
+            }
+            tree.append(merkle::leaf_hash(&hash.0), |_, _| {});
+            if sizes.contains(&tree.size()) {
+                found.insert(tree.size(), (tree.root(), hash));
+            }
+        }
     }
-    let root = root_at(store, published.tree_size).await?;
-    if root != published.root_hash {
-        bail!(
-            "the first {} entries of the database hash to root {}, but {} was published for them to {}: \
-             history was rewritten; refusing to serve it",
-            published.tree_size,
-            root.to_hex(),
-            published.root_hash.to_hex(),
-            dir.display()
-        );
+    sizes
+        .iter()
+        .map(|n| {
+            found.get(n).copied().with_context(|| {
+                format!("no root for {n} entries: a checkpoint has size at least 1")
+            })
+        })
+        .collect()
+}
+
+/// Refuses to serve a database that is behind, or has diverged from, what this service last
+/// published: the checkpoint remembered in `state_file` (whatever the witness kind) and the
+/// latest one in the witness directory, if there is one. Behind is a restored old backup or a
+/// truncated tail; diverged is rewritten history. The root is recomputed from the entries.
+///
+/// # Errors
+///
+/// The database is behind or diverged (the message says which and how), a record of what was
+/// published cannot be read, or the store failed.
+pub async fn check_against_published(
+    store: &dyn Store,
+    state_file: &Path,
+    witness_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut published = Vec::new();
+    if let Some(cp) = read_published_state(state_file)? {
+        published.push((cp, format!("(as {} records)", state_file.display())));
+    }
+    if let Some(dir) = witness_dir
+        && let Some(cp) = read_latest(dir)?
+    {
+        published.push((cp, format!("to {}", dir.display())));
+    }
+    let size = store.head().await?.map_or(0, |h| h.seq.0 + 1);
+    for (cp, whence) in &published {
+        if cp.tree_size == 0 {
+            bail!("the checkpoint published {whence} has size 0, which no ledger signs");
+        }
+        if cp.tree_size > size {
+            bail!(
+                "the database holds {size} entries, but checkpoint {} (root {}) was already published {whence}: \
+                 the database was truncated or restored from an older copy; refusing to serve it",
+                cp.tree_size,
+                cp.root_hash.to_hex(),
+            );
+        }
+    }
+    let sizes: Vec<u64> = published.iter().map(|(cp, _)| cp.tree_size).collect();
+    let roots = roots_from_entries(store, &sizes).await?;
+    for ((cp, whence), (root, last)) in published.iter().zip(roots) {
+        if root != cp.root_hash || last != cp.last_entry_hash {
+            bail!(
+                "the first {} entries of the database hash to root {}, but root {} was published for them {whence}: \
+                 history was rewritten; refusing to serve it",
+                cp.tree_size,
+                root.to_hex(),
+                cp.root_hash.to_hex(),
+            );
+        }
     }
     Ok(())
 }
@@ -136,7 +255,12 @@ struct Publisher {
     keys: Vec<PublicKey>,
     config: WitnessConfig,
     client: reqwest::Client,
+    /// The last checkpoint published (to every witness), the `previous` of the next one.
     last: Option<Checkpoint>,
+    /// Where the service remembers what it published ([`PUBLISHED_STATE_FILE`]).
+    state_file: PathBuf,
+    /// The tree size that file holds.
+    remembered: Option<u64>,
 }
 
 impl Publisher {
@@ -184,6 +308,12 @@ impl Publisher {
             consistency_proof: proof.iter().map(MerkleHash::to_hex).collect(),
         };
         let body = serde_json::to_vec_pretty(&publication)?;
+        // Remembered before any witness hears of it: the record is never behind a witness,
+        // so a database restored from before this checkpoint cannot be served again.
+        if self.remembered.is_none_or(|r| r < cp.tree_size) {
+            remember_published(&self.state_file, &cp).context("not publishing")?;
+            self.remembered = Some(cp.tree_size);
+        }
         if let Some(dir) = &self.config.dir {
             std::fs::create_dir_all(dir)?;
             write_atomically(dir, &format!("checkpoint-{:020}.json", cp.tree_size), &body)?;
@@ -210,10 +340,16 @@ impl Publisher {
 }
 
 /// Starts the publisher; send it every committed checkpoint. `None` if no witness is set.
+/// Each publication is first remembered in `state_file` ([`PUBLISHED_STATE_FILE`]).
+///
+/// # Errors
+///
+/// The configuration is inconsistent, or what was published before cannot be read.
 pub fn spawn(
     store: Arc<dyn Store>,
     signing: Arc<crate::ledger::SigningCell>,
     config: WitnessConfig,
+    state_file: PathBuf,
 ) -> anyhow::Result<Option<mpsc::UnboundedSender<Checkpoint>>> {
     if config.webhook_ca.is_some() && config.webhook.is_none() {
         bail!("--witness-webhook-ca is set but --witness-webhook is not");
@@ -222,10 +358,17 @@ pub fn spawn(
         return Ok(None);
     }
     let client = webhook_client(config.webhook_ca.as_deref())?;
-    let last = match &config.dir {
+    let remembered = read_published_state(&state_file)?;
+    let in_dir = match &config.dir {
         Some(dir) => read_latest(dir)?,
         None => None,
     };
+    // The newer of the two: publications go on proving consistency with it.
+    let last = match (remembered.clone(), in_dir) {
+        (Some(a), Some(b)) => Some(if a.tree_size >= b.tree_size { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    let remembered = remembered.map(|c| c.tree_size);
     let (sender, mut receiver) = mpsc::unbounded_channel::<Checkpoint>();
     let mut publisher = Publisher {
         store,
@@ -234,6 +377,8 @@ pub fn spawn(
         config,
         client,
         last,
+        state_file,
+        remembered,
     };
     tokio::spawn(async move {
         while let Some(cp) = receiver.recv().await {

@@ -578,10 +578,16 @@ async fn tamper_suite_each_attack_is_detected_and_located() {
     let pristine = std::fs::read(dir.path().join("data/ledger.db")).unwrap();
     assert_eq!(run_cli(dir.path(), &["verify"]).0, 0);
 
-    let restore = || std::fs::write(dir.path().join("data/ledger.db"), &pristine).unwrap();
+    let restore = || {
+        // A WAL left beside the file would be replayed over the restored copy.
+        for f in ["data/ledger.db-wal", "data/ledger.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        std::fs::write(dir.path().join("data/ledger.db"), &pristine).unwrap();
+    };
     let verify_says = |seq: u64, kind: &str| {
         let (code, out, err) = run_cli(dir.path(), &["verify"]);
-        assert_eq!(code, 1, "{out}{err}");
+        assert_eq!(code, 1, "expected seq {seq} {kind}: {out}{err}");
         assert!(
             out.contains(&format!("FAILED at seq {seq}: {kind}")),
             "expected seq {seq} {kind}: {out}"
@@ -652,6 +658,9 @@ async fn tamper_suite_each_attack_is_detected_and_located() {
 
     // The whole database replaced by an older copy of itself (taken at 8 entries): it verifies
     // on its own, but not against the checkpoint the auditor kept.
+    for f in ["data/ledger.db-wal", "data/ledger.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
     std::fs::write(dir.path().join("data/ledger.db"), &older_copy).unwrap();
     assert_eq!(
         run_cli(dir.path(), &["verify"]).0,

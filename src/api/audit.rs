@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::audit::{AuditError, BeyondHead, Snapshot, verify_snapshot};
 use crate::entry::Seq;
 use crate::report::SignedReport;
 
@@ -124,10 +125,15 @@ fn sign(state: &AppState, outcome: crate::audit::Verification) -> SignedReport {
     report.sign(&active.key)
 }
 
-fn audit_error(e: crate::audit::AuditError) -> ApiError {
+/// A range beyond the head is the caller's mistake: 400, nothing signed.
+fn beyond_head(e: BeyondHead) -> ApiError {
+    ApiError::BadRequest(e.to_string())
+}
+
+fn audit_error(e: AuditError) -> ApiError {
     match e {
-        e @ crate::audit::AuditError::BeyondHead { .. } => ApiError::BadRequest(e.to_string()),
-        e => ApiError::Internal(e.to_string()),
+        AuditError::BeyondHead(e) => beyond_head(e),
+        other => ApiError::Internal(other.to_string()),
     }
 }
 
@@ -138,7 +144,7 @@ fn audit_error(e: crate::audit::AuditError) -> ApiError {
     responses(
         (status = 200, description = "Signed verification report", body = SignedReport),
         (status = 202, description = "Started as a job; poll it", body = JobOut),
-        (status = 400, description = "Bad range", content_type = "application/problem+json"),
+        (status = 400, description = "Bad range: to_seq below from_seq, or from_seq beyond the head (more than the number of entries)", content_type = "application/problem+json"),
         (status = 503, description = "Too many verification jobs running", content_type = "application/problem+json"),
     ))]
 pub async fn verify(
@@ -148,17 +154,13 @@ pub async fn verify(
     let Query(q) = query?;
     let (from, to) = seq_range(q.from_seq, q.to_seq)?;
     let store = Arc::clone(state.0.ledger.store());
-    let total = crate::audit::range_len(store.as_ref(), from, to).await?;
-    let size = store.head().await?.map_or(0, |h| h.seq.0 + 1);
-    if from.0 > size {
-        return Err(ApiError::BadRequest(format!(
-            "from_seq {} is beyond the ledger's end: it holds {size} entries",
-            from.0
-        )));
-    }
+    // The job verifies this snapshot, so a range that is valid now stays valid for it.
+    let snapshot = Snapshot::take(store.as_ref()).await?;
+    snapshot.check_from(from).map_err(beyond_head)?;
+    let total = snapshot.range_len(from, to);
     let keys = state.0.trust.clone();
     if total <= SYNC_VERIFY_MAX_ENTRIES && q.run_async != Some(true) {
-        let outcome = crate::audit::verify_range(store, keys, from, to, Arc::default())
+        let outcome = verify_snapshot(store, keys, &snapshot, from, to, Arc::default())
             .await
             .map_err(audit_error)?;
         return Ok(Json(sign(&state, outcome)).into_response());
@@ -186,8 +188,8 @@ pub async fn verify(
     }
     let (task_job, task_state) = (Arc::clone(&job), state.clone());
     tokio::spawn(async move {
-        let outcome =
-            crate::audit::verify_range(store, keys, from, to, Arc::clone(&task_job.checked)).await;
+        let checked = Arc::clone(&task_job.checked);
+        let outcome = verify_snapshot(store, keys, &snapshot, from, to, checked).await;
         let result = outcome.map(|r| sign(&task_state, r)).map_err(|e| {
             tracing::error!(error = %e, "verification job failed");
             "the verification could not run; the cause has been logged".to_owned()
@@ -233,7 +235,7 @@ pub struct ExportQuery {
 #[utoipa::path(get, path = "/v1/export", tag = "audit", params(ExportQuery),
     responses(
         (status = 200, description = "The bundle, one JSON object per line", content_type = "application/x-ndjson"),
-        (status = 400, description = "Bad range", content_type = "application/problem+json"),
+        (status = 400, description = "Bad range: to_seq below from_seq, or from_seq beyond the head (more than the number of entries)", content_type = "application/problem+json"),
     ))]
 pub async fn export(
     State(state): State<AppState>,
@@ -242,13 +244,12 @@ pub async fn export(
     let Query(q) = query?;
     let (from, to) = seq_range(q.from_seq, q.to_seq)?;
     let store = Arc::clone(state.0.ledger.store());
-    let size = store.head().await?.map_or(0, |h| h.seq.0 + 1);
-    if from.0 > size {
-        return Err(ApiError::BadRequest(format!(
-            "from_seq {} is beyond the ledger's end: it holds {size} entries; nothing to export",
-            from.0
-        )));
-    }
+    // Refused before the 200 is sent: the ledger only grows, so the export's own check
+    // (which would end the body without a footer) does not fail on an intact ledger.
+    Snapshot::take(store.as_ref())
+        .await?
+        .check_from(from)
+        .map_err(beyond_head)?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
     let ledger_id = state.0.ledger.ledger_id();
     tokio::spawn(async move {

@@ -252,6 +252,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<EntryRow>, StoreError>;
 
+    /// Up to `limit` `(seq, entry_hash)` pairs with `from <= seq <= to`, in order: the leaves
+    /// of the Merkle tree read from the entries themselves, not from stored tree nodes.
+    async fn entry_hashes(
+        &self,
+        from: Seq,
+        to: Seq,
+        limit: u32,
+    ) -> Result<Vec<(Seq, EntryHash)>, StoreError>;
+
     /// Up to `limit` rows of one stream with `stream_version >= from_version`, in order.
     async fn read_stream(
         &self,
@@ -539,6 +548,14 @@ pub(crate) fn signing_key_row(
         first_seq: first_seq.map(|f| Seq(to_u64(f))),
         last_seq: last_seq.map(|f| Seq(to_u64(f))),
     })
+}
+
+/// An `entries` row's seq and entry hash.
+pub(crate) fn entry_hash_row(seq: i64, hash: &[u8]) -> Result<(Seq, EntryHash), StoreError> {
+    let seq = Seq(to_u64(seq));
+    EntryHash::from_slice(hash)
+        .map(|h| (seq, h))
+        .map_err(|_| malformed(seq, "entry_hash"))
 }
 
 /// An insert's error: a unique-key violation means another writer took the position.

@@ -16,11 +16,12 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use super::{
     AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS,
     ENTRY_SELECT, EntryRow, HEAD_SELECT, SigningKeyRow, Store, StoreError, Tombstone, VaultRow,
-    chain_head, insert_error, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
+    chain_head, entry_hash_row, insert_error, malformed_meta, signing_key_row, to_i64, to_u64,
+    vault_row,
 };
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
-use crate::entry::{LedgerId, Seq, StreamId, SubjectHandle};
+use crate::entry::{EntryHash, LedgerId, Seq, StreamId, SubjectHandle};
 use crate::merkle::{MerkleHash, NodeId, leaf_hash};
 use crate::record::Record;
 
@@ -133,6 +134,25 @@ impl Store for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.read)
             .await?)
+    }
+
+    async fn entry_hashes(
+        &self,
+        from: Seq,
+        to: Seq,
+        limit: u32,
+    ) -> Result<Vec<(Seq, EntryHash)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, entry_hash FROM entries WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(to_i64(from.0))
+        .bind(to_i64(to.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|(seq, hash)| entry_hash_row(seq, &hash))
+            .collect()
     }
 
     async fn read_stream(

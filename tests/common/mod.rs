@@ -281,7 +281,7 @@ pub enum Backend {
 }
 
 /// Where a test creates its own PostgreSQL databases.
-fn postgres_admin_url() -> String {
+pub fn postgres_admin_url() -> String {
     std::env::var("AUDITLEDGER_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
