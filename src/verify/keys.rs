@@ -9,9 +9,12 @@
 //! Trust comes from the auditor, never from the ledger alone:
 //! - a key the auditor names with a range is trusted only inside it;
 //! - a key the auditor names without a range is trusted wherever the chain lets it sign;
-//! - a key the auditor does not name is *anchored* if a rotation hands over from a trusted key
-//!   to it (forward), or if a chain of countersigned rotations leads from it to a trusted key
-//!   (backward: the trusted key accepted that history). A key that ends unanchored is unknown.
+//! - a key the auditor does not name is *anchored* if a chain of countersigned rotations leads
+//!   from it to a key the auditor names: that key countersigned exactly this history. Trust
+//!   never flows forward (from a trusted key to the key it hands over to): the holder of a
+//!   retired key could otherwise hand over, inside its range, to a key of its own. So the
+//!   auditor names the newest key of the history (the current key) or a later one. A key that
+//!   ends unanchored is unknown.
 
 use std::collections::BTreeMap;
 
@@ -133,8 +136,7 @@ impl TrustedKeys {
 pub enum Trust {
     /// The auditor named it.
     Direct,
-    /// A trusted key handed over to it, or it handed over (through countersigned rotations) to
-    /// a trusted key.
+    /// It handed over, through countersigned rotations, to a key the auditor named.
     Anchored,
     /// Neither (a verification that ends with such a key fails).
     Unanchored,

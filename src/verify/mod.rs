@@ -667,7 +667,10 @@ impl Verifier {
                 }
             }
         }
-        let new_anchored = new_direct || old_anchored;
+        // Trust never flows forward: a key handed over to is trusted only if the auditor names
+        // it, or a later rotation hands over from it to one the auditor names. (Otherwise the
+        // holder of a retired key could, inside its range, hand over to a key of its own.)
+        let new_anchored = new_direct;
         self.known.insert(
             new_id,
             Known {
@@ -772,16 +775,19 @@ impl Verifier {
                 ),
             ));
         };
-        if let Some((active, _)) = self.active
-            && active != cp.key_id
-        {
-            return Err(fail(
-                FailureKind::KeyOutOfRange,
-                format!(
-                    "checkpoint of tree size {} signed by key {}, but key {active} signs at that position",
-                    cp.tree_size, cp.key_id
-                ),
-            ));
+        if let Some((active, anchored)) = self.active {
+            if active != cp.key_id {
+                return Err(fail(
+                    FailureKind::KeyOutOfRange,
+                    format!(
+                        "checkpoint of tree size {} signed by key {}, but key {active} signs at that position",
+                        cp.tree_size, cp.key_id
+                    ),
+                ));
+            }
+            if !anchored && self.unanchored_from.is_none() {
+                self.unanchored_from = Some(seq);
+            }
         }
         if let Some(range) = self.trusted.keys.get(&cp.key_id).and_then(|t| t.range)
             && !range.contains(cp.tree_size)

@@ -357,3 +357,37 @@ fn a_failed_batch_is_a_failure_even_if_no_single_signature_fails() {
     assert_eq!((f.seq.0, f.kind), (0, FailureKind::BadSignature));
     assert!(f.detail.contains("none failed alone"), "{}", f.detail);
 }
+
+#[test]
+fn a_retired_key_cannot_hand_over_to_a_key_of_its_own() {
+    // The real history: k1 hands over to k2 at seq 3. The holder of k1 forges, inside k1's
+    // range, a hand-over at seq 2 to a key of their own, and writes on with it.
+    let k1 = LedgerSigningKey::generate();
+    let seed = k1.seed();
+    let p1 = k1.public_key();
+    let p2 = LedgerSigningKey::generate().public_key();
+    let mut forged = Builder::new(LedgerSigningKey::from_seed(&seed));
+    forged.event("s", None);
+    forged.event("s", None);
+    forged.rotate(LedgerSigningKey::generate());
+    forged.event("s", None);
+    forged.event("s", None);
+    let mut keys = TrustedKeys::new();
+    keys.insert_ranged(
+        p1,
+        KeyRange {
+            first: 0,
+            last: Some(3),
+        },
+    );
+    keys.insert(p2);
+    let t = Trusted {
+        keys,
+        ledger_id: Some(LEDGER),
+        ..Trusted::default()
+    };
+    assert_eq!(
+        kind_at(run(t, &forged.records)),
+        (3, FailureKind::UnknownKey)
+    );
+}
