@@ -313,6 +313,9 @@ pub enum UnusableInput {
     /// No key to verify with.
     #[error("no public key to verify with")]
     NoKeys,
+    /// More than one key trusted without a range.
+    #[error("ambiguous trusted keys: {0}")]
+    AmbiguousKeys(String),
     /// The trusted checkpoint given cannot be used or cannot be related to this bundle.
     #[error("the trusted checkpoint cannot be used: {0}")]
     BadTrustedCheckpoint(String),
@@ -498,6 +501,8 @@ impl BundleVerifier {
         keys: TrustedKeys,
         trusted: Option<CheckpointJson>,
     ) -> Result<BundleVerifier, UnusableInput> {
+        keys.check_unambiguous()
+            .map_err(UnusableInput::AmbiguousKeys)?;
         let trusted_checkpoint = trusted
             .map(|t| {
                 t.parse()

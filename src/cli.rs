@@ -602,6 +602,7 @@ fn trusted_keys(dirs: &Dirs, extra: &[PathBuf]) -> anyhow::Result<TrustedKeys> {
             dirs.keys_dir.display()
         );
     }
+    keys.check_unambiguous().map_err(|e| anyhow::anyhow!(e))?;
     Ok(keys)
 }
 

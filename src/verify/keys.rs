@@ -106,6 +106,28 @@ impl TrustedKeys {
         self.0.values()
     }
 
+    /// At most one key may be trusted without a range: a bare key is trusted at any position
+    /// the chain gives it, so two bare keys would let the older one, retired, sign history
+    /// after its retirement unnoticed. Retired keys come with their ranges.
+    ///
+    /// # Errors
+    /// A sentence naming the keys, if more than one has no range.
+    pub fn check_unambiguous(&self) -> Result<(), String> {
+        let bare: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(_, t)| t.range.is_none())
+            .map(|(id, _)| id.to_hex())
+            .collect();
+        if bare.len() > 1 {
+            return Err(format!(
+                "keys {} are all trusted without a range; trust only the current key bare, and give every retired key with its range (a key line from GET /v1/keys, a bundle, or keys/retired/)",
+                bare.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
     /// The key `id` names, if it is trusted at `position` (for a receipt or a report, whose
     /// position is its erasure seq or its `signed_at_size`).
     ///

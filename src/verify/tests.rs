@@ -391,3 +391,24 @@ fn a_retired_key_cannot_hand_over_to_a_key_of_its_own() {
         (3, FailureKind::UnknownKey)
     );
 }
+
+#[test]
+fn two_keys_without_ranges_are_refused_as_ambiguous() {
+    let mut keys = TrustedKeys::new();
+    keys.insert(LedgerSigningKey::generate().public_key());
+    assert!(keys.check_unambiguous().is_ok());
+    keys.insert_ranged(
+        LedgerSigningKey::generate().public_key(),
+        KeyRange {
+            first: 0,
+            last: Some(9),
+        },
+    );
+    assert!(keys.check_unambiguous().is_ok());
+    keys.insert(LedgerSigningKey::generate().public_key());
+    assert!(
+        keys.check_unambiguous()
+            .unwrap_err()
+            .contains("without a range")
+    );
+}
