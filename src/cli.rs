@@ -284,6 +284,7 @@ impl Service {
             },
             jobs: crate::api::audit::Jobs::default(),
             trust,
+            keys_dir: Some(dirs.keys_dir.clone()),
         });
         let listener = TcpListener::bind(config.bind)
             .await

@@ -39,6 +39,11 @@ async fn a_rotation_while_serving_is_recorded_in_the_chain_and_verifies(backend:
     }
     let old_seed = seed(&env.path().join("keys/signing.key"));
     let old_id = LedgerSigningKey::from_seed(&old_seed).key_id().to_hex();
+    // An auditor keeps a checkpoint signed by the key that is about to retire.
+    let (status, kept) = s.post_raw("/v1/checkpoints", "").await;
+    assert_eq!(status, 200, "{kept}");
+    let kept_file = env.path().join("kept.json");
+    std::fs::write(&kept_file, kept.to_string()).unwrap();
     // The CLI runs beside the service; the service records the hand-over.
     let (code, out, err) = env.cli(&["rotate-signing-key", "--timeout-secs", "30"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -158,7 +158,10 @@ pub async fn verify(
     let snapshot = Snapshot::take(store.as_ref()).await?;
     snapshot.check_from(from).map_err(beyond_head)?;
     let total = snapshot.range_len(from, to);
-    let keys = state.0.trust.clone();
+    let keys = state
+        .0
+        .trust()
+        .map_err(|e| ApiError::Internal(format!("keys directory: {e}")))?;
     if total <= SYNC_VERIFY_MAX_ENTRIES && q.run_async != Some(true) {
         let outcome = verify_snapshot(store, keys, &snapshot, from, to, Arc::default())
             .await

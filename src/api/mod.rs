@@ -39,8 +39,29 @@ pub struct App {
     pub limits: Limits,
     /// Verification jobs.
     pub jobs: audit::Jobs,
-    /// What the ledger is verified against: the keys and identity the keys directory records.
+    /// What the ledger is verified against: the keys and identity the keys directory records
+    /// (as of start; see [`App::trust`]).
     pub trust: crate::audit::AuditTrust,
+    /// The keys directory, re-read for each verification: a rotation (by this instance or
+    /// another sharing the directory) retires a key there and names the new one.
+    pub keys_dir: Option<std::path::PathBuf>,
+}
+
+impl App {
+    /// The keys and identity to verify against now: the keys directory as it is (after any
+    /// rotation), never the database.
+    ///
+    /// # Errors
+    /// The keys directory cannot be read.
+    pub fn trust(&self) -> Result<crate::audit::AuditTrust, crate::keyfiles::KeyFileError> {
+        let Some(dir) = &self.keys_dir else {
+            return Ok(self.trust.clone());
+        };
+        Ok(crate::audit::AuditTrust {
+            keys: crate::keyfiles::trusted_keys(dir)?,
+            ledger_id: self.trust.ledger_id,
+        })
+    }
 }
 
 /// Handler state.

@@ -268,6 +268,8 @@ pub struct Verifier {
     checkpoints: u64,
     last_checkpoint: Option<u64>,
     trusted_matched: Option<u64>,
+    /// The key the trusted checkpoint says signs the first entry (it was kept at the start).
+    start_key: Option<KeyId>,
     /// The batch rule (ZIP-215 batch verification); replaceable in tests, to show that a batch
     /// that fails is a failure whatever single verification says.
     batch: BatchRule,
@@ -335,6 +337,7 @@ impl Verifier {
             last_checkpoint: from_genesis.then_some(0),
             trusted_matched: None,
             batch: verify_entries_batch,
+            start_key: None,
         };
         v.check_trusted_checkpoint_at_start()?;
         Ok(v)
@@ -386,17 +389,26 @@ impl Verifier {
             return Ok(());
         };
         self.check_checkpoint_binding(&cp, FailureKind::BadCheckpointSignature)?;
-        let key = self.trusted.keys.get(&cp.key_id).ok_or_else(|| {
+        // The key may be one the auditor names, or one the history must anchor (a checkpoint
+        // kept before a rotation is signed by the key that has since retired): `finish` checks
+        // that it ends up trusted, and the position check happens where the history reaches it.
+        let known = self.known.get(&cp.key_id).copied().ok_or_else(|| {
             Failure::new(
                 Seq(cp.tree_size.saturating_sub(1)),
                 FailureKind::BadCheckpointSignature,
                 format!(
-                    "the trusted checkpoint is signed by key {}, which is not trusted",
+                    "the trusted checkpoint is signed by key {}, which is neither trusted nor in the bundle",
                     cp.key_id
                 ),
             )
         })?;
-        if key.range.is_some_and(|r| !r.contains(cp.tree_size)) {
+        if self
+            .trusted
+            .keys
+            .get(&cp.key_id)
+            .and_then(|k| k.range)
+            .is_some_and(|r| !r.contains(cp.tree_size))
+        {
             return Err(Failure::new(
                 Seq(cp.tree_size.saturating_sub(1)),
                 FailureKind::KeyOutOfRange,
@@ -406,7 +418,7 @@ impl Verifier {
                 ),
             ));
         }
-        cp.verify(&key.key).map_err(|e| {
+        cp.verify(&known.key).map_err(|e| {
             Failure::new(
                 Seq(cp.tree_size.saturating_sub(1)),
                 FailureKind::BadCheckpointSignature,
@@ -414,6 +426,8 @@ impl Verifier {
             )
         })?;
         if cp.tree_size == self.start.0 && cp.tree_size > 0 {
+            // The key valid at this position signs the next entry.
+            self.start_key = Some(cp.key_id);
             if cp.root_hash != self.tree.root() || cp.last_entry_hash != self.prev_hash {
                 return Err(Failure::new(
                     Seq(cp.tree_size - 1),
@@ -582,6 +596,15 @@ impl Verifier {
     fn check_key(&mut self, record: &Record) -> Result<(), Failure> {
         let seq = record.entry.header.seq;
         let id = record.key_id;
+        if let Some(k) = self.start_key.take()
+            && k != id
+        {
+            return Err(Failure::new(
+                seq,
+                FailureKind::KeyOutOfRange,
+                format!("signed by key {id}, but the trusted checkpoint has key {k} signing here"),
+            ));
+        }
         let Some(known) = self.known.get(&id).copied() else {
             return Err(Failure::new(
                 seq,
@@ -921,6 +944,22 @@ impl Verifier {
                 FailureKind::UnknownKey,
                 format!(
                     "signed by key {id}, which is not trusted and hands over to no trusted key"
+                ),
+            ));
+        }
+        if let Some(cp) = &self.trusted.checkpoint
+            && self.trusted.keys.get(&cp.key_id).is_none()
+            && !self
+                .key_uses
+                .iter()
+                .any(|u| u.key_id == cp.key_id && u.trust == Trust::Anchored)
+        {
+            return Err(Failure::new(
+                Seq(cp.tree_size.saturating_sub(1)),
+                FailureKind::BadCheckpointSignature,
+                format!(
+                    "the trusted checkpoint is signed by key {}, which neither is trusted nor hands over to a trusted key in this history",
+                    cp.key_id
                 ),
             ));
         }
