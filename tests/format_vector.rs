@@ -31,8 +31,13 @@ struct Example {
 }
 
 fn example() -> Example {
+    example_of(Some(LEDGER))
+}
+
+/// The worked example as a v2 entry of ledger `55` × 16, or (`None`) as a legacy v1 entry.
+fn example_of(ledger_id: Option<LedgerId>) -> Example {
     let header = EntryHeader {
-        ledger_id: Some(LEDGER),
+        ledger_id,
         seq: Seq(0),
         stream_id: StreamId::parse("account-42").unwrap(),
         stream_version: 0,
@@ -95,6 +100,26 @@ fn the_worked_example_in_format_md_is_reproduced_byte_for_byte() {
         );
     }
     assert!(ex.signing.public_key().verify_entry(&hash, &sig).is_ok());
+}
+
+#[test]
+fn the_legacy_v1_example_in_format_md_is_reproduced() {
+    let ex = example_of(None);
+    let hash = ex.entry.hash();
+    let actual = [
+        ("v1_sealed_payload", hex::encode(&ex.sealed)),
+        ("v1_payload_digest", ex.entry.payload_digest.to_hex()),
+        ("v1_encoding", hex::encode(ex.entry.encode())),
+        ("v1_entry_hash", hash.to_hex()),
+        ("v1_signature", ex.signing.sign_entry(&hash).to_hex()),
+    ];
+    for (name, value) in &actual {
+        assert_eq!(
+            &documented(name),
+            value,
+            "FORMAT.md's {name} differs from the code"
+        );
+    }
 }
 
 /// A deterministic five-entry ledger: the test vectors of docs/FORMAT.md §9.
@@ -188,6 +213,31 @@ fn small_ledger() -> serde_json::Value {
         "consistency": {"from_size": 3, "to_size": 5, "proof": cons.iter().map(auditledger::merkle::MerkleHash::to_hex).collect::<Vec<_>>()},
         "checkpoint": cp.to_json(),
         "checkpoint_message": hex::encode(cp.message()),
+        "rotation": rotation_vector(&signing, prev),
+    })
+}
+
+/// A hand-over at seq 5 (after the five entries) from the `44` × 32 key to the key whose seed
+/// is `66` × 32: the countersigned message and the metadata of the rotation entry.
+fn rotation_vector(
+    old: &LedgerSigningKey,
+    prev: auditledger::entry::EntryHash,
+) -> serde_json::Value {
+    use auditledger::rotation::{Rotation, RotationPoint, countersign_message};
+    let new = LedgerSigningKey::from_seed(&[0x66; 32]);
+    let point = RotationPoint {
+        ledger_id: LEDGER,
+        seq: Seq(5),
+        prev_hash: prev,
+        old_key: old.public_key(),
+    };
+    let rotation = Rotation::countersign(&new, &point);
+    serde_json::json!({
+        "seq": 5,
+        "prev_hash": prev.to_hex(),
+        "new_public_key": hex::encode(new.public_key().to_bytes()),
+        "countersigned_message": hex::encode(countersign_message(&point, &new.public_key())),
+        "metadata": rotation.to_metadata(),
     })
 }
 
