@@ -790,6 +790,7 @@ fn verify_bundle(
     let mut reader = std::io::BufReader::with_capacity(1 << 20, f);
     let mut line = String::new();
     let mut stop = None;
+    let mut line_no = 0u64;
     loop {
         line.clear();
         let n = reader
@@ -799,11 +800,12 @@ fn verify_bundle(
             break;
         }
         bar.inc(n as u64);
+        line_no += 1;
         // Every line, the last included, ends with exactly one \n (docs/FORMAT.md §12).
         let Some(text) = line.strip_suffix('\n') else {
             stop = Some(crate::bundle::Stop::Unusable(
                 crate::bundle::UnusableInput::BadLine {
-                    line: u64::MAX,
+                    line: line_no,
                     why: "the last line does not end with a newline: the file is cut off"
                         .to_owned(),
                 },
