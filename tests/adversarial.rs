@@ -315,6 +315,19 @@ async fn base_ledger(backend: Backend) -> Base {
         .map(|c| c["tree_size"].as_u64().unwrap())
         .collect();
     assert_eq!(sizes, [5, 8], "the corpus's seqs assume these checkpoints");
+    // Publication is asynchronous; the rollback cases need checkpoint 8 in the witness.
+    let latest = env.path().join("witness/latest.json");
+    common::wait_until(
+        "the directory witness to hold checkpoint 8",
+        std::time::Duration::from_secs(30),
+        async || {
+            std::fs::read_to_string(&latest)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| v["checkpoint"]["tree_size"] == 8)
+        },
+    )
+    .await;
     assert!(s.terminate().await.success());
     Base {
         env,
