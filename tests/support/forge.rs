@@ -12,10 +12,11 @@
 )]
 
 use auditledger::bundle::{BUNDLE_FORMAT, BundleLine, EntryLine, Footer, Header, KeyLine};
-use auditledger::checkpoint::{Checkpoint, CheckpointJson};
+use auditledger::checkpoint::{Checkpoint, CheckpointBinding, CheckpointJson, TreeHead};
 use auditledger::crypto::{DataKey, KeyRef, LedgerSigningKey, seal_with_nonce};
 use auditledger::entry::{
-    Entry, EntryHeader, EventType, GENESIS_PREV_HASH, Metadata, Seq, StreamId, SubjectHandle,
+    Entry, EntryHeader, EventType, GENESIS_PREV_HASH, LedgerId, Metadata, Seq, StreamId,
+    SubjectHandle,
 };
 use auditledger::merkle::{CompactRange, leaf_hash};
 use auditledger::record::Record;
@@ -25,6 +26,8 @@ use auditledger::timefmt::format_micros;
 pub const SEED: [u8; 32] = [0x44; 32];
 /// 2026-11-22T09:45:18.123456Z, in µs: the first entry's time.
 pub const BASE_MICROS: i64 = 1_795_340_718_123_456;
+/// The built ledger's identity (format v2 binds it into every entry and checkpoint).
+pub const LEDGER: LedgerId = LedgerId([0x1d; 16]);
 
 /// A ledger held in memory: its records and the checkpoints made along it.
 #[derive(Clone, Debug)]
@@ -45,10 +48,24 @@ pub fn sign_record(key: &LedgerSigningKey, entry: Entry, payload: Option<Vec<u8>
     }
 }
 
-/// A checkpoint over the first `size` records, signed by `key` at `timestamp`.
+/// A (v2) checkpoint of ledger `ledger_id` over the first `size` records, chained to the
+/// checkpoint of size `previous` (0 if none), signed by `key` at `timestamp`.
 pub fn checkpoint_over(
     records: &[Record],
     size: u64,
+    previous: u64,
+    key: &LedgerSigningKey,
+    timestamp: i64,
+) -> Checkpoint {
+    checkpoint_of(LEDGER, records, size, previous, key, timestamp)
+}
+
+/// [`checkpoint_over`] for any ledger identity.
+pub fn checkpoint_of(
+    ledger_id: LedgerId,
+    records: &[Record],
+    size: u64,
+    previous: u64,
     key: &LedgerSigningKey,
     timestamp: i64,
 ) -> Checkpoint {
@@ -58,10 +75,16 @@ pub fn checkpoint_over(
     }
     Checkpoint::sign(
         key,
-        size,
-        tree.root(),
-        records[size as usize - 1].entry_hash,
-        timestamp,
+        CheckpointBinding {
+            ledger_id,
+            previous_tree_size: previous,
+        },
+        TreeHead {
+            tree_size: size,
+            root_hash: tree.root(),
+            last_entry_hash: records[size as usize - 1].entry_hash,
+            timestamp_micros: timestamp,
+        },
     )
 }
 
@@ -83,7 +106,19 @@ pub fn resign_from(ledger: &mut Ledger, from: usize, key: &LedgerSigningKey) {
     let records = ledger.records.clone();
     for cp in &mut ledger.checkpoints {
         if cp.tree_size as usize > from && cp.tree_size as usize <= records.len() {
-            *cp = checkpoint_over(&records, cp.tree_size, key, cp.timestamp_micros);
+            // The binding (ledger id, previous checkpoint) is kept as it was signed.
+            let binding = cp.binding.unwrap_or(CheckpointBinding {
+                ledger_id: LEDGER,
+                previous_tree_size: 0,
+            });
+            *cp = checkpoint_of(
+                binding.ledger_id,
+                &records,
+                cp.tree_size,
+                binding.previous_tree_size,
+                key,
+                cp.timestamp_micros,
+            );
         }
     }
 }
@@ -195,6 +230,7 @@ pub fn small_ledger() -> Ledger {
     for (i, d) in drafts.iter().enumerate() {
         let version = versions.entry(d.stream).or_insert(0);
         let header = EntryHeader {
+            ledger_id: Some(LEDGER),
             seq: Seq(i as u64),
             stream_id: StreamId::parse(d.stream).unwrap(),
             stream_version: *version,
@@ -234,9 +270,11 @@ pub fn small_ledger() -> Ledger {
         records.push(sign_record(&key, entry, Some(sealed.0)));
         let size = records.len() as u64;
         if [4, 7, 10].contains(&size) {
+            let previous = checkpoints.last().map_or(0, |c: &Checkpoint| c.tree_size);
             checkpoints.push(checkpoint_over(
                 &records,
                 size,
+                previous,
                 &key,
                 BASE_MICROS + 1_000 * i as i64 + 500,
             ));
@@ -248,7 +286,7 @@ pub fn small_ledger() -> Ledger {
     }
 }
 
-/// The ledger as an `auditledger-bundle/v1` export from seq 0, with one key line for `key`.
+/// The ledger as an `auditledger-bundle/v2` export from seq 0, with one key line for `key`.
 pub fn bundle_text(ledger: &Ledger, key: &LedgerSigningKey) -> String {
     partial_bundle_text(ledger, key, 0)
 }
@@ -264,8 +302,10 @@ pub fn partial_bundle_text(ledger: &Ledger, key: &LedgerSigningKey, from: u64) -
     let kept = &ledger.records[from as usize..];
     let mut lines = vec![BundleLine::Header(Header {
         format: BUNDLE_FORMAT.to_owned(),
+        ledger_id: ledger_id_of(ledger).to_hex(),
         from_seq: from,
         to_seq: last.filter(|_| !kept.is_empty()),
+        ledger_size: ledger.records.len() as u64,
         exported_at: format_micros(BASE_MICROS + 60_000_000),
         prev_hash: from
             .checked_sub(1)
@@ -273,13 +313,12 @@ pub fn partial_bundle_text(ledger: &Ledger, key: &LedgerSigningKey, from: u64) -
             .to_hex(),
         merkle_frontier: edge.nodes().iter().map(|(_, h)| h.to_hex()).collect(),
     })];
-    lines.push(BundleLine::Key(KeyLine {
-        key_id: key.key_id().to_hex(),
-        algorithm: "ed25519".to_owned(),
-        public_key: hex::encode(key.public_key().to_bytes()),
-        first_seq: kept.first().map(|_| from),
-        last_seq: last,
-    }));
+    // The exporter writes the current key with last_seq null (FORMAT.md, key lines).
+    lines.push(BundleLine::Key(KeyLine::new(
+        &key.public_key(),
+        kept.first().map(|_| from),
+        None,
+    )));
     let mut checkpoints = 0;
     for r in kept {
         lines.push(BundleLine::Entry(EntryLine::from_record(r)));
@@ -299,6 +338,15 @@ pub fn partial_bundle_text(ledger: &Ledger, key: &LedgerSigningKey, from: u64) -
         .collect()
 }
 
+/// The identity the ledger's entries carry ([`LEDGER`] for an empty one).
+pub fn ledger_id_of(ledger: &Ledger) -> LedgerId {
+    ledger
+        .records
+        .first()
+        .and_then(|r| r.entry.header.ledger_id)
+        .unwrap_or(LEDGER)
+}
+
 /// Reads the entries and checkpoints back out of a bundle (header, key and footer lines are
 /// returned as they are, by position), so that an attacker can change and re-sign them.
 pub struct ParsedBundle {
@@ -314,11 +362,15 @@ impl ParsedBundle {
         let mut records = Vec::new();
         let mut checkpoints = Vec::new();
         let mut from_seq = 0;
+        let mut ledger_id = LEDGER;
         for line in text.lines() {
             match serde_json::from_str::<BundleLine>(line) {
-                Ok(BundleLine::Entry(e)) => records.push(e.to_record().unwrap()),
+                Ok(BundleLine::Entry(e)) => records.push(e.to_record(ledger_id).unwrap()),
                 Ok(BundleLine::Checkpoint(c)) => checkpoints.push(c.parse().unwrap()),
-                Ok(BundleLine::Header(h)) => from_seq = h.from_seq,
+                Ok(BundleLine::Header(h)) => {
+                    from_seq = h.from_seq;
+                    ledger_id = LedgerId::from_hex(&h.ledger_id).unwrap();
+                }
                 _ => {}
             }
         }
