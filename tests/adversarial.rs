@@ -23,6 +23,7 @@ mod forge;
 
 use std::path::Path;
 
+use auditledger::bundle::BundleLine;
 use auditledger::crypto::{DataKey, KeyRef, LedgerSigningKey, seal};
 use auditledger::entry::{EntryHash, StreamId};
 use auditledger::merkle::{CompactRange, leaf_hash};
@@ -62,6 +63,9 @@ struct Expect {
     kind: Option<String>,
     #[serde(default)]
     seq: Option<u64>,
+    /// Text the verifier's output (or the refusing server's log) must contain.
+    #[serde(default)]
+    detail: Option<String>,
 }
 
 fn corpus() -> Vec<Case> {
@@ -422,6 +426,9 @@ impl Got {
         self.outcome == e.outcome
             && (e.kind.is_none() || self.kind == e.kind)
             && (e.seq.is_none() || self.seq == e.seq)
+            && e.detail
+                .as_ref()
+                .is_none_or(|d| self.detail.contains(d.as_str()))
     }
 }
 
@@ -646,6 +653,19 @@ fn object(line: &str) -> Map<String, Value> {
     serde_json::from_str(line).unwrap()
 }
 
+/// A changed line written as the exporter writes lines (`serde_json::to_string` of the typed
+/// `BundleLine`), so that the verifier looks at the changed value: a line that is not exactly
+/// that text is refused as unusable (exit 2) before anything else. A line that no longer fits
+/// the type (an unknown field, a value of another type) cannot be written so and stays generic
+/// JSON text, which must be refused.
+fn write_line(o: Map<String, Value>) -> String {
+    let v = Value::Object(o);
+    match serde_json::from_value::<BundleLine>(v.clone()) {
+        Ok(line) => serde_json::to_string(&line).unwrap(),
+        Err(_) => v.to_string(),
+    }
+}
+
 fn count_kind(lines: &[String], kind: &str) -> usize {
     lines
         .iter()
@@ -682,13 +702,13 @@ fn edit_bundle(text: &str, edits: &[Value]) -> String {
                     arg["field"].as_str().unwrap().to_owned(),
                     arg["value"].clone(),
                 );
-                lines[i] = Value::Object(o).to_string();
+                lines[i] = write_line(o);
             }
             "remove_field" => {
                 let i = find_line(&lines, &arg["line"]);
                 let mut o = object(&lines[i]);
                 o.remove(arg["field"].as_str().unwrap());
-                lines[i] = Value::Object(o).to_string();
+                lines[i] = write_line(o);
             }
             "replace_suffix" | "uppercase_field" => {
                 let i = find_line(&lines, &arg["line"]);
@@ -702,7 +722,7 @@ fn edit_bundle(text: &str, edits: &[Value]) -> String {
                     format!("{stem}{}", arg["to"].as_str().unwrap())
                 };
                 o.insert(field.to_owned(), Value::String(new));
-                lines[i] = Value::Object(o).to_string();
+                lines[i] = write_line(o);
             }
             "duplicate_key" => {
                 let i = find_line(&lines, &arg["line"]);
@@ -721,6 +741,11 @@ fn edit_bundle(text: &str, edits: &[Value]) -> String {
                 lines[i] = lines[i].replacen(from, arg["to"].as_str().unwrap(), 1);
             }
             "append_line" => lines.push(arg["text"].as_str().unwrap().to_owned()),
+            "rewrite_generic" => {
+                // The same values, written by a generic JSON writer (fields in sorted order).
+                let i = find_line(&lines, &arg["line"]);
+                lines[i] = Value::Object(object(&lines[i])).to_string();
+            }
             "cut_tail" => {
                 let keep = arg["keep_entries"].as_u64().unwrap() as usize;
                 let mut kept = Vec::new();
@@ -738,10 +763,10 @@ fn edit_bundle(text: &str, edits: &[Value]) -> String {
                     }
                 }
                 let checkpoints = count_kind(&kept, "checkpoint");
-                kept.push(
-                    json!({"kind": "footer", "entries": entries, "checkpoints": checkpoints})
+                kept.push(write_line(object(
+                    &json!({"kind": "footer", "entries": entries, "checkpoints": checkpoints})
                         .to_string(),
-                );
+                )));
                 lines = kept;
             }
             "fix_footer" => {
@@ -752,7 +777,7 @@ fn edit_bundle(text: &str, edits: &[Value]) -> String {
                     "checkpoints".to_owned(),
                     json!(count_kind(&lines, "checkpoint")),
                 );
-                lines[i] = Value::Object(o).to_string();
+                lines[i] = write_line(o);
             }
             "set_header" => {
                 let i = find_line(&lines, &json!({"kind": "header", "nth": 0}));
@@ -760,7 +785,7 @@ fn edit_bundle(text: &str, edits: &[Value]) -> String {
                 for (k, v) in arg.as_object().unwrap() {
                     o.insert(k.clone(), v.clone());
                 }
-                lines[i] = Value::Object(o).to_string();
+                lines[i] = write_line(o);
             }
             other => panic!("unknown bundle edit {other}"),
         }
@@ -824,6 +849,90 @@ async fn rotate(env: &Env, then_append: u64) -> Result<LedgerSigningKey, Got> {
     Ok(retired)
 }
 
+/// Another ledger that shares this one's signing key: its keys directory gets a copy of
+/// `keys/signing.key` (and the other key files) before its first start (so it draws its own ledger id), and six events
+/// of the corpus are written to it (a checkpoint at 5). Returns it, stopped, and its export.
+async fn other_ledger_sharing_the_key(env: &Env) -> (Env, String) {
+    let other = Env::new(env.backend).await;
+    std::fs::create_dir_all(other.path().join("keys")).unwrap();
+    // The service refuses a keys directory with some key files missing, so the other key files
+    // are shared too; ledger.id (and published.json) are not.
+    for file in ["signing.key", "signing.pub", "kek.key", "index.key"] {
+        std::fs::copy(
+            env.path().join("keys").join(file),
+            other.path().join("keys").join(file),
+        )
+        .unwrap();
+    }
+    let s = other.serve(&["--checkpoint-every", "5"]).await;
+    for e in events().into_iter().flatten().take(6) {
+        append(&s, &e).await;
+    }
+    s.terminate().await;
+    let text = export(&other, &other.path().join("other.ndjson"), &Value::Null)
+        .expect("the other ledger exports");
+    assert_eq!(
+        signing_key(other.path()).key_id(),
+        signing_key(env.path()).key_id(),
+        "the two ledgers share the signing key"
+    );
+    (other, text)
+}
+
+/// Puts the data key rows of the older copy (taken at tree size 5, before bob's erasure) that
+/// the database no longer holds back into it: bob's erased key, restored from a backup.
+async fn restore_erased_keys(base: &Base, env: &Env) {
+    type Row = (Vec<u8>, Vec<u8>, String, i64);
+    let query = "SELECT key_ref, wrapped, kek_id, created_at FROM data_keys";
+    let rows: Vec<Row> = match &base.older_pg {
+        None => {
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(base.env.path().join("older.db"))
+                .read_only(true);
+            let db = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await
+                .unwrap();
+            let rows = sqlx::query_as(query).fetch_all(&db).await.unwrap();
+            db.close().await;
+            rows
+        }
+        Some(pg) => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+            let rows = sqlx::query_as(query).fetch_all(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+            rows
+        }
+    };
+    let b = |bytes: &[u8]| blob(env.backend, bytes);
+    let inserts: Vec<String> = rows
+        .iter()
+        .map(|(key_ref, wrapped, kek_id, created_at)| {
+            format!(
+                "INSERT INTO data_keys (key_ref, wrapped, kek_id, created_at) VALUES ({}, {}, '{kek_id}', {created_at}) ON CONFLICT (key_ref) DO NOTHING",
+                b(key_ref),
+                b(wrapped)
+            )
+        })
+        .collect();
+    let before = env.sql_count("SELECT COUNT(*) FROM data_keys").await;
+    run_sql(env, &inserts).await;
+    let after = env.sql_count("SELECT COUNT(*) FROM data_keys").await;
+    assert_eq!(after, before + 1, "exactly bob's erased key comes back");
+}
+
+/// Where the rotation entry is.
+fn rotation_index(parsed: &forge::ParsedBundle) -> usize {
+    parsed
+        .ledger
+        .records
+        .iter()
+        .position(|r| r.entry.header.stream_id.as_str() == "auditledger:signing-keys")
+        .expect("the rotation is an entry in auditledger:signing-keys")
+}
+
 async fn run_case(base: &Base, case: &Case) -> Got {
     if let Some(feature) = &case.requires {
         let available = match feature.as_str() {
@@ -841,7 +950,7 @@ async fn run_case(base: &Base, case: &Case) -> Got {
     }
     let change = &case.change;
     let op = change["op"].as_str().unwrap();
-    let env = copy_of(base, op == "restore_older_copy").await;
+    let mut env = copy_of(base, op == "restore_older_copy").await;
     let on_bundle = case.expect.verifier == "verify-bundle";
     // The pristine export: what forgeries start from, and where kept checkpoints come from.
     let pristine_file = env.path().join("pristine.ndjson");
@@ -853,8 +962,38 @@ async fn run_case(base: &Base, case: &Case) -> Got {
         }
     }
     let pristine = export(&env, &pristine_file, &Value::Null).expect("the pristine ledger exports");
+    // A ledger sharing the signing key, for the cases that swap something between the two.
+    let mut other = None;
+    if op == "other_ledger" {
+        other = Some(other_ledger_sharing_the_key(&env).await);
+    }
     match op {
         "sql" => run_sql(&env, &sql_statements(change, env.backend)).await,
+        "restore_erased_key" => restore_erased_keys(base, &env).await,
+        "rotate_and_resign_with_retired" if !on_bundle && change["resign"] != false => {
+            // The retired key's forgery written into the database.
+            let mut parsed = forge::ParsedBundle::parse(&pristine);
+            let from = rotation_index(&parsed) + 1;
+            forge::resign_from(&mut parsed.ledger, from, retired.as_ref().unwrap());
+            run_sql(&env, &forged_sql(&parsed.ledger, from, env.backend, false)).await;
+        }
+        "other_ledger" if change["use"] == "database" => {
+            // The whole database of the other ledger, under this ledger's keys directory.
+            let (other_env, _) = other.as_ref().unwrap();
+            match &other_env.pg {
+                None => {
+                    std::fs::remove_dir_all(env.path().join("data")).unwrap();
+                    let status = std::process::Command::new("cp")
+                        .arg("-a")
+                        .arg(other_env.path().join("data"))
+                        .arg(env.path())
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                }
+                Some(pg) => env.pg = Some(pg_copy(&pg.name, "o").await),
+            }
+        }
         "forge" if !on_bundle => {
             let mut parsed = forge::ParsedBundle::parse(&pristine);
             let seq = change["seq"].as_u64().unwrap();
@@ -935,16 +1074,26 @@ async fn run_case(base: &Base, case: &Case) -> Got {
                     }
                 }
                 "bundle" => text = edit_bundle(&text, change["edits"].as_array().unwrap()),
+                "other_ledger" => {
+                    let other_text = &other.as_ref().unwrap().1;
+                    let other_lines: Vec<String> = other_text.lines().map(str::to_owned).collect();
+                    match change["use"].as_str().unwrap() {
+                        // The other ledger's whole bundle, presented as this one's.
+                        "bundle" => text.clone_from(other_text),
+                        // One line of the other ledger in place of this one's.
+                        "line" => {
+                            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+                            let i = find_line(&lines, &change["line"]);
+                            lines[i] =
+                                other_lines[find_line(&other_lines, &change["line"])].clone();
+                            text = lines.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
+                        }
+                        other => panic!("unknown other_ledger use {other}"),
+                    }
+                }
                 "rotate_and_resign_with_retired" if change["resign"] != false => {
                     let mut parsed = forge::ParsedBundle::parse(&text);
-                    let rotation = parsed
-                        .ledger
-                        .records
-                        .iter()
-                        .position(|r| {
-                            r.entry.header.stream_id.as_str() == "auditledger:signing-keys"
-                        })
-                        .expect("the rotation is an entry in auditledger:signing-keys");
+                    let rotation = rotation_index(&parsed);
                     forge::resign_from(&mut parsed.ledger, rotation + 1, retired.as_ref().unwrap());
                     text = parsed.text();
                 }
@@ -967,6 +1116,18 @@ async fn run_case(base: &Base, case: &Case) -> Got {
                 );
             }
             if keys == "ledger_and_retired" {
+                // The retired key with its exact range, as the keys directory records it.
+                let id = retired.as_ref().unwrap().key_id();
+                args.push("--public-key".to_owned());
+                args.push(
+                    env.path()
+                        .join(format!("keys/retired/{id}.json"))
+                        .to_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            if keys == "ledger_and_retired_bare" {
                 args.push("--public-key".to_owned());
                 args.push(env.path().join("retired.pub").to_str().unwrap().to_owned());
             }
