@@ -1084,8 +1084,8 @@ async fn run_case(base: &Base, case: &Case) -> Got {
                         "line" => {
                             let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
                             let i = find_line(&lines, &change["line"]);
-                            lines[i] =
-                                other_lines[find_line(&other_lines, &change["line"])].clone();
+                            lines[i]
+                                .clone_from(&other_lines[find_line(&other_lines, &change["line"])]);
                             text = lines.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
                         }
                         other => panic!("unknown other_ledger use {other}"),

@@ -331,10 +331,10 @@ impl Mutation {
                     .count();
                 let keep = keep.index(entries);
                 let mut out = Vec::new();
-                let (mut e, mut c) = (0, 0);
+                let (mut e, mut c) = (0u64, 0u64);
                 for l in &lines {
                     if l.contains(r#""kind":"entry""#) {
-                        if e == keep {
+                        if e as usize == keep {
                             break;
                         }
                         e += 1;
@@ -347,8 +347,8 @@ impl Mutation {
                 }
                 out.push(
                     serde_json::to_string(&BundleLine::Footer(Footer {
-                        entries: e as u64,
-                        checkpoints: c as u64,
+                        entries: e,
+                        checkpoints: c,
                     }))
                     .unwrap(),
                 );

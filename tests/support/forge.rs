@@ -8,6 +8,7 @@
     clippy::cast_possible_truncation,
     clippy::cast_possible_wrap,
     clippy::missing_panics_doc,
+    clippy::too_many_lines,
     reason = "test code"
 )]
 
