@@ -109,7 +109,16 @@ async fn a_verification_racing_appends_with_a_checkpoint_after_every_entry_stays
         overlapped >= 4,
         "only {overlapped} of 8 verifications overlapped a commit: the race was not exercised"
     );
+    // Once the writers stop, the whole ledger (every entry and checkpoint the race made)
+    // verifies, from the server and from the CLI.
+    let total = size(&s).await;
+    let (status, _, report) = s.get("/v1/audit/verify").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["entries_checked"], json!(total), "{report}");
     Arc::try_unwrap(s).ok().unwrap().terminate().await;
+    let (code, out, err) = env.cli(&["verify"]);
+    assert_eq!(code, 0, "`verify` after the race: {out}{err}");
 }
 
 async fn a_checkpoint_made_after_the_snapshot_was_taken_does_not_count(b: Backend) {
