@@ -284,11 +284,16 @@ impl Verifier {
     /// # Errors
     /// The frontier does not fit `start.seq`.
     pub fn new(trusted: Trusted, start: &Start) -> Result<Verifier, Failure> {
-        let tree = CompactRange::from_hashes(start.seq.0, &start.frontier).map_err(|e| {
+        let tree = CompactRange::from_hashes(start.seq.0, &start.frontier).map_err(|_| {
             Failure::new(
                 start.seq,
                 FailureKind::BundleMismatch,
-                format!("the Merkle frontier does not fit seq {}: {e}", start.seq),
+                format!(
+                    "the Merkle frontier has {} hashes, but a tree of {} entries has {} perfect subtrees on its edge",
+                    start.frontier.len(),
+                    start.seq,
+                    crate::merkle::decompose(0, start.seq.0).len()
+                ),
             )
         })?;
         if start.seq.0 == 0 && start.prev_hash != GENESIS_PREV_HASH {
