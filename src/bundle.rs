@@ -483,6 +483,9 @@ pub struct BundleVerifier {
     checkpoints: u64,
     last_seq: Option<u64>,
     line: u64,
+    /// Reused buffers for reading entry lines.
+    scratch: String,
+    encoded: Vec<u8>,
 }
 
 impl std::fmt::Debug for BundleVerifier {
@@ -523,6 +526,8 @@ impl BundleVerifier {
             checkpoints: 0,
             last_seq: None,
             line: 0,
+            scratch: String::new(),
+            encoded: Vec::new(),
         })
     }
 
@@ -545,17 +550,7 @@ impl BundleVerifier {
         if text.is_empty() {
             return Err(self.bad_line("a blank line"));
         }
-        let line: BundleLine = serde_json::from_str(text)
-            .map_err(|e| self.bad_line(format!("not a bundle line: {e}")))?;
-        // One value, one spelling: the exporter's exact text. This refuses whitespace, other
-        // field orders, escapes and number spellings, duplicate keys and decoy fields.
-        let canonical = serde_json::to_string(&line)
-            .map_err(|e| self.bad_line(format!("cannot re-encode: {e}")))?;
-        if canonical != text {
-            return Err(self.bad_line(
-                "not written canonically (compact JSON, fields in their fixed order, nothing extra)",
-            ));
-        }
+        let line = self.parse_canonical(text)?;
         match (line, &self.phase) {
             (BundleLine::Header(h), Phase::Header) => self.on_header(h),
             (_, Phase::Header) => Err(Stop::Unusable(UnusableInput::NoHeader)),
@@ -575,6 +570,43 @@ impl BundleVerifier {
                 self.on_footer(&f)
             }
         }
+    }
+
+    /// Parses a line that must be exactly the exporter's text for the value it holds: one
+    /// value, one spelling. This refuses whitespace, other field orders, escapes and number
+    /// spellings, duplicate keys and decoy fields.
+    fn parse_canonical(&mut self, text: &str) -> Result<BundleLine, Stop> {
+        const ENTRY_PREFIX: &str = "{\"kind\":\"entry\",";
+        // Entry lines are nearly all of a bundle: read them straight into their type (no
+        // buffering of the tagged enum), and compare the re-encoding in reused buffers.
+        if let Some(rest) = text.strip_prefix(ENTRY_PREFIX) {
+            self.scratch.clear();
+            self.scratch.push('{');
+            self.scratch.push_str(rest);
+            let entry: EntryLine = serde_json::from_str(&self.scratch)
+                .map_err(|e| self.bad_line(format!("not a bundle line: {e}")))?;
+            self.encoded.clear();
+            serde_json::to_writer(&mut self.encoded, &entry)
+                .map_err(|e| self.bad_line(format!("cannot re-encode: {e}")))?;
+            if self.encoded != self.scratch.as_bytes() {
+                return Err(self.not_canonical());
+            }
+            return Ok(BundleLine::Entry(entry));
+        }
+        let line: BundleLine = serde_json::from_str(text)
+            .map_err(|e| self.bad_line(format!("not a bundle line: {e}")))?;
+        let canonical = serde_json::to_string(&line)
+            .map_err(|e| self.bad_line(format!("cannot re-encode: {e}")))?;
+        if canonical != text {
+            return Err(self.not_canonical());
+        }
+        Ok(line)
+    }
+
+    fn not_canonical(&self) -> Stop {
+        self.bad_line(
+            "not written canonically (compact JSON, fields in their fixed order, nothing extra)",
+        )
     }
 
     fn on_header(&mut self, h: Header) -> Result<(), Stop> {
