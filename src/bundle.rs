@@ -445,8 +445,13 @@ pub fn describe(p: &Proven, source: Source, ledger_size: u64) -> Vec<String> {
     }
     if p.uncovered_tail > 0 {
         out.push(format!(
-            "coverage: the last {} covered by no checkpoint in the bundle",
-            count(p.uncovered_tail, "entry is", "entries are")
+            "coverage: the last {} covered by no checkpoint {}",
+            count(p.uncovered_tail, "entry is", "entries are"),
+            if matches!(source, Source::Database) {
+                "stored"
+            } else {
+                "in the bundle"
+            }
         ));
     }
     if let Some((_, last)) = p.range

@@ -256,7 +256,9 @@ pub struct Verifier {
     prev_hash: EntryHash,
     tree: CompactRange,
     ledger_id: Option<LedgerId>,
-    seen_v2: bool,
+    /// The position from which every entry is v2: the first v2 entry or v2 checkpoint seen
+    /// (only the v2 code makes them, and it writes only v2 entries).
+    v2_from: Option<u64>,
     invariants: invariants::Invariants,
     /// The key that signs the next entry, once known, and whether it is trusted or anchored.
     active: Option<(KeyId, bool)>,
@@ -331,7 +333,7 @@ impl Verifier {
             next_seq: start.seq,
             prev_hash: start.prev_hash,
             tree,
-            seen_v2: false,
+            v2_from: None,
             invariants: invariants::Invariants::new(from_genesis),
             active: None,
             unanchored_from: None,
@@ -438,10 +440,12 @@ impl Verifier {
                     Seq(cp.tree_size - 1),
                     FailureKind::CheckpointMismatch,
                     format!(
-                        "the history before seq {} hashes to root {}, but the trusted checkpoint signs {}",
+                        "the history before seq {} hashes to root {} and ends with entry hash {}, but the trusted checkpoint signs root {} and last entry hash {}",
                         self.start,
                         self.tree.root().to_hex(),
-                        cp.root_hash.to_hex()
+                        self.prev_hash.to_hex(),
+                        cp.root_hash.to_hex(),
+                        cp.last_entry_hash.to_hex()
                     ),
                 ));
             }
@@ -472,13 +476,16 @@ impl Verifier {
                     ));
                 }
                 self.ledger_id = Some(id);
+                // Only the v2 code makes v2 checkpoints, and it writes only v2 entries: every
+                // entry after a v2 checkpoint is v2.
+                self.v2_from = Some(self.v2_from.map_or(cp.tree_size, |f| f.min(cp.tree_size)));
             }
-            None if self.seen_v2 => {
+            None if self.v2_from.is_some_and(|f| cp.tree_size > f) => {
                 return Err(Failure::new(
                     seq,
                     FailureKind::LedgerMismatch,
                     format!(
-                        "a legacy v1 checkpoint (size {}) after v2 entries",
+                        "a legacy v1 checkpoint (size {}) after v2 entries or checkpoints",
                         cp.tree_size
                     ),
                 ));
@@ -584,13 +591,13 @@ impl Verifier {
                     ));
                 }
                 self.ledger_id = Some(id);
-                self.seen_v2 = true;
+                self.v2_from = Some(self.v2_from.map_or(seq.0, |f| f.min(seq.0)));
             }
-            None if self.seen_v2 => {
+            None if self.v2_from.is_some_and(|f| seq.0 >= f) => {
                 return Err(Failure::new(
                     seq,
                     FailureKind::LedgerMismatch,
-                    "a legacy v1 entry (no ledger identity) after v2 entries",
+                    "a legacy v1 entry (no ledger identity) after v2 entries or a v2 checkpoint",
                 ));
             }
             None => {}
@@ -683,6 +690,21 @@ impl Verifier {
             })
             .map_err(|e| bad(e.to_string()))?;
         let new_id = rotation.new_key.key_id();
+        let first = seq.0.saturating_add(1);
+        // A key the auditor trusts only within a range is trusted as the new key only if that
+        // range starts the key here: otherwise the holder of a retired key could hand over
+        // from a key of their own back to it, and have that key "anchored".
+        if let Some(range) = self.trusted.keys.get(&new_id).and_then(|t| t.range)
+            && !range.contains(first)
+        {
+            return Err(Failure::new(
+                seq,
+                FailureKind::KeyOutOfRange,
+                format!(
+                    "hands over to key {new_id} from seq {first}, outside the range {range} it is trusted for"
+                ),
+            ));
+        }
         let new_direct = self.trusted.keys.get(&new_id).is_some();
         let old_anchored = self.active.is_some_and(|(_, a)| a);
         if new_direct && !old_anchored {
@@ -711,7 +733,7 @@ impl Verifier {
         }
         self.key_uses.push(KeyUse {
             key_id: new_id,
-            first_seq: seq.0 + 1,
+            first_seq: first,
             last_seq: None,
             retired_at: None,
             trust: if new_direct {
@@ -739,9 +761,11 @@ impl Verifier {
                 Seq(size - 1),
                 FailureKind::CheckpointMismatch,
                 format!(
-                    "the first {size} entries hash to root {}, but the trusted checkpoint signs {}: history was rewritten",
+                    "the first {size} entries hash to root {} and end with entry hash {}, but the trusted checkpoint signs root {} and last entry hash {}: history was rewritten",
                     self.tree.root().to_hex(),
-                    cp.root_hash.to_hex()
+                    self.prev_hash.to_hex(),
+                    cp.root_hash.to_hex(),
+                    cp.last_entry_hash.to_hex()
                 ),
             ));
         }
@@ -839,9 +863,11 @@ impl Verifier {
             return Err(fail(
                 FailureKind::CheckpointMismatch,
                 format!(
-                    "the entries hash to root {}, but the checkpoint at tree size {size} signs {}",
+                    "the entries hash to root {} and end with entry hash {}, but the checkpoint at tree size {size} signs root {} and last entry hash {}",
                     self.tree.root().to_hex(),
-                    cp.root_hash.to_hex()
+                    self.prev_hash.to_hex(),
+                    cp.root_hash.to_hex(),
+                    cp.last_entry_hash.to_hex()
                 ),
             ));
         }

@@ -412,3 +412,77 @@ fn two_keys_without_ranges_are_refused_as_ambiguous() {
             .contains("without a range")
     );
 }
+
+#[test]
+fn a_retired_key_cannot_be_handed_back_to_outside_its_range() {
+    // The holder of k0 (trusted for 0..=6) hands over inside its range to a key of their own,
+    // which writes on and then hands "back" to k0 at 12: k0 would anchor it, but k0 is not
+    // trusted from seq 13.
+    let k0 = LedgerSigningKey::generate();
+    let seed = k0.seed();
+    let p0 = k0.public_key();
+    let current = LedgerSigningKey::generate().public_key();
+    let mut b = Builder::new(k0);
+    for _ in 0..6 {
+        b.event("s", None);
+    }
+    b.rotate(LedgerSigningKey::generate());
+    for _ in 7..12 {
+        b.event("s", None);
+    }
+    b.rotate(LedgerSigningKey::from_seed(&seed));
+    let mut keys = TrustedKeys::new();
+    keys.insert_ranged(
+        p0,
+        KeyRange {
+            first: 0,
+            last: Some(6),
+        },
+    );
+    keys.insert(current);
+    let t = Trusted {
+        keys,
+        ledger_id: Some(LEDGER),
+        ..Trusted::default()
+    };
+    assert_eq!(
+        kind_at(run(t, &b.records)),
+        (12, FailureKind::KeyOutOfRange)
+    );
+}
+
+#[test]
+fn no_legacy_v1_entry_follows_a_v2_checkpoint() {
+    let key = LedgerSigningKey::generate();
+    let pk = key.public_key();
+    let mut b = Builder::new(key);
+    for _ in 0..6 {
+        let mut h = b.header("s", "T", None);
+        h.ledger_id = None;
+        b.push_header(h, KeyRef::System([0; 16]));
+    }
+    let mut tree = crate::merkle::CompactRange::new();
+    for r in &b.records[..4] {
+        tree.append(crate::merkle::leaf_hash(&r.entry_hash.0), |_, _| {});
+    }
+    let cp = Checkpoint::sign(
+        &b.key,
+        CheckpointBinding {
+            ledger_id: LEDGER,
+            previous_tree_size: 0,
+        },
+        TreeHead {
+            tree_size: 4,
+            root_hash: tree.root(),
+            last_entry_hash: b.records[3].entry_hash,
+            timestamp_micros: 9,
+        },
+    );
+    let mut v = Verifier::new(trusting(&[&pk]), &Start::genesis()).unwrap();
+    for r in &b.records[..4] {
+        v.push_record(r).unwrap();
+    }
+    v.push_checkpoint(&cp).unwrap();
+    let f = v.push_record(&b.records[4]).unwrap_err();
+    assert_eq!((f.seq.0, f.kind), (4, FailureKind::LedgerMismatch));
+}
