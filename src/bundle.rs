@@ -427,7 +427,7 @@ pub fn describe(p: &Proven, source: Source, ledger_size: u64) -> Vec<String> {
             ));
         } else {
             out.push(format!(
-                "start: partial bundle; the hash and Merkle edge before seq {} are taken on trust, and stream versions and erasures before it were not seen",
+                "start: partial range; the hash and Merkle edge before seq {} are taken on trust, and stream versions and erasures before it were not seen",
                 p.start
             ));
         }
@@ -439,8 +439,15 @@ pub fn describe(p: &Proven, source: Source, ledger_size: u64) -> Vec<String> {
         (None, Source::Bundle { .. }) => out.push(
             "tail: no trusted checkpoint given, so a cut-off tail or an older copy of the ledger cannot be detected; keep a checkpoint (or use a witness) and pass it with --trusted-checkpoint".to_owned(),
         ),
+        (None, Source::Database)
+            if p.start.0 == 0 && p.range.is_none_or(|(_, last)| last + 1 >= ledger_size) =>
+        {
+            out.push(
+                "tail: the newest stored checkpoint is within the ledger, but a tail cut together with the checkpoints covering it, or the whole database replaced by an older copy, is visible only against a checkpoint kept outside it (a witness, or verify-bundle --trusted-checkpoint)".to_owned(),
+            );
+        }
         (None, Source::Database) => out.push(
-            "tail: the newest stored checkpoint is within the ledger, but a tail cut together with the checkpoints covering it, or the whole database replaced by an older copy, is visible only against a checkpoint kept outside it (a witness, or verify-bundle --trusted-checkpoint)".to_owned(),
+            "tail: a partial range: neither the tail nor the key vault was checked (verify the whole ledger for that)".to_owned(),
         ),
     }
     if p.uncovered_tail > 0 {

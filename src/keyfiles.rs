@@ -263,8 +263,9 @@ pub fn write_retired(
 }
 
 /// Reads a public key file an auditor trusts: 64 hex digits (a key trusted wherever the chain
-/// lets it sign), or a JSON key line `{"key_id","algorithm","public_key","first_seq","last_seq"}`
-/// as `GET /v1/keys`, bundles and `keys/retired/` give it (trusted only in that range).
+/// lets it sign), or a JSON key object `{"key_id","algorithm","public_key","first_seq","last_seq"}`
+/// as `keys/retired/` holds it — or as a bundle's key line (with `"kind":"key"`) or an entry of
+/// `GET /v1/keys` (with `"active"`) gives it — trusted only in that range.
 pub fn read_trusted_key(path: &Path) -> Result<(PublicKey, Option<KeyRange>), KeyFileError> {
     let text = fs::read_to_string(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
@@ -275,8 +276,21 @@ pub fn read_trusted_key(path: &Path) -> Result<(PublicKey, Option<KeyRange>), Ke
     })?;
     let text = text.trim();
     if text.starts_with('{') {
-        let line: KeyLine =
+        // A bundle's key line carries `"kind":"key"`, a `GET /v1/keys` entry `"active"`: both
+        // are accepted as they are; any other extra field is refused.
+        let mut object: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(text).map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
+        if object.get("kind").is_some_and(|k| k == "key") {
+            object.remove("kind");
+        }
+        if object
+            .get("active")
+            .is_some_and(serde_json::Value::is_boolean)
+        {
+            object.remove("active");
+        }
+        let line: KeyLine = serde_json::from_value(serde_json::Value::Object(object))
+            .map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
         let (key, range) = line
             .parse()
             .map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
@@ -408,6 +422,38 @@ mod tests {
             create(dir.path()),
             Err(KeyFileError::AlreadyExists(_))
         ));
+    }
+
+    #[test]
+    fn key_objects_from_v1_keys_bundles_and_retired_are_read_with_their_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = LedgerSigningKey::generate().public_key();
+        let line = serde_json::to_value(KeyLine::new(&key, Some(3), Some(9))).unwrap();
+        let mut forms = vec![line.clone()];
+        let mut bundle = line.clone();
+        bundle["kind"] = "key".into();
+        forms.push(bundle);
+        let mut api = line.clone();
+        api["active"] = false.into();
+        forms.push(api);
+        for (i, form) in forms.iter().enumerate() {
+            let p = dir.path().join(format!("k{i}.json"));
+            fs::write(&p, form.to_string()).unwrap();
+            let (k, range) = read_trusted_key(&p).unwrap();
+            assert_eq!(k, key);
+            assert_eq!(
+                range,
+                Some(KeyRange {
+                    first: 3,
+                    last: Some(9)
+                })
+            );
+        }
+        let mut decoy = line;
+        decoy["extra"] = 1.into();
+        let p = dir.path().join("decoy.json");
+        fs::write(&p, decoy.to_string()).unwrap();
+        assert!(read_trusted_key(&p).is_err());
     }
 
     #[test]
