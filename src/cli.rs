@@ -430,12 +430,8 @@ async fn rotate_signing_key(dirs: &Dirs, timeout: Duration) -> anyhow::Result<Ex
             }
             let (store, _lock) =
                 crate::backend::open(dirs, crate::backend::Access::ReadOnly).await?;
-            let seq = store
-                .signing_keys()
+            let seq = crate::store::key_first_seq(store.as_ref(), &new_id)
                 .await?
-                .into_iter()
-                .find(|r| r.key_id == new_id)
-                .and_then(|r| r.first_seq)
                 .map_or(0, |s| s.0.saturating_sub(1));
             store.close().await;
             print_rotation(dirs, new_id, crate::entry::Seq(seq));
@@ -464,12 +460,8 @@ async fn rotate_offline(
     };
     if keys.signing.key_id() == next.key_id() {
         // Finished at start-up just now (an earlier run was interrupted after the commit).
-        let seq = store
-            .signing_keys()
+        let seq = crate::store::key_first_seq(store.as_ref(), &next.key_id())
             .await?
-            .into_iter()
-            .find(|r| r.key_id == next.key_id())
-            .and_then(|r| r.first_seq)
             .map_or(0, |s| s.0.saturating_sub(1));
         return Ok(crate::entry::Seq(seq));
     }
@@ -558,12 +550,8 @@ async fn check_key_schedule(
             head.seq
         );
     }
-    let first = store
-        .signing_keys()
+    let first = crate::store::key_first_seq(store, &ours)
         .await?
-        .into_iter()
-        .find(|r| r.key_id == ours)
-        .and_then(|r| r.first_seq)
         .map_or(head.seq.0 + 1, |s| s.0);
     Ok(first)
 }

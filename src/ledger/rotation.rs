@@ -171,13 +171,8 @@ impl Writer {
                 head.seq.next()
             )));
         };
-        let first_seq = self
-            .store
-            .signing_keys()
+        let first_seq = crate::store::key_first_seq(self.store.as_ref(), &wanted)
             .await?
-            .into_iter()
-            .find(|r| r.key_id == wanted)
-            .and_then(|r| r.first_seq)
             .map_or(head.seq.0 + 1, |s| s.0);
         tracing::info!(key = %wanted, first_seq, "adopted the signing key another instance rotated to");
         let key = Arc::new(key);

@@ -350,9 +350,6 @@ pub trait Store: Send + Sync + 'static {
     /// Records the ledger identity if none is recorded; returns the one recorded.
     async fn init_ledger_id(&self, id: &LedgerId) -> Result<LedgerId, StoreError>;
 
-    /// Every key reference the vault holds a key for.
-    async fn vault_key_refs(&self) -> Result<HashSet<KeyRef>, StoreError>;
-
     /// Closes connections (SQLite also checkpoints its WAL).
     async fn close(&self);
 }
@@ -507,6 +504,23 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 /// A stored signed 64-bit position back as `u64` (negative values cannot be stored: CHECKs).
 pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+/// The `data_keys.key_ref` column values as key references.
+pub(crate) fn key_refs(rows: &[Vec<u8>]) -> Result<HashSet<KeyRef>, StoreError> {
+    rows.iter()
+        .map(|r| KeyRef::from_bytes(r).map_err(|_| malformed_meta()))
+        .collect()
+}
+
+/// The first seq `key` signs, as the `signing_keys` table records it.
+pub async fn key_first_seq(store: &dyn Store, key: &KeyId) -> Result<Option<Seq>, StoreError> {
+    Ok(store
+        .signing_keys()
+        .await?
+        .into_iter()
+        .find(|r| r.key_id == *key)
+        .and_then(|r| r.first_seq))
 }
 
 /// A `ledger_meta` or `data_keys` value out of shape.

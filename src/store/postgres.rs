@@ -8,7 +8,7 @@
 //! Durability is PostgreSQL's: a commit returns once its WAL is flushed (`synchronous_commit`
 //! on, the default; docs/OPERATIONS.md).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,8 +19,8 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 use super::{
     AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS,
     ENTRY_SELECT, EntryRow, HEAD_SELECT, MalformedRow, SigningKeyRow, Store, StoreError, Tombstone,
-    VaultRow, chain_head, entry_hash_row, insert_error, malformed_meta, signing_key_row, to_i64,
-    to_u64, vault_row,
+    VaultRow, chain_head, entry_hash_row, insert_error, key_refs, malformed_meta, signing_key_row,
+    to_i64, to_u64, vault_row,
 };
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
@@ -443,10 +443,7 @@ impl Store for PostgresStore {
         Ok(AuditSnapshot {
             head,
             latest_checkpoint,
-            vault: rows
-                .iter()
-                .map(|r| KeyRef::from_bytes(r).map_err(|_| malformed_meta()))
-                .collect::<Result<_, _>>()?,
+            vault: key_refs(&rows)?,
         })
     }
 
@@ -506,15 +503,6 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         self.ledger_id().await?.ok_or_else(malformed_meta)
-    }
-
-    async fn vault_key_refs(&self) -> Result<HashSet<KeyRef>, StoreError> {
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key_ref FROM data_keys")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| KeyRef::from_bytes(r).map_err(|_| malformed_meta()))
-            .collect()
     }
 
     async fn close(&self) {

@@ -2,7 +2,7 @@
 //! before it returns (NORMAL can lose the last transactions on power loss). One connection
 //! writes; a small pool reads, never blocked by the writer thanks to WAL.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,8 +16,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use super::{
     AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS,
     ENTRY_SELECT, EntryRow, HEAD_SELECT, SigningKeyRow, Store, StoreError, Tombstone, VaultRow,
-    chain_head, entry_hash_row, insert_error, malformed_meta, signing_key_row, to_i64, to_u64,
-    vault_row,
+    chain_head, entry_hash_row, insert_error, key_refs, malformed_meta, signing_key_row, to_i64,
+    to_u64, vault_row,
 };
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
@@ -345,10 +345,7 @@ impl Store for SqliteStore {
         Ok(AuditSnapshot {
             head,
             latest_checkpoint,
-            vault: rows
-                .iter()
-                .map(|r| KeyRef::from_bytes(r).map_err(|_| malformed_meta()))
-                .collect::<Result<_, _>>()?,
+            vault: key_refs(&rows)?,
         })
     }
 
@@ -377,15 +374,6 @@ impl Store for SqliteStore {
         .execute(&self.write)
         .await?;
         self.ledger_id().await?.ok_or_else(malformed_meta)
-    }
-
-    async fn vault_key_refs(&self) -> Result<HashSet<KeyRef>, StoreError> {
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key_ref FROM data_keys")
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter()
-            .map(|r| KeyRef::from_bytes(r).map_err(|_| malformed_meta()))
-            .collect()
     }
 
     async fn close(&self) {
