@@ -395,7 +395,7 @@ impl Verifier {
         let Some(cp) = self.trusted.checkpoint.clone() else {
             return Ok(());
         };
-        self.check_checkpoint_binding(&cp, FailureKind::BadCheckpointSignature)?;
+        self.check_checkpoint_binding(&cp)?;
         // The key may be one the auditor names, or one the history must anchor (a checkpoint
         // kept before a rotation is signed by the key that has since retired): `finish` checks
         // that it ends up trusted, and the position check happens where the history reaches it.
@@ -455,39 +455,45 @@ impl Verifier {
     }
 
     /// A checkpoint's ledger identity and version, against the ledger's.
-    fn check_checkpoint_binding(
+    fn check_checkpoint_binding(&mut self, cp: &Checkpoint) -> Result<(), Failure> {
+        // A checkpoint of size n covers entries up to n - 1; entries from n on follow it.
+        self.check_binding(
+            Seq(cp.tree_size.saturating_sub(1)),
+            cp.ledger_id(),
+            cp.tree_size,
+            &format!("checkpoint of size {}", cp.tree_size),
+        )
+    }
+
+    /// One signed object's ledger identity: `last` is the last seq it covers, `v2_from` the
+    /// position from which, if it is v2, every entry must be v2 (only the v2 code makes v2
+    /// objects, and it writes only v2 entries).
+    fn check_binding(
         &mut self,
-        cp: &Checkpoint,
-        _kind: FailureKind,
+        last: Seq,
+        id: Option<LedgerId>,
+        v2_from: u64,
+        what: &str,
     ) -> Result<(), Failure> {
-        let seq = Seq(cp.tree_size.saturating_sub(1));
-        match cp.ledger_id() {
+        match id {
             Some(id) => {
                 if let Some(expected) = self.ledger_id
                     && expected != id
                 {
                     return Err(Failure::new(
-                        seq,
+                        last,
                         FailureKind::LedgerMismatch,
-                        format!(
-                            "checkpoint of size {} belongs to ledger {id}, not {expected}",
-                            cp.tree_size
-                        ),
+                        format!("the {what} belongs to ledger {id}, not {expected}"),
                     ));
                 }
                 self.ledger_id = Some(id);
-                // Only the v2 code makes v2 checkpoints, and it writes only v2 entries: every
-                // entry after a v2 checkpoint is v2.
-                self.v2_from = Some(self.v2_from.map_or(cp.tree_size, |f| f.min(cp.tree_size)));
+                self.v2_from = Some(self.v2_from.map_or(v2_from, |f| f.min(v2_from)));
             }
-            None if self.v2_from.is_some_and(|f| cp.tree_size > f) => {
+            None if self.v2_from.is_some_and(|f| last.0 >= f) => {
                 return Err(Failure::new(
-                    seq,
+                    last,
                     FailureKind::LedgerMismatch,
-                    format!(
-                        "a legacy v1 checkpoint (size {}) after v2 entries or checkpoints",
-                        cp.tree_size
-                    ),
+                    format!("a legacy v1 {what} after v2 entries or a v2 checkpoint"),
                 ));
             }
             None => {}
@@ -579,30 +585,7 @@ impl Verifier {
 
     fn check_ledger(&mut self, record: &Record) -> Result<(), Failure> {
         let seq = record.entry.header.seq;
-        match record.entry.header.ledger_id {
-            Some(id) => {
-                if let Some(expected) = self.ledger_id
-                    && expected != id
-                {
-                    return Err(Failure::new(
-                        seq,
-                        FailureKind::LedgerMismatch,
-                        format!("the entry belongs to ledger {id}, not {expected}"),
-                    ));
-                }
-                self.ledger_id = Some(id);
-                self.v2_from = Some(self.v2_from.map_or(seq.0, |f| f.min(seq.0)));
-            }
-            None if self.v2_from.is_some_and(|f| seq.0 >= f) => {
-                return Err(Failure::new(
-                    seq,
-                    FailureKind::LedgerMismatch,
-                    "a legacy v1 entry (no ledger identity) after v2 entries or a v2 checkpoint",
-                ));
-            }
-            None => {}
-        }
-        Ok(())
+        self.check_binding(seq, record.entry.header.ledger_id, seq.0, "entry")
     }
 
     fn check_key(&mut self, record: &Record) -> Result<(), Failure> {
@@ -817,7 +800,7 @@ impl Verifier {
                 ),
             ));
         }
-        self.check_checkpoint_binding(cp, FailureKind::CheckpointMismatch)?;
+        self.check_checkpoint_binding(cp)?;
         let Some(known) = self.known.get(&cp.key_id).copied() else {
             return Err(fail(
                 FailureKind::BadCheckpointSignature,
