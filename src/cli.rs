@@ -42,14 +42,22 @@ enum Command {
         #[arg(long, env = "AUDITLEDGER_KEYS_DIR", default_value = "./keys")]
         keys_dir: PathBuf,
     },
-    /// Re-wrap every data key under a new key-encryption key (the server must be stopped).
+    /// End the current KEK epoch now: start a new one, re-wrap every live key and subject link
+    /// under it, delete the old epoch's tombstones and destroy its KEK. Works while the service
+    /// runs (it does the work in the background; this waits) or while it is stopped.
     /// Resumable: after an interruption, run it again.
     RotateKek {
         #[command(flatten)]
         dirs: Dirs,
-        /// Keys re-wrapped per transaction.
-        #[arg(long, default_value_t = 500)]
+        /// Keys re-wrapped per transaction (service stopped).
+        #[arg(long, default_value_t = crate::config::DEFAULT_KEK_REWRAP_BATCH)]
         batch_size: u32,
+        /// Length of the new epoch, in hours (service stopped; a running service uses its own).
+        #[arg(long, env = "AUDITLEDGER_KEK_EPOCH_HOURS", default_value_t = crate::epochs::DEFAULT_EPOCH_HOURS)]
+        kek_epoch_hours: f64,
+        /// How long to wait for a running service to finish.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
         /// Stop after this many batches, as an interruption would (for testing resumption).
         #[arg(long, hide = true)]
         stop_after_batches: Option<u64>,
@@ -148,12 +156,18 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::RotateKek {
             dirs,
             batch_size,
+            kek_epoch_hours,
+            timeout_secs,
             stop_after_batches,
         } => runtime
             .block_on(crate::rotate::rotate_kek(
                 &dirs,
-                batch_size,
+                crate::epochs::rotation::RotationConfig {
+                    length: Duration::from_secs_f64(kek_epoch_hours.clamp(0.0001, 87_600.0) * 3600.0),
+                    batch: batch_size.max(1),
+                },
                 stop_after_batches,
+                Duration::from_secs(timeout_secs),
             ))
             .map(report_rotation),
     };
@@ -169,20 +183,24 @@ pub fn run(cli: Cli) -> ExitCode {
 fn report_rotation(outcome: crate::rotate::Rotation) -> ExitCode {
     match outcome {
         crate::rotate::Rotation::Done {
+            epoch,
             rewrapped,
-            old_kek_file,
+            destroyed,
         } => {
+            let destroyed: Vec<String> = destroyed.iter().map(ToString::to_string).collect();
             println!(
-                "KEK rotated: {rewrapped} data keys re-wrapped; the new KEK is in kek.key.\n\
-                 The old KEK was moved to {old_kek_file}. Delete it, and every copy of it, once \
-                 you no longer need to read database backups taken before now: from then on \
-                 those backups' wrapped keys are useless, erased subjects' included."
+                "KEK epoch {epoch} is current; {rewrapped} keys and links re-wrapped by this run; \
+                 destroyed epochs: [{}].\n\
+                 Every copy of what a destroyed epoch wrapped (WAL, backups, replicas) is now \
+                 unreadable, erased subjects' keys and links included. Backups of the keys \
+                 directory hold destroyed KEKs: delete them too (docs/ERASURE.md).",
+                destroyed.join(", ")
             );
             ExitCode::SUCCESS
         }
         crate::rotate::Rotation::Interrupted { rewrapped } => {
             println!(
-                "KEK rotation stopped after {rewrapped} data keys; run `auditledger rotate-kek` again to finish"
+                "KEK rotation stopped after {rewrapped} keys and links; run `auditledger rotate-kek` again to finish"
             );
             ExitCode::from(3)
         }
@@ -239,7 +257,14 @@ impl Service {
         let (keys, trust, signing_first_seq) =
             identity_and_keys(dirs, shared.as_ref(), keys).await?;
         let ledger_id = trust.ledger_id;
-        let vault = Vault::open(Arc::clone(&shared), keys.kek).await?;
+        let keyring =
+            crate::epochs::prepare(shared.as_ref(), &dirs.keys_dir, config.rotation().length)
+                .await?;
+        let vault = Arc::new(Vault::open(Arc::clone(&shared), keyring, dirs.keys_dir.clone()).await?);
+        let sealed = crate::epochs::seal_legacy_links(shared.as_ref(), &vault).await?;
+        if sealed > 0 {
+            println!("sealed {sealed} subject index rows under the current KEK epoch");
+        }
         shared
             .publish_signing_key(&keys.signing.public_key())
             .await?;
@@ -259,7 +284,7 @@ impl Service {
         )?;
         let ledger = Ledger::start(
             Arc::clone(&shared),
-            Arc::new(vault),
+            vault,
             LedgerKeys {
                 ledger_id,
                 signing,
@@ -273,6 +298,7 @@ impl Service {
                 tombstone_ttl: Duration::from_secs(
                     config.erasure_tombstone_hours.saturating_mul(3600),
                 ),
+                rotation: config.rotation(),
             },
             publisher,
         );
@@ -339,10 +365,12 @@ fn load_keys_to_serve(dirs: &Dirs) -> anyhow::Result<keyfiles::KeyMaterial> {
             keys.signing.key_id()
         );
     }
-    if dirs.keys_dir.join(crate::rotate::NEXT_KEK_FILE).exists() {
+    // The single-KEK rotation of earlier versions left its new KEK here until it finished.
+    let legacy_next = dirs.keys_dir.join("kek.key.next");
+    if legacy_next.exists() {
         anyhow::bail!(
-            "a KEK rotation is in progress ({} exists); run `auditledger rotate-kek` again to finish it before serving",
-            dirs.keys_dir.join(crate::rotate::NEXT_KEK_FILE).display()
+            "a KEK rotation started by an earlier version is unfinished ({} exists); finish it with that version's `auditledger rotate-kek` before upgrading",
+            legacy_next.display()
         );
     }
     Ok(keys)
@@ -469,12 +497,14 @@ async fn rotate_offline(
     store
         .publish_signing_key(&keys.signing.public_key())
         .await?;
-    let vault = Vault::open(Arc::clone(&store), keys.kek).await?;
     let defaults = ServeConfig::new(
         "127.0.0.1:0".parse().context("address")?,
         dirs.data_dir.clone(),
         dirs.keys_dir.clone(),
     );
+    let keyring =
+        crate::epochs::prepare(store.as_ref(), &dirs.keys_dir, defaults.rotation().length).await?;
+    let vault = Vault::open(Arc::clone(&store), keyring, dirs.keys_dir.clone()).await?;
     let ledger = Ledger::start(
         Arc::clone(&store),
         Arc::new(vault),
@@ -492,6 +522,7 @@ async fn rotate_offline(
             checkpoint_interval: Duration::from_secs(3600),
             max_batch_events: defaults.max_batch_events,
             tombstone_ttl: Duration::ZERO,
+            rotation: defaults.rotation(),
         },
         None,
     );

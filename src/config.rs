@@ -19,6 +19,8 @@ pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 60;
 /// Default PostgreSQL pool size.
 pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 10;
+/// Default keys (or links) re-wrapped per transaction during a KEK epoch rotation.
+pub const DEFAULT_KEK_REWRAP_BATCH: u32 = 1000;
 /// The SQLite file inside the data directory.
 pub const DATABASE_FILE: &str = "ledger.db";
 
@@ -93,6 +95,39 @@ pub struct ServeConfig {
     /// Most events committed in one transaction (group commit).
     #[arg(long, env = "AUDITLEDGER_MAX_BATCH_EVENTS", default_value_t = DEFAULT_MAX_BATCH_EVENTS)]
     pub max_batch_events: usize,
+    /// Length of a KEK epoch, in hours (fractions allowed). When it ends a new epoch starts,
+    /// the live keys are re-wrapped under it, and the old epoch's KEK is destroyed: every
+    /// erasure's `forgotten_by` is the end of its epoch plus an hour.
+    #[arg(
+        long,
+        env = "AUDITLEDGER_KEK_EPOCH_HOURS",
+        default_value_t = crate::epochs::DEFAULT_EPOCH_HOURS,
+        value_parser = parse_epoch_hours
+    )]
+    pub kek_epoch_hours: f64,
+    /// Keys (or links) re-wrapped per transaction while an epoch rotates; appends go on
+    /// between transactions.
+    #[arg(long, env = "AUDITLEDGER_KEK_REWRAP_BATCH", default_value_t = DEFAULT_KEK_REWRAP_BATCH)]
+    pub kek_rewrap_batch: u32,
+}
+
+/// An epoch length: a positive number of hours, at most ten years.
+fn parse_epoch_hours(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(h) if h.is_finite() && h > 0.0 && h <= 87_600.0 => Ok(h),
+        _ => Err("expected a number of hours above 0 and at most 87600".to_owned()),
+    }
+}
+
+impl ServeConfig {
+    /// The epoch settings.
+    #[must_use]
+    pub fn rotation(&self) -> crate::epochs::rotation::RotationConfig {
+        crate::epochs::rotation::RotationConfig {
+            length: std::time::Duration::from_secs_f64(self.kek_epoch_hours * 3600.0),
+            batch: self.kek_rewrap_batch.max(1),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -117,6 +152,8 @@ impl ServeConfig {
             witness_webhook: None,
             witness_webhook_ca: None,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
+            kek_epoch_hours: crate::epochs::DEFAULT_EPOCH_HOURS,
+            kek_rewrap_batch: DEFAULT_KEK_REWRAP_BATCH,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use crate::bundle::KeyLine;
-use crate::crypto::{Kek, LedgerSigningKey, PublicKey, SubjectIndexKey};
+use crate::crypto::{LedgerSigningKey, PublicKey, SubjectIndexKey};
 use crate::entry::LedgerId;
 use crate::verify::{KeyRange, TrustedKeys};
 
@@ -21,6 +21,7 @@ pub const SIGNING_KEY_FILE: &str = "signing.key";
 /// Public signing key file name.
 pub const SIGNING_PUB_FILE: &str = "signing.pub";
 /// Key-encryption key file name.
+/// The single KEK of a ledger made before KEK epochs; adopted as epoch 1 at the first start.
 pub const KEK_FILE: &str = "kek.key";
 /// Subject index key file name.
 pub const INDEX_KEY_FILE: &str = "index.key";
@@ -32,7 +33,8 @@ pub const NEXT_SIGNING_KEY_FILE: &str = "signing.next.key";
 /// Directory of retired signing keys' public halves, each `<key_id>.json`: a key line with the
 /// exact range the key signed (docs/FORMAT.md), written at rotation.
 pub const RETIRED_DIR: &str = "retired";
-const SECRET_FILES: [&str; 3] = [SIGNING_KEY_FILE, KEK_FILE, INDEX_KEY_FILE];
+/// The secret files every keys directory holds; the KEKs live in `epochs/` (crate::epochs).
+const SECRET_FILES: [&str; 2] = [SIGNING_KEY_FILE, INDEX_KEY_FILE];
 
 /// Why the keys could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -72,15 +74,13 @@ pub enum KeyFileError {
 pub struct KeyMaterial {
     /// Signs entries.
     pub signing: LedgerSigningKey,
-    /// Wraps data keys.
-    pub kek: Kek,
     /// Keys the subject index.
     pub index: SubjectIndexKey,
 }
 
 impl std::fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyMaterial({:?}, {:?})", self.signing, self.kek)
+        write!(f, "KeyMaterial({:?})", self.signing)
     }
 }
 
@@ -144,11 +144,9 @@ pub fn create(dir: &Path) -> Result<KeyMaterial, KeyFileError> {
     }
     let keys = KeyMaterial {
         signing: LedgerSigningKey::generate(),
-        kek: Kek::generate(),
         index: SubjectIndexKey::generate(),
     };
     write_secret(&dir.join(SIGNING_KEY_FILE), &keys.signing.seed())?;
-    write_secret(&dir.join(KEK_FILE), keys.kek.expose())?;
     write_secret(&dir.join(INDEX_KEY_FILE), keys.index.expose())?;
     let public = format!("{}\n", hex::encode(keys.signing.public_key().to_bytes()));
     let pub_path = dir.join(SIGNING_PUB_FILE);
@@ -169,17 +167,10 @@ pub fn load(dir: &Path) -> Result<KeyMaterial, KeyFileError> {
         }
     }
     let signing = LedgerSigningKey::from_seed(&*read_hex32(&dir.join(SIGNING_KEY_FILE))?);
-    let kek_path = dir.join(KEK_FILE);
-    let kek = Kek::from_slice(read_hex32(&kek_path)?.as_ref())
-        .map_err(|_| KeyFileError::Malformed(kek_path))?;
     let index_path = dir.join(INDEX_KEY_FILE);
     let index = SubjectIndexKey::from_slice(read_hex32(&index_path)?.as_ref())
         .map_err(|_| KeyFileError::Malformed(index_path))?;
-    Ok(KeyMaterial {
-        signing,
-        kek,
-        index,
-    })
+    Ok(KeyMaterial { signing, index })
 }
 
 /// Loads the keys in `dir`, or creates them if none exists yet. `true` means created.
@@ -414,10 +405,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let made = create(dir.path()).unwrap();
         assert!(is_private(&dir.path().join(SIGNING_KEY_FILE)));
-        assert!(is_private(&dir.path().join(KEK_FILE)));
+        assert!(is_private(&dir.path().join(INDEX_KEY_FILE)));
         let loaded = load(dir.path()).unwrap();
         assert_eq!(made.signing.key_id(), loaded.signing.key_id());
-        assert_eq!(made.kek.id(), loaded.kek.id());
         assert!(matches!(
             create(dir.path()),
             Err(KeyFileError::AlreadyExists(_))
@@ -460,13 +450,13 @@ mod tests {
     fn a_damaged_or_partial_keys_dir_is_refused_with_the_file_named() {
         let dir = tempfile::tempdir().unwrap();
         create(dir.path()).unwrap();
-        fs::write(dir.path().join(KEK_FILE), "not hex").unwrap();
+        fs::write(dir.path().join(INDEX_KEY_FILE), "not hex").unwrap();
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(
-            err.contains("kek.key") && err.contains("malformed"),
+            err.contains("index.key") && err.contains("malformed"),
             "{err}"
         );
-        fs::remove_file(dir.path().join(KEK_FILE)).unwrap();
+        fs::remove_file(dir.path().join(INDEX_KEY_FILE)).unwrap();
         let err = load_or_create(dir.path()).unwrap_err().to_string();
         assert!(err.contains("incomplete"), "{err}");
     }

@@ -1,9 +1,10 @@
 //! Erasure receipts: what the service signs when it destroys a subject's key. Pure: no I/O.
 //!
 //! ```text
-//! message = "auditledger/erasure-receipt/v2\0" || ledger_id (16)
+//! message = "auditledger/erasure-receipt/v3\0" || ledger_id (16)
 //!           || subject_handle (16) || i64 erased_at (µs) || u64 erasure_seq
-//!           || erasure_entry_hash (32) || str request_ref
+//!           || erasure_entry_hash (32) || str request_ref || u32 epoch
+//!           || i64 forgotten_by (µs)
 //! signature = Ed25519-Sign(signing key, message)
 //! ```
 
@@ -14,7 +15,7 @@ use crate::crypto::{KeyId, LedgerSigningKey, PublicKey, Signature, SignatureErro
 use crate::entry::{EntryHash, LedgerId, Seq, SubjectHandle};
 
 /// Domain separation for the receipt signature.
-pub const RECEIPT_DOMAIN: &[u8] = b"auditledger/erasure-receipt/v2\0";
+pub const RECEIPT_DOMAIN: &[u8] = b"auditledger/erasure-receipt/v3\0";
 
 /// The facts an erasure receipt attests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +32,11 @@ pub struct ReceiptFacts {
     pub erasure_entry_hash: EntryHash,
     /// The caller's reference for the request (a ticket number).
     pub request_ref: String,
+    /// The KEK epoch current at the erasure: the last that wrapped the subject's key and link.
+    pub epoch: u32,
+    /// When that epoch's KEK is due to be destroyed, µs: from then on no copy of the database
+    /// (backup, WAL, replica) can give back the subject's key or link their identifier.
+    pub forgotten_by_micros: i64,
 }
 
 impl ReceiptFacts {
@@ -46,6 +52,8 @@ impl ReceiptFacts {
         let len = u32::try_from(self.request_ref.len()).unwrap_or(u32::MAX);
         m.extend_from_slice(&len.to_be_bytes());
         m.extend_from_slice(self.request_ref.as_bytes());
+        m.extend_from_slice(&self.epoch.to_be_bytes());
+        m.extend_from_slice(&self.forgotten_by_micros.to_be_bytes());
         m
     }
 
@@ -103,6 +111,17 @@ pub struct ReceiptJson {
     pub key_id: String,
     /// Ed25519 signature over the receipt message, hex.
     pub signature: String,
+    /// The KEK epoch current at the erasure.
+    #[serde(default)]
+    pub epoch: u32,
+    /// When that epoch's KEK is due to be destroyed (RFC 3339): the subject is forgotten by
+    /// then in every copy of the database.
+    #[serde(default)]
+    pub forgotten_by: String,
+    /// Every other instance drops the subject's key from memory within this many ms of the
+    /// erasure (not part of the signed message: a property of the deployment).
+    #[serde(default)]
+    pub caches_cleared_within_ms: u64,
     /// A checkpoint whose tree includes the erasure entry (its last leaf).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointJson>,
@@ -126,6 +145,8 @@ mod tests {
             erasure_seq: Seq(9),
             erasure_entry_hash: EntryHash([2; 32]),
             request_ref: "DSR-1".to_owned(),
+            epoch: 3,
+            forgotten_by_micros: 77,
         };
         let (id, sig) = facts.sign(&key);
         assert!(facts.verify(&key.public_key(), &sig).is_ok());
@@ -151,8 +172,14 @@ mod tests {
         let mut other = facts.clone();
         other.ledger_id = LedgerId([8; 16]);
         assert!(other.verify(&key.public_key(), &sig).is_err());
-        let mut other = facts;
+        let mut other = facts.clone();
         other.request_ref = "DSR-2".to_owned();
+        assert!(other.verify(&key.public_key(), &sig).is_err());
+        let mut other = facts.clone();
+        other.epoch = 4;
+        assert!(other.verify(&key.public_key(), &sig).is_err());
+        let mut other = facts;
+        other.forgotten_by_micros = 78;
         assert!(other.verify(&key.public_key(), &sig).is_err());
     }
 }

@@ -1,155 +1,158 @@
-//! KEK rotation: re-wrap every data key in the vault under a new key-encryption key.
+//! `auditledger rotate-kek`: end the current KEK epoch now.
 //!
-//! Resumable by construction. The new KEK is written to `kek.key.next` before any row changes;
-//! rows are re-wrapped in batches, each batch one transaction, and every row records the id of
-//! the KEK that wraps it, so a rerun after an interruption picks up the rows still under the
-//! old KEK. Only when none is left is the old KEK moved aside (`kek.key.old-<id>`) and
-//! `kek.key.next` renamed over `kek.key`. No entry changes; the chain is untouched.
+//! With the service running (it holds the ledger), the command asks it through the keys
+//! directory (`keys/kek.rotate`, naming the epoch to end) and waits until that epoch's KEK is
+//! destroyed; the service re-wraps in the background while it keeps serving. With the service
+//! stopped, the command does the same work itself, with a progress bar. Either way it is
+//! resumable: run it again after an interruption and it finishes the epoch that was started.
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use zeroize::Zeroizing;
+use anyhow::Context;
 
 use crate::config::Dirs;
-use crate::crypto::Kek;
-use crate::keyfiles::{self, KEK_FILE};
-use crate::store::VaultRow;
-
-/// Where a rotation in progress keeps the new KEK.
-pub const NEXT_KEK_FILE: &str = "kek.key.next";
+use crate::epochs::files::ROTATE_REQUEST_FILE;
+use crate::epochs::rotation::{RotationConfig, Rotator};
+use crate::vault::Vault;
 
 /// How a rotation run ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotation {
-    /// Every key is under the new KEK, which is now `kek.key`.
+    /// The old epochs are destroyed; everything live is under `epoch`.
     Done {
-        /// Keys re-wrapped by this run.
+        /// The epoch now current.
+        epoch: u32,
+        /// Keys and links re-wrapped by this run (0 when a running service did it).
         rewrapped: u64,
-        /// Where the old KEK was moved.
-        old_kek_file: String,
+        /// Epochs destroyed.
+        destroyed: Vec<u32>,
     },
     /// Stopped early on request (`--stop-after-batches`); run again to finish.
     Interrupted {
-        /// Keys re-wrapped by this run.
+        /// Keys and links re-wrapped by this run.
         rewrapped: u64,
     },
 }
 
-fn read_kek(path: &Path) -> anyhow::Result<Kek> {
-    let text = Zeroizing::new(
-        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
-    );
-    let mut raw = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text.trim(), raw.as_mut())
-        .map_err(|_| anyhow::anyhow!("{} is malformed: expected 64 hex digits", path.display()))?;
-    Ok(Kek::from_slice(raw.as_ref())?)
-}
-
-fn write_kek(path: &Path, kek: &Kek) -> anyhow::Result<()> {
-    let mut text = Zeroizing::new(hex::encode(kek.expose()));
-    text.push('\n');
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))
-}
-
-/// Rotates the KEK of the ledger in `dirs`. The server must not be running (the data
-/// directory's lock says so).
+/// Ends the current KEK epoch of the ledger in `dirs`.
 pub async fn rotate_kek(
     dirs: &Dirs,
-    batch_size: u32,
+    config: RotationConfig,
+    stop_after_batches: Option<u64>,
+    timeout: Duration,
+) -> anyhow::Result<Rotation> {
+    match crate::backend::open(dirs, crate::backend::Access::Maintenance).await {
+        Ok((store, lock)) => {
+            let result = offline(dirs, Arc::clone(&store), config, stop_after_batches).await;
+            crate::backend::close(store.as_ref(), lock).await;
+            result
+        }
+        Err(e) => {
+            println!("a running service holds the ledger ({e:#}); asking it to end the KEK epoch");
+            online(dirs, timeout).await
+        }
+    }
+}
+
+async fn offline(
+    dirs: &Dirs,
+    store: Arc<dyn crate::store::Store>,
+    config: RotationConfig,
     stop_after_batches: Option<u64>,
 ) -> anyhow::Result<Rotation> {
-    let (store, lock) = crate::backend::open(dirs, crate::backend::Access::Maintenance).await?;
-    let keys_dir = &dirs.keys_dir;
-    let old = keyfiles::load(keys_dir)?.kek;
-    let next_path = keys_dir.join(NEXT_KEK_FILE);
-    let new = if next_path.exists() {
-        eprintln!(
-            "resuming the KEK rotation recorded in {}",
-            next_path.display()
-        );
-        read_kek(&next_path)?
-    } else {
-        let kek = Kek::generate();
-        write_kek(&next_path, &kek)?;
-        sync_dir(keys_dir)?;
-        kek
+    let keyring = crate::epochs::prepare(store.as_ref(), &dirs.keys_dir, config.length).await?;
+    let resuming = keyring
+        .epochs()
+        .iter()
+        .any(|e| e.destroyed_at.is_none() && e.epoch < keyring.current().epoch);
+    let vault = Arc::new(Vault::open(Arc::clone(&store), keyring, dirs.keys_dir.clone()).await?);
+    crate::epochs::seal_legacy_links(store.as_ref(), &vault).await?;
+    if resuming {
+        eprintln!("resuming the rotation to epoch {}", vault.current_kek().epoch);
+    }
+    let rotator = Rotator::new(
+        Arc::clone(&store),
+        Arc::clone(&vault),
+        dirs.keys_dir.clone(),
+        config,
+    );
+    let bar = crate::cli::progress_bar(0, "keys");
+    bar.set_message("re-wrapping data keys and subject links");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
     };
-    let (old_id, new_id) = (old.id().to_hex(), new.id().to_hex());
-
-    let total = store.count_vault_rows_not_under(&new_id).await?;
-    let bar = crate::cli::progress_bar(total, "keys");
-    bar.set_message("re-wrapping data keys");
-    let mut rewrapped = 0u64;
-    let mut batches = 0u64;
-    let interrupted = loop {
-        let rows = store
-            .vault_rows_not_under(&new_id, batch_size.max(1))
-            .await?;
-        if rows.is_empty() {
-            break false;
-        }
-        let mut updated = Vec::with_capacity(rows.len());
-        for row in rows {
-            if row.kek_id != old_id {
-                bail!(
-                    "a vault key is wrapped under KEK id {}, which is neither the current KEK ({old_id}) nor the new one ({new_id}); nothing more was changed",
-                    row.kek_id
-                );
-            }
-            let dek = old.unwrap(&row.wrapped, &row.key_ref).map_err(|_| {
-                anyhow::anyhow!(
-                    "a vault key that claims KEK id {old_id} does not unwrap under it: the row was tampered with; nothing more was changed"
-                )
-            })?;
-            updated.push(VaultRow {
-                key_ref: row.key_ref,
-                wrapped: new.wrap(&dek, &row.key_ref),
-                kek_id: new_id.clone(),
-            });
-        }
-        store.rewrap_vault_rows(&updated).await?;
-        rewrapped += updated.len() as u64;
-        bar.inc(updated.len() as u64);
-        batches += 1;
-        if stop_after_batches.is_some_and(|n| batches >= n) {
-            break true;
-        }
-    };
-    crate::backend::close(store.as_ref(), lock).await;
-    if interrupted {
+    let pass = rotator
+        .pass(!resuming, stop_after_batches, &progress)
+        .await?;
+    if pass.interrupted {
         bar.abandon();
-        return Ok(Rotation::Interrupted { rewrapped });
+        return Ok(Rotation::Interrupted {
+            rewrapped: pass.rewrapped,
+        });
     }
     bar.finish_and_clear();
-
-    // Every key is under the new KEK: keep the old one aside, then switch, atomically.
-    let old_path = keys_dir.join(format!("{KEK_FILE}.old-{old_id}"));
-    if !old_path.exists() {
-        write_kek(&old_path, &old)?;
+    if pass.leased_elsewhere {
+        anyhow::bail!(
+            "another instance is rotating the KEK epochs of this ledger now; wait for it, or run this again in 30 s"
+        );
     }
-    fs::rename(&next_path, keys_dir.join(KEK_FILE))
-        .with_context(|| format!("cannot install {}", next_path.display()))?;
-    sync_dir(keys_dir)?;
     Ok(Rotation::Done {
-        rewrapped,
-        old_kek_file: old_path.display().to_string(),
+        epoch: vault.current_kek().epoch,
+        rewrapped: pass.rewrapped,
+        destroyed: pass.destroyed,
     })
+}
+
+async fn online(dirs: &Dirs, timeout: Duration) -> anyhow::Result<Rotation> {
+    let (store, _lock) = crate::backend::open(dirs, crate::backend::Access::ReadOnly).await?;
+    let epochs = store.kek_epochs().await?;
+    let Some(current) = epochs.iter().rev().find(|e| e.destroyed_at.is_none()) else {
+        anyhow::bail!("the ledger records no KEK epoch yet; start the service once");
+    };
+    let ending = current.epoch;
+    let request = dirs.keys_dir.join(ROTATE_REQUEST_FILE);
+    {
+        let mut f = fs::File::create(&request)
+            .with_context(|| format!("cannot write {}", request.display()))?;
+        writeln!(f, "{ending}")?;
+        f.sync_all()?;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let epochs = store.kek_epochs().await?;
+        let ended = epochs
+            .iter()
+            .filter(|e| e.epoch <= ending)
+            .all(|e| e.destroyed_at.is_some());
+        if ended {
+            let _ = fs::remove_file(&request);
+            let epoch = epochs
+                .iter()
+                .rev()
+                .find(|e| e.destroyed_at.is_none())
+                .map_or(ending + 1, |e| e.epoch);
+            store.close().await;
+            return Ok(Rotation::Done {
+                epoch,
+                rewrapped: 0,
+                destroyed: epochs
+                    .iter()
+                    .filter(|e| e.epoch <= ending)
+                    .map(|e| e.epoch)
+                    .collect(),
+            });
+        }
+        if tokio::time::Instant::now() > deadline {
+            store.close().await;
+            anyhow::bail!(
+                "the service has not destroyed epoch {ending} within {} s; it keeps working on it in the background (see /metrics auditledger_kek_rewrap_remaining); run this again to wait",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

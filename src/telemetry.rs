@@ -14,6 +14,10 @@
 //! | `auditledger_checkpoint_tree_size` | gauge | tree size of the newest checkpoint signed here |
 //! | `auditledger_witness_failures_total` | counter | checkpoint publications that failed |
 //! | `auditledger_verification_failures_total` | counter | verifications (server-side) that found tampering |
+//! | `auditledger_kek_epoch` | gauge | the current KEK epoch |
+//! | `auditledger_kek_rewrap_remaining` | gauge | keys and links still wrapped under an older epoch |
+//! | `auditledger_kek_rewrapped_total` | counter | keys and links re-wrapped by this instance |
+//! | `auditledger_kek_epochs_destroyed_total` | counter | epochs whose KEK this instance destroyed |
 //!
 //! Labels carry no identifier, handle or data: nothing personal reaches the metrics.
 
@@ -47,6 +51,15 @@ pub const WITNESS_FAILURES: &str = "auditledger_witness_failures_total";
 pub const KEY_ROTATIONS: &str = "auditledger_signing_key_rotations_total";
 /// Verifications that found tampering.
 pub const VERIFICATION_FAILURES: &str = "auditledger_verification_failures_total";
+
+/// The current KEK epoch.
+pub const KEK_EPOCH: &str = "auditledger_kek_epoch";
+/// Keys and links still wrapped under an older epoch.
+pub const KEK_REWRAP_REMAINING: &str = "auditledger_kek_rewrap_remaining";
+/// Keys and links re-wrapped.
+pub const KEK_REWRAPPED: &str = "auditledger_kek_rewrapped_total";
+/// Epochs destroyed.
+pub const KEK_EPOCHS_DESTROYED: &str = "auditledger_kek_epochs_destroyed_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

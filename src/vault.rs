@@ -1,13 +1,17 @@
-//! The key vault: data keys stored wrapped under the KEK, unwrapped on demand and cached in
-//! memory in zeroizing buffers.
+//! The key vault: data keys stored wrapped under the current KEK epoch's key (crate::epochs),
+//! unwrapped on demand and cached in memory in zeroizing buffers; and the sealed links from
+//! identifiers' index MACs to subject handles.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rand::RngCore;
 
-use crate::crypto::{DataKey, Kek, KeyRef};
-use crate::store::{Store, StoreError, VaultRow};
+use crate::crypto::{DataKey, KeyRef};
+use crate::entry::SubjectHandle;
+use crate::epochs::{EpochError, EpochKek, Keyring};
+use crate::store::{LinkRow, Store, StoreError, VaultRow};
 
 /// Errors of the vault.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +19,18 @@ pub enum VaultError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The epochs could not be read.
+    #[error(transparent)]
+    Epochs(#[from] EpochError),
+    /// A row is wrapped under a KEK whose epoch was destroyed or whose file this process
+    /// cannot read.
+    #[error(
+        "a key-vault row is wrapped under KEK id {kek_id}, which no living epoch in the keys directory holds"
+    )]
+    NoSuchKek {
+        /// The id the row names.
+        kek_id: String,
+    },
     /// A wrapped key does not open: the KEK given is not the one the vault was made with, or
     /// the row was tampered with.
     #[error(
@@ -33,7 +49,8 @@ pub enum VaultError {
 /// Unwrapped data keys, shared by readers and the writer.
 pub struct Vault {
     store: Arc<dyn Store>,
-    kek: Kek,
+    keys_dir: PathBuf,
+    keyring: RwLock<Arc<Keyring>>,
     system_ref: KeyRef,
     system_key: Arc<DataKey>,
     cache: Mutex<Cache>,
@@ -53,7 +70,7 @@ struct Cache {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Vault({:?})", self.kek)
+        write!(f, "Vault({:?})", self.current_kek())
     }
 }
 
@@ -68,9 +85,14 @@ impl Cache {
 }
 
 impl Vault {
-    /// Opens the vault: unwraps the system key (creating it on first start). A KEK that does
-    /// not open it fails here, before anything is written.
-    pub async fn open(store: Arc<dyn Store>, kek: Kek) -> Result<Vault, VaultError> {
+    /// Opens the vault: unwraps the system key (creating it on first start). A keyring that
+    /// does not open it fails here, before anything is written.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        keyring: Keyring,
+        keys_dir: PathBuf,
+    ) -> Result<Vault, VaultError> {
+        let current = keyring.current();
         let row = if let Some(row) = store.system_key().await? {
             row
         } else {
@@ -80,38 +102,96 @@ impl Vault {
             let dek = DataKey::generate();
             let row = VaultRow {
                 key_ref,
-                wrapped: kek.wrap(&dek, &key_ref),
-                kek_id: kek.id().to_hex(),
+                wrapped: current.kek.wrap(&dek, &key_ref),
+                kek_id: current.kek_id.clone(),
             };
-            store.insert_vault_key(&row, &kek.id()).await?;
+            store.insert_vault_key(&row, &current.kek.id()).await?;
             row
         };
-        let system_key =
-            kek.unwrap(&row.wrapped, &row.key_ref)
-                .map_err(|_| VaultError::WrongKek {
-                    kek_id: kek.id().to_hex(),
-                    wrapped_under: row.kek_id.clone(),
-                    what: "system key",
-                })?;
-        Ok(Vault {
+        let vault = Vault {
             store,
-            kek,
+            keys_dir,
+            keyring: RwLock::new(Arc::new(keyring)),
             system_ref: row.key_ref,
-            system_key: Arc::new(system_key),
+            system_key: Arc::new(DataKey::generate()),
             cache: Mutex::new(Cache::default()),
+        };
+        let system_key = vault.unwrap_row(&row, "system key").await?;
+        Ok(Vault {
+            system_key: Arc::new(system_key),
+            ..vault
         })
+    }
+
+    async fn unwrap_row(&self, row: &VaultRow, what: &'static str) -> Result<DataKey, VaultError> {
+        let kek = self.kek_by_id(&row.kek_id).await?;
+        kek.kek
+            .unwrap(&row.wrapped, &row.key_ref)
+            .map_err(|_| VaultError::WrongKek {
+                kek_id: kek.kek_id.clone(),
+                wrapped_under: row.kek_id.clone(),
+                what,
+            })
+    }
+
+    /// The current epoch's KEK, as this process last read the epochs.
+    #[must_use]
+    pub fn current_kek(&self) -> Arc<EpochKek> {
+        self.keyring().current()
+    }
+
+    /// The keyring as last read.
+    #[must_use]
+    pub fn keyring(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Re-reads the epochs and their KEK files (a new epoch started, an old one destroyed —
+    /// its KEK leaves this process's memory here).
+    pub async fn refresh(&self) -> Result<Arc<Keyring>, VaultError> {
+        let fresh = Arc::new(Keyring::load(self.store.as_ref(), &self.keys_dir).await?);
+        *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&fresh);
+        Ok(fresh)
+    }
+
+    /// The KEK with this id; re-reads the epochs once if this process does not hold it (another
+    /// instance started an epoch).
+    pub async fn kek_by_id(&self, kek_id: &str) -> Result<Arc<EpochKek>, VaultError> {
+        if let Some(k) = self.keyring().by_id(kek_id) {
+            return Ok(k);
+        }
+        self.refresh()
+            .await?
+            .by_id(kek_id)
+            .ok_or_else(|| VaultError::NoSuchKek {
+                kek_id: kek_id.to_owned(),
+            })
+    }
+
+    /// The handle a sealed link names.
+    pub async fn open_link(&self, link: &LinkRow) -> Result<SubjectHandle, VaultError> {
+        let kek = self.kek_by_id(&link.kek_id).await?;
+        kek.kek
+            .open_link(&link.sealed_handle, &link.index_mac)
+            .map_err(|_| VaultError::WrongKek {
+                kek_id: kek.kek_id.clone(),
+                wrapped_under: link.kek_id.clone(),
+                what: "subject link",
+            })
+    }
+
+    /// The live subject whose identifier has this index MAC, if any.
+    pub async fn subject(&self, index_mac: &[u8; 32]) -> Result<Option<SubjectHandle>, VaultError> {
+        match self.store.subject_link(index_mac).await? {
+            Some(link) => Ok(Some(self.open_link(&link).await?)),
+            None => Ok(None),
+        }
     }
 
     /// The system key, which seals events that name no subject.
     #[must_use]
     pub fn system_key(&self) -> (KeyRef, Arc<DataKey>) {
         (self.system_ref, Arc::clone(&self.system_key))
-    }
-
-    /// The key-encryption key.
-    #[must_use]
-    pub fn kek(&self) -> &Kek {
-        &self.kek
     }
 
     /// The data key for `key_ref`, or `None` if the vault no longer holds it (destroyed).
@@ -131,15 +211,7 @@ impl Vault {
         let Some(row) = self.store.vault_key(key_ref).await? else {
             return Ok(None);
         };
-        let key = self
-            .kek
-            .unwrap(&row.wrapped, key_ref)
-            .map_err(|_| VaultError::WrongKek {
-                kek_id: self.kek.id().to_hex(),
-                wrapped_under: row.kek_id.clone(),
-                what: "data key",
-            })?;
-        let key = Arc::new(key);
+        let key = Arc::new(self.unwrap_row(&row, "data key").await?);
         let mut cache = self.lock_cache();
         // The row was read before a concurrent erasure committed: do not resurrect it.
         if cache.destroyed.contains(key_ref) {

@@ -168,6 +168,11 @@ async fn erasure_forgets_the_subject_everywhere_while_the_chain_still_verifies()
         erasure_entry_hash: EntryHash::from_hex(receipt["erasure_entry_hash"].as_str().unwrap())
             .unwrap(),
         request_ref: "DSR-2026-0042".to_owned(),
+        epoch: u32::try_from(receipt["epoch"].as_u64().unwrap()).unwrap(),
+        forgotten_by_micros: auditledger::timefmt::parse_rfc3339(
+            receipt["forgotten_by"].as_str().unwrap(),
+        )
+        .unwrap(),
     };
     let sig = Signature::from_hex(receipt["signature"].as_str().unwrap()).unwrap();
     assert!(

@@ -74,7 +74,7 @@ pub struct AppState(pub Arc<App>);
     info(title = "auditledger", description = "Tamper-evident, crypto-shredding audit ledger"),
     paths(
         events::append, events::read_stream, events::read_global,
-        subjects::erase, subjects::export,
+        subjects::erase, subjects::export, subjects::erasure, subjects::erasures,
         checkpoints::latest, checkpoints::create, checkpoints::list,
         checkpoints::inclusion, checkpoints::consistency,
         audit::verify, audit::job, audit::export,
@@ -114,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::read_global))
         .route("/v1/subjects/erase", post(subjects::erase))
         .route("/v1/subjects/export", post(subjects::export))
+        .route("/v1/subjects/erasures", get(subjects::erasures))
+        .route("/v1/subjects/erasures/{erasure_seq}", get(subjects::erasure))
         .route("/v1/keys", get(ops::keys))
         .route("/v1/checkpoints/latest", get(checkpoints::latest))
         .route(

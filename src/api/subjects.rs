@@ -3,10 +3,10 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
 
 use super::AppState;
@@ -15,7 +15,7 @@ use super::events::{EventOut, MAX_READ_LIMIT, MAX_SUBJECT_BYTES};
 use super::json;
 use crate::checkpoint::CheckpointJson;
 use crate::entry::Seq;
-use crate::ledger::{EraseError, EraseRequest};
+use crate::ledger::{EraseError, EraseRequest, ErasureState, ErasureView};
 use crate::receipt::ReceiptJson;
 
 /// Longest erasure reason, in bytes.
@@ -68,6 +68,14 @@ pub struct ReceiptOut {
     key_id: String,
     /// Ed25519 signature over the receipt message (docs/FORMAT.md), hex.
     signature: String,
+    /// The KEK epoch current at the erasure (signed).
+    epoch: u32,
+    /// When that epoch's KEK is due to be destroyed, RFC 3339 (signed): from then on no copy
+    /// of the database — backup, WAL, replica — gives back the subject's key or links their
+    /// identifier to the handle. `GET /v1/subjects/erasures/{erasure_seq}` shows the progress.
+    forgotten_by: String,
+    /// Every other instance drops the subject's key from memory within this many ms.
+    caches_cleared_within_ms: u64,
     /// A checkpoint whose tree ends with the erasure entry.
     checkpoint: Option<CheckpointJson>,
     /// Inclusion proof of the erasure entry (leaf `erasure_seq`) in that checkpoint, hex.
@@ -85,6 +93,9 @@ impl From<ReceiptJson> for ReceiptOut {
             request_ref: r.request_ref,
             key_id: r.key_id,
             signature: r.signature,
+            epoch: r.epoch,
+            forgotten_by: r.forgotten_by,
+            caches_cleared_within_ms: r.caches_cleared_within_ms,
             checkpoint: r.checkpoint,
             inclusion_proof: r.inclusion_proof,
         }
@@ -104,9 +115,119 @@ pub struct SubjectExport {
 
 fn unknown_subject() -> ApiError {
     ApiError::NotFound(
-        "no subject with this identifier is known: it was never named in an event, or it was erased"
+        "no subject with this identifier is known: it was never named in an event, or it was erased (an erasure's receipt can be fetched again with GET /v1/subjects/erasures?request_ref=...)"
             .to_owned(),
     )
+}
+
+/// How far an erasure has got towards being forgotten in every copy of the database.
+#[derive(Serialize, ToSchema)]
+pub struct ErasureStatusOut {
+    /// `key_deleted` (gone from the live tables), `live_cleaned` (and from the live files:
+    /// SQLite WAL truncated, PostgreSQL VACUUM done), `forgotten` (every KEK epoch that ever
+    /// wrapped the subject's key or link is destroyed: no copy anywhere can give them back).
+    state: String,
+    /// RFC 3339.
+    key_deleted_at: String,
+    /// RFC 3339, or null while a reader or an old snapshot holds the live files.
+    live_cleaned_at: Option<String>,
+    /// RFC 3339, or null until the epoch is destroyed.
+    forgotten_at: Option<String>,
+    /// When forgetting is promised, RFC 3339 (null for an erasure made before KEK epochs).
+    forgotten_by: Option<String>,
+    /// The epoch current at the erasure.
+    epoch: Option<u32>,
+}
+
+/// An erasure: its receipt (as first returned) and its status.
+#[derive(Serialize, ToSchema)]
+pub struct ErasureOut {
+    /// The signed receipt; null for an erasure made before receipts were recorded.
+    receipt: Option<ReceiptOut>,
+    /// Its progress.
+    status: ErasureStatusOut,
+}
+
+/// Erasures under one request reference.
+#[derive(Serialize, ToSchema)]
+pub struct ErasureList {
+    /// Oldest first (at most 100).
+    erasures: Vec<ErasureOut>,
+}
+
+impl From<ErasureView> for ErasureOut {
+    fn from(v: ErasureView) -> ErasureOut {
+        let state = match v.status.state {
+            ErasureState::KeyDeleted => "key_deleted",
+            ErasureState::LiveCleaned => "live_cleaned",
+            ErasureState::Forgotten => "forgotten",
+        };
+        ErasureOut {
+            receipt: v.receipt.map(ReceiptOut::from),
+            status: ErasureStatusOut {
+                state: state.to_owned(),
+                key_deleted_at: v.status.key_deleted_at,
+                live_cleaned_at: v.status.live_cleaned_at,
+                forgotten_at: v.status.forgotten_at,
+                forgotten_by: v.status.forgotten_by,
+                epoch: v.status.epoch,
+            },
+        }
+    }
+}
+
+/// Query of `GET /v1/subjects/erasures`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureQuery {
+    /// The request reference given when erasing.
+    request_ref: String,
+}
+
+/// An erasure's receipt and status, by the seq of its `SubjectErased` entry.
+#[utoipa::path(
+    get, path = "/v1/subjects/erasures/{erasure_seq}", tag = "subjects",
+    params(("erasure_seq" = u64, Path, description = "Seq of the SubjectErased entry")),
+    responses(
+        (status = 200, description = "The erasure", body = ErasureOut),
+        (status = 404, description = "No erasure at this seq", content_type = "application/problem+json"),
+    )
+)]
+pub async fn erasure(
+    State(state): State<AppState>,
+    path: Result<Path<u64>, PathRejection>,
+) -> Result<Json<ErasureOut>, ApiError> {
+    let Path(seq) = path.map_err(|_| {
+        ApiError::BadRequest("erasure_seq must be a non-negative integer".to_owned())
+    })?;
+    match state.0.ledger.erasure(Seq(seq)).await? {
+        Some(view) => Ok(Json(view.into())),
+        None => Err(ApiError::NotFound(format!("no erasure has its entry at seq {seq}"))),
+    }
+}
+
+/// The erasures made under a request reference, with receipts and status: how a receipt lost
+/// in transit is fetched again, whatever the tombstone setting.
+#[utoipa::path(
+    get, path = "/v1/subjects/erasures", tag = "subjects",
+    params(ErasureQuery),
+    responses(
+        (status = 200, description = "The erasures (possibly none)", body = ErasureList),
+        (status = 400, description = "Bad query", content_type = "application/problem+json"),
+    )
+)]
+pub async fn erasures(
+    State(state): State<AppState>,
+    query: Result<Query<ErasureQuery>, QueryRejection>,
+) -> Result<Json<ErasureList>, ApiError> {
+    let Query(q) = query.map_err(|_| {
+        ApiError::BadRequest("expected exactly one query parameter, request_ref".to_owned())
+    })?;
+    json::check_text("request_ref", &q.request_ref, MAX_REQUEST_REF_BYTES)?;
+    let list = state.0.ledger.erasures_by_ref(&q.request_ref).await?;
+    Ok(Json(ErasureList {
+        erasures: list.into_iter().map(ErasureOut::from).collect(),
+    }))
 }
 
 /// Erase a subject by destroying its data key (crypto-shredding).

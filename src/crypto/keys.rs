@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::seal::KeyRef;
 use crate::crypto::sha256_parts;
+use crate::entry::{SUBJECT_HANDLE_LEN, SubjectHandle};
 
 /// Bytes in an AES-256 key.
 pub const KEY_LEN: usize = 32;
@@ -25,6 +26,8 @@ pub const WRAPPED_KEY_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
 const KEK_ID_DOMAIN: &[u8] = b"auditledger/kek-id/v1\0";
 const WRAP_AAD_DOMAIN: &[u8] = b"auditledger/dek-wrap/v1\0";
 const TOMBSTONE_DOMAIN: &[u8] = b"auditledger/erasure-tombstone/v1\0";
+const LINK_AAD_DOMAIN: &[u8] = b"auditledger/subject-link/v1\0";
+const TOMBSTONE_AAD_DOMAIN: &[u8] = b"auditledger/tombstone-receipt/v1\0";
 
 /// Why a key could not be built, wrapped or unwrapped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,6 +175,81 @@ impl Kek {
         WrappedKey(out)
     }
 
+    /// Seals `plain` under this KEK: `nonce || AES-256-GCM(kek, plain, aad = domain || context)`.
+    fn seal_bytes(&self, domain: &[u8], context: &[u8], plain: &[u8]) -> Vec<u8> {
+        let cipher = Aes256Gcm::new(self.0.as_ref().into());
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let mut aad = domain.to_vec();
+        aad.extend_from_slice(context);
+        // As in `wrap`: encryption of in-memory buffers this small cannot fail.
+        let ct = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    fn open_bytes(
+        &self,
+        domain: &[u8],
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(KeyError::UnwrapFailed);
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let mut aad = domain.to_vec();
+        aad.extend_from_slice(context);
+        Aes256Gcm::new(self.0.as_ref().into())
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+            .map(Zeroizing::new)
+            .map_err(|_| KeyError::UnwrapFailed)
+    }
+
+    /// Seals the link from an index MAC to a subject handle, so that the index row names the
+    /// handle only while this KEK's epoch lives. Bound to `index_mac`: a sealed handle moved to
+    /// another row does not open.
+    #[must_use]
+    pub fn seal_link(&self, handle: &SubjectHandle, index_mac: &[u8; 32]) -> Vec<u8> {
+        self.seal_bytes(LINK_AAD_DOMAIN, index_mac, &handle.0)
+    }
+
+    /// Opens what [`Kek::seal_link`] sealed for `index_mac`.
+    pub fn open_link(&self, sealed: &[u8], index_mac: &[u8; 32]) -> Result<SubjectHandle, KeyError> {
+        let plain = self.open_bytes(LINK_AAD_DOMAIN, index_mac, sealed)?;
+        let id: [u8; SUBJECT_HANDLE_LEN] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::UnwrapFailed)?;
+        Ok(SubjectHandle(id))
+    }
+
+    /// Seals an erasure receipt kept under a tombstone MAC, so that it (and the handle it names)
+    /// is readable only while this KEK's epoch lives.
+    #[must_use]
+    pub fn seal_tombstone(&self, receipt: &[u8], tombstone_mac: &[u8; 32]) -> Vec<u8> {
+        self.seal_bytes(TOMBSTONE_AAD_DOMAIN, tombstone_mac, receipt)
+    }
+
+    /// Opens what [`Kek::seal_tombstone`] sealed for `tombstone_mac`.
+    pub fn open_tombstone(
+        &self,
+        sealed: &[u8],
+        tombstone_mac: &[u8; 32],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.open_bytes(TOMBSTONE_AAD_DOMAIN, tombstone_mac, sealed)
+    }
+
     /// Unwraps a key that [`Kek::wrap`] wrapped for `key_ref`.
     pub fn unwrap(&self, wrapped: &WrappedKey, key_ref: &KeyRef) -> Result<DataKey, KeyError> {
         if wrapped.0.len() != WRAPPED_KEY_LEN {
@@ -252,7 +330,6 @@ impl fmt::Debug for SubjectIndexKey {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::entry::SubjectHandle;
 
     #[test]
     fn a_wrapped_key_opens_only_under_its_kek_and_for_its_own_row() {
@@ -268,6 +345,20 @@ mod tests {
             Kek::generate().unwrap(&w, &r1).unwrap_err(),
             KeyError::UnwrapFailed
         );
+    }
+
+    #[test]
+    fn a_sealed_link_or_tombstone_opens_only_under_its_kek_and_for_its_own_mac() {
+        let kek = Kek::generate();
+        let h = SubjectHandle([7; 16]);
+        let s = kek.seal_link(&h, &[1; 32]);
+        assert_eq!(kek.open_link(&s, &[1; 32]).unwrap(), h);
+        assert!(kek.open_link(&s, &[2; 32]).is_err());
+        assert!(Kek::generate().open_link(&s, &[1; 32]).is_err());
+        let t = kek.seal_tombstone(b"{}", &[1; 32]);
+        assert_eq!(kek.open_tombstone(&t, &[1; 32]).unwrap().as_slice(), b"{}");
+        // Domains differ: a sealed link is not a tombstone.
+        assert!(kek.open_tombstone(&s, &[1; 32]).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::writer::{Draft, WriteError, Writer, extend_tree, load_tree, next_posi
 use crate::crypto::KeyRef;
 use crate::entry::{EventType, Metadata, StreamId};
 use crate::receipt::{ReceiptFacts, ReceiptJson};
+use crate::store::{ErasureRecord, Tombstone};
 use crate::timefmt::format_micros;
 
 pub use crate::verify::invariants::{ERASURE_STREAM, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
@@ -74,15 +75,32 @@ impl Writer {
         // since been used again (a fresh subject): only with no live subject does a
         // tombstone answer for a repeated request.
         let index_mac = self.index.index(&request.subject);
-        let Some(handle) = tx.subject_handle(&index_mac).await? else {
+        let Some(link) = tx.subject_link(&index_mac).await? else {
             if let Some(t) = tx.tombstone(&tombstone_mac, now).await? {
                 // Erased before: the same receipt, nothing appended (the transaction rolls back).
-                let receipt = serde_json::from_str(&t.receipt)
+                // A tombstone whose epoch this process no longer holds is as good as gone.
+                let Ok(kek) = self.vault.kek_by_id(&t.kek_id).await else {
+                    return Ok(Outcome::Unknown);
+                };
+                let text = kek
+                    .kek
+                    .open_tombstone(&t.sealed_receipt, &tombstone_mac)
+                    .map_err(|_| WriteError::Internal("stored receipt does not open".to_owned()))?;
+                let receipt = serde_json::from_slice(&text)
                     .map_err(|e| WriteError::Internal(format!("stored receipt unreadable: {e}")))?;
                 return Ok(Outcome::Receipt(Box::new(receipt)));
             }
             return Ok(Outcome::Unknown);
         };
+        let handle = self.vault.open_link(&link).await?;
+        // The epoch read inside the transaction: it cannot end before this erasure commits, and
+        // its promised end is when the subject is forgotten in every copy.
+        let epoch_row = tx
+            .current_epoch()
+            .await?
+            .ok_or_else(|| WriteError::Internal("no KEK epoch is recorded".to_owned()))?;
+        let epoch = self.vault.kek_by_id(&epoch_row.kek_id).await?;
+        let forgotten_by = forgotten_by(epoch_row.rotate_by, now);
 
         let head = tx.head().await?;
         self.ensure_current_key(head.as_ref()).await?;
@@ -94,6 +112,8 @@ impl Writer {
             "subject_handle": handle.to_hex(),
             "reason": request.reason,
             "request_ref": request.request_ref,
+            "epoch": epoch.epoch,
+            "forgotten_by": format_micros(forgotten_by),
         });
         let (system_ref, system_key) = self.vault.system_key();
         let draft = Draft {
@@ -125,9 +145,6 @@ impl Writer {
         tx.insert(&records).await?;
         tx.insert_merkle_nodes(&nodes).await?;
         tx.insert_checkpoint(&checkpoint).await?;
-        tx.erase_subject(&index_mac, &handle, seq, recorded_at)
-            .await?;
-
         let facts = ReceiptFacts {
             ledger_id: self.ledger_id,
             subject_handle: handle,
@@ -135,26 +152,42 @@ impl Writer {
             erasure_seq: seq,
             erasure_entry_hash: entry_hash,
             request_ref: request.request_ref.clone(),
+            epoch: epoch.epoch,
+            forgotten_by_micros: forgotten_by,
         };
         let (key_id, signature) = facts.sign(&self.signing);
-        let receipt = ReceiptJson {
-            ledger_id: self.ledger_id.to_hex(),
-            subject_handle: handle.to_hex(),
-            erased_at: format_micros(recorded_at),
-            erasure_seq: seq.0,
-            erasure_entry_hash: entry_hash.to_hex(),
-            request_ref: request.request_ref.clone(),
-            key_id: key_id.to_hex(),
-            signature: signature.to_hex(),
-            checkpoint: Some(checkpoint.to_json()),
+        tx.erase_subject(
+            &index_mac,
+            &handle,
+            seq,
+            recorded_at,
+            &ErasureRecord {
+                request_ref: request.request_ref.clone(),
+                epoch: epoch.epoch,
+                forgotten_by,
+                receipt_key_id: key_id.to_hex(),
+                receipt_signature: signature.0.to_vec(),
+            },
+        )
+        .await?;
+        let receipt = receipt_json(
+            &facts,
+            &key_id.to_hex(),
+            &signature.to_hex(),
+            Some(checkpoint.to_json()),
             inclusion_proof,
-        };
+        );
         if self.tombstone_ttl_micros > 0 {
+            // Sealed under the current epoch: it dies with the epoch at the latest.
             let text =
-                serde_json::to_string(&receipt).map_err(|e| WriteError::Internal(e.to_string()))?;
+                serde_json::to_vec(&receipt).map_err(|e| WriteError::Internal(e.to_string()))?;
+            let tombstone = Tombstone {
+                sealed_receipt: epoch.kek.seal_tombstone(&text, &tombstone_mac),
+                kek_id: epoch.kek_id.clone(),
+            };
             tx.insert_tombstone(
                 &tombstone_mac,
-                &text,
+                &tombstone,
                 now.saturating_add(self.tombstone_ttl_micros),
             )
             .await?;
@@ -168,5 +201,38 @@ impl Writer {
             tracing::warn!(error = %e, "could not truncate the WAL after an erasure; it will be on the next checkpoint");
         }
         Ok(Outcome::Receipt(Box::new(receipt)))
+    }
+}
+
+/// When a subject erased now is forgotten in every copy: the current epoch's promised end
+/// (`rotate_by`, or now if that has passed) plus the time its successor has to re-wrap.
+#[must_use]
+pub fn forgotten_by(rotate_by: i64, now: i64) -> i64 {
+    let grace = i64::try_from(crate::epochs::DESTRUCTION_GRACE.as_micros()).unwrap_or(i64::MAX);
+    rotate_by.max(now).saturating_add(grace)
+}
+
+/// The receipt as the API gives it.
+pub(crate) fn receipt_json(
+    facts: &ReceiptFacts,
+    key_id: &str,
+    signature: &str,
+    checkpoint: Option<crate::checkpoint::CheckpointJson>,
+    inclusion_proof: Vec<String>,
+) -> ReceiptJson {
+    ReceiptJson {
+        ledger_id: facts.ledger_id.to_hex(),
+        subject_handle: facts.subject_handle.to_hex(),
+        erased_at: format_micros(facts.erased_at_micros),
+        erasure_seq: facts.erasure_seq.0,
+        erasure_entry_hash: facts.erasure_entry_hash.to_hex(),
+        request_ref: facts.request_ref.clone(),
+        key_id: key_id.to_owned(),
+        signature: signature.to_owned(),
+        epoch: facts.epoch,
+        forgotten_by: format_micros(facts.forgotten_by_micros),
+        caches_cleared_within_ms: super::CACHES_CLEARED_WITHIN_MS,
+        checkpoint,
+        inclusion_proof,
     }
 }

@@ -2,6 +2,7 @@
 //! access straight from the store, payloads opened through the vault.
 
 mod erasure;
+mod erasures;
 mod proofs;
 mod rotation;
 mod writer;
@@ -25,10 +26,14 @@ use crate::vault::{Vault, VaultError};
 use writer::{Pending, PendingErase, Writer, WriterMsg};
 
 pub use erasure::{ERASURE_STREAM, EraseError, EraseRequest, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
+pub use erasures::{ErasureState, ErasureStatus, ErasureView};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
 
 /// Requests waiting for the writer before senders are made to wait.
 const QUEUE_REQUESTS: usize = 4096;
+/// Every instance drops an erased subject's key from memory within this many milliseconds of
+/// the erasure's commit (stated in every receipt).
+pub const CACHES_CLEARED_WITHIN_MS: u64 = 2000;
 /// How often expired erasure tombstones are deleted.
 const TOMBSTONE_PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -182,6 +187,8 @@ pub struct LedgerConfig {
     pub checkpoint_every: u64,
     /// A checkpoint is also made this often if the log grew.
     pub checkpoint_interval: Duration,
+    /// KEK epochs: their length and the re-wrap batch.
+    pub rotation: crate::epochs::rotation::RotationConfig,
 }
 
 /// The key that signs now, and the first position it signs (for the range of what it signs).
@@ -248,6 +255,7 @@ pub struct Ledger {
     purger: JoinHandle<()>,
     ticker: JoinHandle<()>,
     rotator: Option<JoinHandle<()>>,
+    epochs: Option<JoinHandle<()>>,
     stats: Arc<StageStats>,
 }
 
@@ -304,6 +312,16 @@ impl Ledger {
             let cell = Arc::clone(&signing);
             tokio::spawn(watch_for_rotation(dir, sender, cell))
         });
+        let epochs = keys.keys_dir.clone().map(|dir| {
+            tokio::spawn(crate::epochs::rotation::run(
+                crate::epochs::rotation::Rotator::new(
+                    Arc::clone(&store),
+                    Arc::clone(&vault),
+                    dir,
+                    config.rotation,
+                ),
+            ))
+        });
         let purge_store = Arc::clone(&store);
         let purger = tokio::spawn(async move {
             let mut every = tokio::time::interval(TOMBSTONE_PURGE_INTERVAL);
@@ -327,6 +345,7 @@ impl Ledger {
             purger,
             ticker,
             rotator,
+            epochs,
             stats,
         }
     }
@@ -394,7 +413,7 @@ impl Ledger {
         limit: u32,
     ) -> Result<Option<(SubjectHandle, Vec<ReadEvent>)>, ReadError> {
         let mac = self.index.index(identifier);
-        let Some(handle) = self.store.subject_handle(&mac).await? else {
+        let Some(handle) = self.vault.subject(&mac).await? else {
             return Ok(None);
         };
         let rows = self.store.read_subject(&handle, from, limit).await?;
@@ -406,6 +425,9 @@ impl Ledger {
         self.purger.abort();
         self.ticker.abort();
         if let Some(r) = &self.rotator {
+            r.abort();
+        }
+        if let Some(r) = &self.epochs {
             r.abort();
         }
         let (ack, done) = oneshot::channel();

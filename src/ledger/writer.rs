@@ -30,7 +30,8 @@ use crate::entry::{
 use crate::merkle::{CompactRange, MerkleHash, NodeId, decompose, leaf_hash};
 use crate::receipt::ReceiptJson;
 use crate::record::Record;
-use crate::store::{AppendTx, ChainHead, Store, StoreError, VaultRow};
+use crate::epochs::EpochKek;
+use crate::store::{AppendTx, ChainHead, LinkRow, Store, StoreError, VaultRow};
 use crate::telemetry;
 use crate::timefmt::now_micros;
 use crate::vault::{Vault, VaultError};
@@ -96,9 +97,11 @@ pub(super) fn next_position(head: Option<ChainHead>) -> (Seq, EntryHash, i64) {
 
 /// Subjects resolved within one transaction, and the keys it created.
 #[derive(Default)]
-struct SubjectKeys {
+pub(super) struct SubjectKeys {
     by_mac: HashMap<[u8; 32], (SubjectHandle, Arc<DataKey>)>,
     created: Vec<(KeyRef, Arc<DataKey>)>,
+    /// The current epoch, once read in this transaction.
+    epoch: Option<Arc<EpochKek>>,
 }
 
 pub(super) struct Writer {
@@ -223,7 +226,8 @@ impl Writer {
         if let Some((h, k)) = keys.by_mac.get(&mac) {
             return Ok((*h, Arc::clone(k)));
         }
-        let (handle, key) = if let Some(handle) = tx.subject_handle(&mac).await? {
+        let (handle, key) = if let Some(link) = tx.subject_link(&mac).await? {
+            let handle = self.vault.open_link(&link).await?;
             let key = self
                 .vault
                 .key(&KeyRef::Subject(handle))
@@ -241,18 +245,43 @@ impl Writer {
             let handle = SubjectHandle(id);
             let key = Arc::new(DataKey::generate());
             let key_ref = KeyRef::Subject(handle);
-            let kek = self.vault.kek();
+            let epoch = self.current_epoch(tx, keys).await?;
             let row = VaultRow {
                 key_ref,
-                wrapped: kek.wrap(&key, &key_ref),
-                kek_id: kek.id().to_hex(),
+                wrapped: epoch.kek.wrap(&key, &key_ref),
+                kek_id: epoch.kek_id.clone(),
             };
-            tx.insert_subject(&mac, &handle, &row).await?;
+            let link = LinkRow {
+                index_mac: mac,
+                sealed_handle: epoch.kek.seal_link(&handle, &mac),
+                kek_id: epoch.kek_id.clone(),
+            };
+            tx.insert_subject(&link, &row).await?;
             keys.created.push((key_ref, Arc::clone(&key)));
             (handle, key)
         };
         keys.by_mac.insert(mac, (handle, Arc::clone(&key)));
         Ok((handle, key))
+    }
+
+    /// The epoch new keys are wrapped under in this transaction: the current one as the
+    /// database says inside it (so it cannot be destroyed before the commit), never an epoch
+    /// this process merely remembers.
+    pub(super) async fn current_epoch(
+        &self,
+        tx: &mut dyn AppendTx,
+        keys: &mut SubjectKeys,
+    ) -> Result<Arc<EpochKek>, WriteError> {
+        if let Some(e) = &keys.epoch {
+            return Ok(Arc::clone(e));
+        }
+        let row = tx
+            .current_epoch()
+            .await?
+            .ok_or_else(|| WriteError::Internal("no KEK epoch is recorded".to_owned()))?;
+        let epoch = self.vault.kek_by_id(&row.kek_id).await?;
+        keys.epoch = Some(Arc::clone(&epoch));
+        Ok(epoch)
     }
 
     /// Runs one transaction for `requests`; returns one result per request, in order.

@@ -1,6 +1,7 @@
 //! Storage: the [`Store`] trait the rest of the service talks to, and one implementation per
 //! backend. Only this module knows SQL.
 
+mod epochs;
 mod postgres;
 mod sqlite;
 
@@ -17,6 +18,7 @@ use crate::entry::{
 use crate::merkle::{MerkleHash, NodeId};
 use crate::record::Record;
 
+pub use epochs::{EpochRow, EpochStore, ErasureRecord, ErasureRow, LinkRow};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -227,16 +229,18 @@ pub struct AuditSnapshot {
     pub vault: HashSet<KeyRef>,
 }
 
-/// A stored erasure tombstone.
+/// A stored erasure tombstone: the receipt as first returned, sealed under an epoch's KEK.
 #[derive(Clone, Debug)]
 pub struct Tombstone {
-    /// The receipt as first returned, JSON.
-    pub receipt: String,
+    /// `nonce || AES-256-GCM(epoch KEK, receipt JSON)`.
+    pub sealed_receipt: Vec<u8>,
+    /// The KEK that seals it.
+    pub kek_id: String,
 }
 
 /// Storage of the ledger. One implementation per database backend.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: EpochStore + Send + Sync + 'static {
     /// Opens a write transaction that holds the ledger head: no other writer can append until
     /// it commits or is dropped (which rolls it back).
     async fn begin_append(&self) -> Result<Box<dyn AppendTx>, StoreError>;
@@ -292,11 +296,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<EntryRow>, StoreError>;
 
-    /// The handle indexed under `index_mac`, if the subject is live.
-    async fn subject_handle(
-        &self,
-        index_mac: &[u8; 32],
-    ) -> Result<Option<SubjectHandle>, StoreError>;
+    /// The sealed link indexed under `index_mac`, if the subject is live.
+    async fn subject_link(&self, index_mac: &[u8; 32]) -> Result<Option<LinkRow>, StoreError>;
 
     /// Deletes tombstones that expired before `now_micros`; returns how many.
     async fn purge_tombstones(&self, now_micros: i64) -> Result<u64, StoreError>;
@@ -331,19 +332,6 @@ pub trait Store: Send + Sync + 'static {
     /// snapshot, for a verification that appends and checkpoints may race.
     async fn audit_snapshot(&self) -> Result<AuditSnapshot, StoreError>;
 
-    /// Vault rows not wrapped under `kek_id`, up to `limit` (for KEK rotation).
-    async fn vault_rows_not_under(
-        &self,
-        kek_id: &str,
-        limit: u32,
-    ) -> Result<Vec<VaultRow>, StoreError>;
-
-    /// How many vault rows are not wrapped under `kek_id`.
-    async fn count_vault_rows_not_under(&self, kek_id: &str) -> Result<u64, StoreError>;
-
-    /// Replaces wrapped keys in one transaction (for KEK rotation).
-    async fn rewrap_vault_rows(&self, rows: &[VaultRow]) -> Result<(), StoreError>;
-
     /// The ledger identity the database records, if any.
     async fn ledger_id(&self) -> Result<Option<LedgerId>, StoreError>;
 
@@ -366,27 +354,26 @@ pub trait AppendTx: Send {
     /// Inserts records, which continue the head in order.
     async fn insert(&mut self, records: &[Record]) -> Result<(), StoreError>;
 
-    /// The handle indexed under `index_mac`, if the subject is live.
-    async fn subject_handle(
-        &mut self,
-        index_mac: &[u8; 32],
-    ) -> Result<Option<SubjectHandle>, StoreError>;
+    /// The sealed link indexed under `index_mac`, if the subject is live.
+    async fn subject_link(&mut self, index_mac: &[u8; 32])
+    -> Result<Option<LinkRow>, StoreError>;
 
-    /// Creates a subject: its index row and its wrapped data key.
-    async fn insert_subject(
-        &mut self,
-        index_mac: &[u8; 32],
-        handle: &SubjectHandle,
-        key: &VaultRow,
-    ) -> Result<(), StoreError>;
+    /// The current epoch (the highest), read so that it cannot be destroyed before this
+    /// transaction ends (PostgreSQL: `FOR SHARE`; SQLite: the single writer).
+    async fn current_epoch(&mut self) -> Result<Option<EpochRow>, StoreError>;
 
-    /// Destroys a subject's data key and index row; records the handle as erased.
+    /// Creates a subject: its sealed link and its wrapped data key.
+    async fn insert_subject(&mut self, link: &LinkRow, key: &VaultRow) -> Result<(), StoreError>;
+
+    /// Destroys a subject's data key and link; records the erasure (what its receipt and status
+    /// are rebuilt from).
     async fn erase_subject(
         &mut self,
         index_mac: &[u8; 32],
         handle: &SubjectHandle,
         erasure_seq: Seq,
         erased_at_micros: i64,
+        record: &ErasureRecord,
     ) -> Result<(), StoreError>;
 
     /// The unexpired tombstone under `tombstone_mac`, if any.
@@ -400,7 +387,7 @@ pub trait AppendTx: Send {
     async fn insert_tombstone(
         &mut self,
         tombstone_mac: &[u8; 32],
-        receipt: &str,
+        tombstone: &Tombstone,
         expires_at_micros: i64,
     ) -> Result<(), StoreError>;
 

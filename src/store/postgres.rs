@@ -12,10 +12,14 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+mod epochs;
+
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
+use super::epochs::{epoch_row, link_row};
+use super::{EpochRow, ErasureRecord, LinkRow};
 use super::{
     AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS,
     ENTRY_SELECT, EntryRow, HEAD_SELECT, MalformedRow, SigningKeyRow, Store, StoreError, Tombstone,
@@ -113,17 +117,17 @@ async fn head_on(conn: &mut PgConnection) -> Result<Option<ChainHead>, StoreErro
     .map(Some)
 }
 
-async fn subject_handle_on(
+async fn subject_link_on(
     conn: &mut PgConnection,
     index_mac: &[u8; 32],
-) -> Result<Option<SubjectHandle>, StoreError> {
-    let h: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT handle FROM subject_index WHERE index_mac = $1")
-            .bind(index_mac.to_vec())
-            .fetch_optional(&mut *conn)
-            .await?;
-    h.map(|h| SubjectHandle::from_slice(&h).map_err(|_| malformed(Seq(0), "subject_index.handle")))
-        .transpose()
+) -> Result<Option<LinkRow>, StoreError> {
+    let row: Option<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT index_mac, sealed_handle, kek_id FROM subject_links WHERE index_mac = $1",
+    )
+    .bind(index_mac.to_vec())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|(m, s, k)| link_row(&m, s, k)).transpose()
 }
 
 async fn merkle_nodes_on(
@@ -355,12 +359,9 @@ impl Store for PostgresStore {
             .await?)
     }
 
-    async fn subject_handle(
-        &self,
-        index_mac: &[u8; 32],
-    ) -> Result<Option<SubjectHandle>, StoreError> {
+    async fn subject_link(&self, index_mac: &[u8; 32]) -> Result<Option<LinkRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        subject_handle_on(&mut conn, index_mac).await
+        subject_link_on(&mut conn, index_mac).await
     }
 
     async fn purge_tombstones(&self, now: i64) -> Result<u64, StoreError> {
@@ -447,44 +448,8 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn vault_rows_not_under(
-        &self,
-        kek_id: &str,
-        limit: u32,
-    ) -> Result<Vec<VaultRow>, StoreError> {
-        let rows: Vec<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
-            "SELECT key_ref, wrapped, kek_id FROM data_keys WHERE kek_id <> $1 ORDER BY key_ref LIMIT $2",
-        )
-        .bind(kek_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(r, w, k)| vault_row(&r, w, k))
-            .collect()
-    }
 
-    async fn count_vault_rows_not_under(&self, kek_id: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE kek_id <> $1")
-            .bind(kek_id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(to_u64(n))
-    }
 
-    async fn rewrap_vault_rows(&self, rows: &[VaultRow]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for row in rows {
-            sqlx::query("UPDATE data_keys SET wrapped = $1, kek_id = $2 WHERE key_ref = $3")
-                .bind(row.wrapped.0.clone())
-                .bind(&row.kek_id)
-                .bind(row.key_ref.to_bytes().to_vec())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
 
     async fn ledger_id(&self) -> Result<Option<LedgerId>, StoreError> {
         let v: Option<Vec<u8>> =
@@ -593,25 +558,36 @@ impl AppendTx for PgAppendTx {
         Ok(())
     }
 
-    async fn subject_handle(
+    async fn subject_link(
         &mut self,
         index_mac: &[u8; 32],
-    ) -> Result<Option<SubjectHandle>, StoreError> {
-        subject_handle_on(&mut self.tx, index_mac).await
+    ) -> Result<Option<LinkRow>, StoreError> {
+        subject_link_on(&mut self.tx, index_mac).await
+    }
+
+    async fn current_epoch(&mut self) -> Result<Option<EpochRow>, StoreError> {
+        let row: Option<(i64, String, i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT epoch, kek_id, started_at, rotate_by, destroyed_at FROM kek_epochs \
+             ORDER BY epoch DESC LIMIT 1 FOR SHARE",
+        )
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|(e, k, s, r, d)| epoch_row(e, k, s, r, d)).transpose()
     }
 
     async fn insert_subject(
         &mut self,
-        index_mac: &[u8; 32],
-        handle: &SubjectHandle,
+        link: &LinkRow,
         key: &VaultRow,
     ) -> Result<(), StoreError> {
         let now = now_micros();
         sqlx::query(
-            "INSERT INTO subject_index (index_mac, handle, created_at) VALUES ($1, $2, $3)",
+            "INSERT INTO subject_links (index_mac, sealed_handle, kek_id, created_at) \
+             VALUES ($1, $2, $3, $4)",
         )
-        .bind(index_mac.to_vec())
-        .bind(handle.0.to_vec())
+        .bind(link.index_mac.to_vec())
+        .bind(link.sealed_handle.clone())
+        .bind(&link.kek_id)
         .bind(now)
         .execute(&mut *self.tx)
         .await?;
@@ -632,22 +608,29 @@ impl AppendTx for PgAppendTx {
         index_mac: &[u8; 32],
         handle: &SubjectHandle,
         erasure_seq: Seq,
-        erased_at: i64,
+        erased_at_micros: i64,
+        record: &ErasureRecord,
     ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM data_keys WHERE key_ref = $1")
             .bind(KeyRef::Subject(*handle).to_bytes().to_vec())
             .execute(&mut *self.tx)
             .await?;
-        sqlx::query("DELETE FROM subject_index WHERE index_mac = $1")
+        sqlx::query("DELETE FROM subject_links WHERE index_mac = $1")
             .bind(index_mac.to_vec())
             .execute(&mut *self.tx)
             .await?;
         sqlx::query(
-            "INSERT INTO erased_subjects (handle, erasure_seq, erased_at) VALUES ($1, $2, $3)",
+            "INSERT INTO erased_subjects (handle, erasure_seq, erased_at, request_ref, epoch, \
+             forgotten_by, receipt_key_id, receipt_signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(handle.0.to_vec())
         .bind(to_i64(erasure_seq.0))
-        .bind(erased_at)
+        .bind(erased_at_micros)
+        .bind(&record.request_ref)
+        .bind(i64::from(record.epoch))
+        .bind(record.forgotten_by)
+        .bind(&record.receipt_key_id)
+        .bind(record.receipt_signature.clone())
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -658,28 +641,34 @@ impl AppendTx for PgAppendTx {
         tombstone_mac: &[u8; 32],
         now: i64,
     ) -> Result<Option<Tombstone>, StoreError> {
-        let receipt: Option<String> = sqlx::query_scalar(
-            "SELECT receipt FROM erasure_tombstones WHERE tombstone_mac = $1 AND expires_at > $2",
+        let row: Option<(Vec<u8>, String)> = sqlx::query_as(
+            "SELECT sealed_receipt, kek_id FROM erasure_tombstones WHERE tombstone_mac = $1 AND expires_at > $2",
         )
         .bind(tombstone_mac.to_vec())
         .bind(now)
         .fetch_optional(&mut *self.tx)
         .await?;
-        Ok(receipt.map(|receipt| Tombstone { receipt }))
+        Ok(row.map(|(sealed_receipt, kek_id)| Tombstone {
+            sealed_receipt,
+            kek_id,
+        }))
     }
 
     async fn insert_tombstone(
         &mut self,
         tombstone_mac: &[u8; 32],
-        receipt: &str,
+        tombstone: &Tombstone,
         expires_at: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO erasure_tombstones (tombstone_mac, receipt, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (tombstone_mac) DO UPDATE SET receipt = EXCLUDED.receipt, expires_at = EXCLUDED.expires_at",
+            "INSERT INTO erasure_tombstones (tombstone_mac, sealed_receipt, kek_id, expires_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (tombstone_mac) DO UPDATE SET \
+             sealed_receipt = EXCLUDED.sealed_receipt, kek_id = EXCLUDED.kek_id, \
+             expires_at = EXCLUDED.expires_at",
         )
         .bind(tombstone_mac.to_vec())
-        .bind(receipt)
+        .bind(tombstone.sealed_receipt.clone())
+        .bind(&tombstone.kek_id)
         .bind(expires_at)
         .execute(&mut *self.tx)
         .await?;

@@ -7,12 +7,16 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+mod epochs;
+
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
+use super::epochs::{epoch_row, link_row};
+use super::{EpochRow, ErasureRecord, LinkRow};
 use super::{
     AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS,
     ENTRY_SELECT, EntryRow, HEAD_SELECT, SigningKeyRow, Store, StoreError, Tombstone, VaultRow,
@@ -253,11 +257,8 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn subject_handle(
-        &self,
-        index_mac: &[u8; 32],
-    ) -> Result<Option<SubjectHandle>, StoreError> {
-        subject_handle_on(&self.read, index_mac).await
+    async fn subject_link(&self, index_mac: &[u8; 32]) -> Result<Option<LinkRow>, StoreError> {
+        subject_link_on(&self.read, index_mac).await
     }
 
     async fn purge_tombstones(&self, now_micros: i64) -> Result<u64, StoreError> {
@@ -275,22 +276,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn vault_rows_not_under(
-        &self,
-        kek_id: &str,
-        limit: u32,
-    ) -> Result<Vec<VaultRow>, StoreError> {
-        let rows: Vec<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
-            "SELECT key_ref, wrapped, kek_id FROM data_keys WHERE kek_id <> ? ORDER BY key_ref LIMIT ?",
-        )
-        .bind(kek_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.write)
-        .await?;
-        rows.into_iter()
-            .map(|(r, w, k)| vault_row(&r, w, k))
-            .collect()
-    }
 
     async fn merkle_nodes(
         &self,
@@ -349,13 +334,6 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn count_vault_rows_not_under(&self, kek_id: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE kek_id <> ?")
-            .bind(kek_id)
-            .fetch_one(&self.write)
-            .await?;
-        Ok(to_u64(n))
-    }
 
     async fn ledger_id(&self) -> Result<Option<LedgerId>, StoreError> {
         let v: Option<Vec<u8>> =
@@ -381,19 +359,6 @@ impl Store for SqliteStore {
         self.write.close().await;
     }
 
-    async fn rewrap_vault_rows(&self, rows: &[VaultRow]) -> Result<(), StoreError> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        for row in rows {
-            sqlx::query("UPDATE data_keys SET wrapped = ?, kek_id = ? WHERE key_ref = ?")
-                .bind(row.wrapped.0.clone())
-                .bind(&row.kek_id)
-                .bind(row.key_ref.to_bytes().to_vec())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
 }
 
 /// Perfect-subtree hashes: leaves from `entries`, the rest from `merkle_nodes`.
@@ -480,27 +445,20 @@ async fn latest_checkpoint_on(
     Ok(row.map(CheckpointRow::into_checkpoint).transpose()?)
 }
 
-async fn subject_handle_on<'e, E>(
+async fn subject_link_on<'e, E>(
     executor: E,
     index_mac: &[u8; 32],
-) -> Result<Option<SubjectHandle>, StoreError>
+) -> Result<Option<LinkRow>, StoreError>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
-    let row: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT handle FROM subject_index WHERE index_mac = ?")
-            .bind(index_mac.to_vec())
-            .fetch_optional(executor)
-            .await?;
-    row.map(|h| {
-        SubjectHandle::from_slice(&h).map_err(|_| {
-            StoreError::Malformed(super::MalformedRow {
-                seq: Seq(0),
-                what: "subject_index.handle".to_owned(),
-            })
-        })
-    })
-    .transpose()
+    let row: Option<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT index_mac, sealed_handle, kek_id FROM subject_links WHERE index_mac = ?",
+    )
+    .bind(index_mac.to_vec())
+    .fetch_optional(executor)
+    .await?;
+    row.map(|(m, s, k)| link_row(&m, s, k)).transpose()
 }
 
 struct SqliteAppendTx {
@@ -552,23 +510,34 @@ impl AppendTx for SqliteAppendTx {
         Ok(())
     }
 
-    async fn subject_handle(
+    async fn subject_link(
         &mut self,
         index_mac: &[u8; 32],
-    ) -> Result<Option<SubjectHandle>, StoreError> {
-        subject_handle_on(&mut *self.tx, index_mac).await
+    ) -> Result<Option<LinkRow>, StoreError> {
+        subject_link_on(&mut *self.tx, index_mac).await
+    }
+
+    async fn current_epoch(&mut self) -> Result<Option<EpochRow>, StoreError> {
+        let row: Option<(i64, String, i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT epoch, kek_id, started_at, rotate_by, destroyed_at FROM kek_epochs \
+             ORDER BY epoch DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|(e, k, s, r, d)| epoch_row(e, k, s, r, d)).transpose()
     }
 
     async fn insert_subject(
         &mut self,
-        index_mac: &[u8; 32],
-        handle: &SubjectHandle,
+        link: &LinkRow,
         key: &VaultRow,
     ) -> Result<(), StoreError> {
         let now = micros_now();
-        sqlx::query("INSERT INTO subject_index (index_mac, handle, created_at) VALUES (?, ?, ?)")
-            .bind(index_mac.to_vec())
-            .bind(handle.0.to_vec())
+        sqlx::query("INSERT INTO subject_links (index_mac, sealed_handle, kek_id, created_at) \
+             VALUES (?, ?, ?, ?)")
+            .bind(link.index_mac.to_vec())
+            .bind(link.sealed_handle.clone())
+            .bind(&link.kek_id)
             .bind(now)
             .execute(&mut *self.tx)
             .await?;
@@ -590,21 +559,28 @@ impl AppendTx for SqliteAppendTx {
         handle: &SubjectHandle,
         erasure_seq: Seq,
         erased_at_micros: i64,
+        record: &ErasureRecord,
     ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM data_keys WHERE key_ref = ?")
             .bind(KeyRef::Subject(*handle).to_bytes().to_vec())
             .execute(&mut *self.tx)
             .await?;
-        sqlx::query("DELETE FROM subject_index WHERE index_mac = ?")
+        sqlx::query("DELETE FROM subject_links WHERE index_mac = ?")
             .bind(index_mac.to_vec())
             .execute(&mut *self.tx)
             .await?;
         sqlx::query(
-            "INSERT INTO erased_subjects (handle, erasure_seq, erased_at) VALUES (?, ?, ?)",
+            "INSERT INTO erased_subjects (handle, erasure_seq, erased_at, request_ref, epoch, \
+             forgotten_by, receipt_key_id, receipt_signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(handle.0.to_vec())
         .bind(to_i64(erasure_seq.0))
         .bind(erased_at_micros)
+        .bind(&record.request_ref)
+        .bind(i64::from(record.epoch))
+        .bind(record.forgotten_by)
+        .bind(&record.receipt_key_id)
+        .bind(record.receipt_signature.clone())
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -615,28 +591,32 @@ impl AppendTx for SqliteAppendTx {
         tombstone_mac: &[u8; 32],
         now_micros: i64,
     ) -> Result<Option<Tombstone>, StoreError> {
-        let receipt: Option<String> = sqlx::query_scalar(
-            "SELECT receipt FROM erasure_tombstones WHERE tombstone_mac = ? AND expires_at > ?",
+        let row: Option<(Vec<u8>, String)> = sqlx::query_as(
+            "SELECT sealed_receipt, kek_id FROM erasure_tombstones WHERE tombstone_mac = ? AND expires_at > ?",
         )
         .bind(tombstone_mac.to_vec())
         .bind(now_micros)
         .fetch_optional(&mut *self.tx)
         .await?;
-        Ok(receipt.map(|receipt| Tombstone { receipt }))
+        Ok(row.map(|(sealed_receipt, kek_id)| Tombstone {
+            sealed_receipt,
+            kek_id,
+        }))
     }
 
     async fn insert_tombstone(
         &mut self,
         tombstone_mac: &[u8; 32],
-        receipt: &str,
+        tombstone: &Tombstone,
         expires_at_micros: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR REPLACE INTO erasure_tombstones (tombstone_mac, receipt, expires_at) \
-             VALUES (?, ?, ?)",
+            "INSERT OR REPLACE INTO erasure_tombstones \
+             (tombstone_mac, sealed_receipt, kek_id, expires_at) VALUES (?, ?, ?, ?)",
         )
         .bind(tombstone_mac.to_vec())
-        .bind(receipt)
+        .bind(tombstone.sealed_receipt.clone())
+        .bind(&tombstone.kek_id)
         .bind(expires_at_micros)
         .execute(&mut *self.tx)
         .await?;
