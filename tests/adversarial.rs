@@ -857,7 +857,7 @@ async fn other_ledger_sharing_the_key(env: &Env) -> (Env, String) {
     std::fs::create_dir_all(other.path().join("keys")).unwrap();
     // The service refuses a keys directory with some key files missing, so the other key files
     // are shared too; ledger.id (and published.json) are not.
-    for file in ["signing.key", "signing.pub", "kek.key", "index.key"] {
+    for file in ["signing.key", "signing.pub", "index.key"] {
         std::fs::copy(
             env.path().join("keys").join(file),
             other.path().join("keys").join(file),

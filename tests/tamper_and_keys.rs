@@ -188,19 +188,19 @@ async fn verify_with_only_the_public_key_works_and_a_foreign_key_is_untrusted() 
 #[tokio::test]
 async fn serve_creates_private_keys_and_keygen_refuses_to_overwrite_them() {
     let dir = ledger_of(1).await;
-    for f in ["signing.key", "kek.key", "index.key"] {
+    for f in ["signing.key", "epochs/1.kek", "index.key"] {
         let mode = std::fs::metadata(dir.path().join("keys").join(f))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
-    let before = std::fs::read(dir.path().join("keys/kek.key")).unwrap();
+    let before = std::fs::read(dir.path().join("keys/epochs/1.kek")).unwrap();
     let (code, _, err) = run_cli(dir.path(), &["keygen"]);
     assert_ne!(code, 0);
     assert!(err.contains("already exists"), "{err}");
     assert_eq!(
-        std::fs::read(dir.path().join("keys/kek.key")).unwrap(),
+        std::fs::read(dir.path().join("keys/epochs/1.kek")).unwrap(),
         before
     );
     let fresh = workdir();
@@ -223,11 +223,11 @@ fn serve_fails(dir: &std::path::Path, mention: &str) {
 #[tokio::test]
 async fn missing_damaged_or_wrong_keys_stop_the_service_with_a_clear_message() {
     let dir = ledger_of(2).await;
-    let kek = dir.path().join("keys/kek.key");
+    let kek = dir.path().join("keys/epochs/1.kek");
     let saved = std::fs::read(&kek).unwrap();
 
     std::fs::remove_file(&kek).unwrap();
-    serve_fails(dir.path(), "kek.key");
+    serve_fails(dir.path(), "epochs/1.kek");
 
     std::fs::write(&kek, "not a key\n").unwrap();
     serve_fails(dir.path(), "malformed");
@@ -237,7 +237,7 @@ async fn missing_damaged_or_wrong_keys_stop_the_service_with_a_clear_message() {
     let size_before = std::fs::metadata(dir.path().join("data/ledger.db"))
         .unwrap()
         .len();
-    serve_fails(dir.path(), "key-encryption key");
+    serve_fails(dir.path(), "is not the KEK the database recorded for epoch 1");
     assert_eq!(
         std::fs::metadata(dir.path().join("data/ledger.db"))
             .unwrap()

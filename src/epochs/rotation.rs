@@ -146,6 +146,22 @@ impl Rotator {
             out.leased_elsewhere = true;
             return Ok(out);
         }
+        let result = self.leased_pass(start, &ring, max_batches, progress, &mut out).await;
+        // Hand the lease back at once (an interrupted or finished pass), so that another run
+        // need not wait for it to lapse; a crashed holder's lease lapses after LEASE.
+        let now = now_micros();
+        let _ = self.store.take_rotation_lease(&self.holder, now, now).await;
+        result.map(|()| out)
+    }
+
+    async fn leased_pass(
+        &self,
+        start: bool,
+        ring: &super::Keyring,
+        max_batches: Option<u64>,
+        progress: &(dyn Fn(u64, u64) + Sync),
+        out: &mut Pass,
+    ) -> Result<(), RotationError> {
         if start {
             let next = ring.epochs().last().map_or(1, |e| e.epoch + 1);
             out.started = Some(self.start_epoch(next).await?);
@@ -154,10 +170,10 @@ impl Rotator {
         out.rewrapped = rewrapped;
         if interrupted {
             out.interrupted = true;
-            return Ok(out);
+            return Ok(());
         }
         out.destroyed = self.destroy_old().await?;
-        Ok(out)
+        Ok(())
     }
 
     async fn start_epoch(&self, epoch: u32) -> Result<u32, RotationError> {

@@ -507,3 +507,19 @@ pub async fn load(
     }
     std::sync::Arc::try_unwrap(acked).unwrap().into_inner()
 }
+
+/// Copies a keys directory (the secret files and every epoch KEK) to `to`, as instances that
+/// share their keys have them.
+pub fn copy_keys(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("epochs")).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(from.join("epochs")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join("epochs").join(path.file_name().unwrap())).unwrap();
+    }
+}
