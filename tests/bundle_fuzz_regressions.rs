@@ -25,7 +25,7 @@ use auditledger::bundle::{
     BUNDLE_FORMAT, BundleLine, BundleVerifier, EntryLine, Footer, Header, KeyLine, Stop, Summary,
 };
 use auditledger::checkpoint::CheckpointJson;
-use auditledger::crypto::{DataKey, KeyRef, LedgerSigningKey, seal_with_nonce};
+use auditledger::crypto::{DataKey, KeyRef, LedgerSigningKey, seal_v1_with_nonce};
 use auditledger::entry::{
     Entry, EntryHeader, EventType, GENESIS_PREV_HASH, Metadata, Seq, StreamId,
 };
@@ -116,7 +116,7 @@ fn v2_inputs() -> Vec<(&'static str, String)> {
         recorded_at_micros: forge::BASE_MICROS,
         metadata: Metadata::new(),
     };
-    let sealed = seal_with_nonce(
+    let sealed = seal_v1_with_nonce(
         &DataKey::from_slice(&[0x11; 32]).unwrap(),
         &KeyRef::System([0x22; 16]),
         &h.payload_aad(),

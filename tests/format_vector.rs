@@ -2,7 +2,9 @@
 //! read out of FORMAT.md itself, so the document and the code cannot drift apart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use auditledger::crypto::{DataKey, KeyRef, LedgerSigningKey, seal_with_nonce};
+use auditledger::crypto::{
+    DataKey, KeyRef, LedgerSigningKey, SealedPayload, seal_v1_with_nonce, seal_with_nonce,
+};
 use auditledger::entry::{
     Entry, EntryHeader, EventType, GENESIS_PREV_HASH, LedgerId, Metadata, Seq, StreamId,
 };
@@ -49,13 +51,16 @@ fn example_of(ledger_id: Option<LedgerId>) -> Example {
     };
     let aad = header.payload_aad();
     let key = DataKey::from_slice(&[0x11; 32]).unwrap();
-    let sealed = seal_with_nonce(
-        &key,
-        &KeyRef::System([0x22; 16]),
-        &aad,
-        br#"{"owner":"ACME"}"#,
-        [0x33; 12],
-    );
+    let key_ref = KeyRef::System([0x22; 16]);
+    let plaintext = br#"{"owner":"ACME"}"#;
+    // A v2 entry carries a payload as the service seals it now (v2, 24-byte nonce 00 01 … 17);
+    // the legacy v1 entry one as the service sealed it then (v1, nonce `33` × 12).
+    let sealed: SealedPayload = if ledger_id.is_some() {
+        let nonce = std::array::from_fn(|i| u8::try_from(i).unwrap());
+        seal_with_nonce(&key, &key_ref, &aad, plaintext, nonce)
+    } else {
+        seal_v1_with_nonce(&key, &key_ref, &aad, plaintext, [0x33; 12])
+    };
     let entry = Entry {
         header: header.clone(),
         payload_digest: sealed.digest(),
@@ -157,7 +162,7 @@ fn small_ledger() -> serde_json::Value {
         let data = format!(r#"{{"n":{i}}}"#);
         let mut nonce = [0x33; 12];
         nonce[11] = u8::try_from(i).unwrap();
-        let sealed = seal_with_nonce(
+        let sealed = seal_v1_with_nonce(
             &key,
             &KeyRef::System([0x22; 16]),
             &header.payload_aad(),

@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::seal::KeyRef;
 use crate::crypto::sha256_parts;
+use crate::crypto::xaes::Xaes256Gcm;
 use crate::entry::{SUBJECT_HANDLE_LEN, SubjectHandle};
 
 /// Bytes in an AES-256 key.
@@ -70,8 +71,14 @@ impl DataKey {
         key_from_slice(bytes).map(DataKey)
     }
 
+    /// AES-256-GCM under this key itself: opens legacy v1 sealed payloads.
     pub(crate) fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new(self.0.as_ref().into())
+    }
+
+    /// XAES-256-GCM under this key: seals and opens v2 sealed payloads.
+    pub(crate) fn xaes(&self) -> Xaes256Gcm {
+        Xaes256Gcm::new(&self.0)
     }
 }
 

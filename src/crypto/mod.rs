@@ -1,15 +1,17 @@
 //! Every cryptographic primitive the ledger uses, and nothing else: only this module names the
-//! primitive crates (sha2, hmac, ed25519-dalek, aes-gcm). Pure: no I/O.
+//! primitive crates (sha2, hmac, ed25519-dalek, aes, aes-gcm). Pure: no I/O.
 
 mod keys;
 mod seal;
 mod signing;
+mod xaes;
 
 use sha2::{Digest, Sha256};
 
 pub use keys::{DataKey, Kek, KekId, KeyError, SubjectIndexKey, WrappedKey};
 pub use seal::{
-    KeyRef, NONCE_BUDGET_PER_KEY, SealError, SealedPayload, open, seal, seal_with_nonce,
+    KeyRef, SEAL_NONCE_LEN, SEAL_V1_NONCE_LEN, SEALED_V1, SEALED_V2, SealError, SealedPayload,
+    open, seal, seal_v1_with_nonce, seal_with_nonce,
 };
 pub use signing::{
     KeyId, LedgerSigningKey, PublicKey, Signature, SignatureError, verify_entries_batch,

@@ -14,7 +14,7 @@
 
 use auditledger::bundle::{BUNDLE_FORMAT, BundleLine, EntryLine, Footer, Header, KeyLine};
 use auditledger::checkpoint::{Checkpoint, CheckpointBinding, CheckpointJson, TreeHead};
-use auditledger::crypto::{DataKey, KeyRef, LedgerSigningKey, seal_with_nonce};
+use auditledger::crypto::{DataKey, KeyRef, LedgerSigningKey, seal_v1_with_nonce};
 use auditledger::entry::{
     Entry, EntryHeader, EventType, GENESIS_PREV_HASH, LedgerId, Metadata, Seq, StreamId,
     SubjectHandle,
@@ -256,7 +256,7 @@ pub fn small_ledger() -> Ledger {
         };
         let mut nonce = [0x33; 12];
         nonce[11] = i as u8;
-        let sealed = seal_with_nonce(
+        let sealed = seal_v1_with_nonce(
             &data_key,
             &key_ref,
             &header.payload_aad(),
