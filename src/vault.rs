@@ -182,9 +182,16 @@ impl Vault {
 
     /// The live subject whose identifier has this index MAC, if any.
     pub async fn subject(&self, index_mac: &[u8; 32]) -> Result<Option<SubjectHandle>, VaultError> {
-        match self.store.subject_link(index_mac).await? {
-            Some(link) => Ok(Some(self.open_link(&link).await?)),
-            None => Ok(None),
+        let Some(link) = self.store.subject_link(index_mac).await? else {
+            return Ok(None);
+        };
+        match self.open_link(&link).await {
+            // Re-sealed under a new epoch, and the old one destroyed, since the row was read.
+            Err(VaultError::NoSuchKek { .. }) => match self.store.subject_link(index_mac).await? {
+                Some(link) => Ok(Some(self.open_link(&link).await?)),
+                None => Ok(None),
+            },
+            other => other.map(Some),
         }
     }
 
@@ -211,7 +218,15 @@ impl Vault {
         let Some(row) = self.store.vault_key(key_ref).await? else {
             return Ok(None);
         };
-        let key = Arc::new(self.unwrap_row(&row, "data key").await?);
+        let key = match self.unwrap_row(&row, "data key").await {
+            // Re-wrapped under a new epoch, and the old one destroyed, since the row was read.
+            Err(VaultError::NoSuchKek { .. }) => match self.store.vault_key(key_ref).await? {
+                Some(row) => self.unwrap_row(&row, "data key").await?,
+                None => return Ok(None),
+            },
+            other => other?,
+        };
+        let key = Arc::new(key);
         let mut cache = self.lock_cache();
         // The row was read before a concurrent erasure committed: do not resurrect it.
         if cache.destroyed.contains(key_ref) {
