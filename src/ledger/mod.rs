@@ -1,6 +1,7 @@
 //! The ledger: appends and erasures through the writer task (see `writer`), reads and subject
 //! access straight from the store, payloads opened through the vault.
 
+mod cleaner;
 mod erasure;
 mod proofs;
 mod rotation;
@@ -25,6 +26,7 @@ use crate::vault::{Vault, VaultError};
 use writer::{Pending, PendingErase, Writer, WriterMsg};
 
 pub use erasure::{ERASURE_STREAM, EraseError, EraseRequest, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
+pub use cleaner::{CACHES_CLEARED_WITHIN_MS, FORGET_POLL_INTERVAL};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
 
 /// Requests waiting for the writer before senders are made to wait.
@@ -427,6 +429,12 @@ impl Ledger {
     #[must_use]
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The key vault (its cache, for tests and diagnostics).
+    #[must_use]
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
     }
 
     /// The ledger's identity.
