@@ -14,6 +14,8 @@
 //! | `auditledger_checkpoint_tree_size` | gauge | tree size of the newest checkpoint signed here |
 //! | `auditledger_witness_failures_total` | counter | checkpoint publications that failed |
 //! | `auditledger_verification_failures_total` | counter | verifications (server-side) that found tampering |
+//! | `auditledger_erasure_cleanup_pending` | gauge | erasures whose live files (SQLite WAL, PostgreSQL dead rows) are not yet cleaned |
+//! | `auditledger_erasure_cleanup_blocked_total` | counter | cleanup attempts a reader or an old snapshot blocked (retried) |
 //!
 //! Labels carry no identifier, handle or data: nothing personal reaches the metrics.
 
@@ -47,6 +49,11 @@ pub const WITNESS_FAILURES: &str = "auditledger_witness_failures_total";
 pub const KEY_ROTATIONS: &str = "auditledger_signing_key_rotations_total";
 /// Verifications that found tampering.
 pub const VERIFICATION_FAILURES: &str = "auditledger_verification_failures_total";
+
+/// Erasures not yet cleaned from the live files.
+pub const ERASURE_CLEANUP_PENDING: &str = "auditledger_erasure_cleanup_pending";
+/// Cleanup attempts that something blocked.
+pub const ERASURE_CLEANUP_BLOCKED: &str = "auditledger_erasure_cleanup_blocked_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

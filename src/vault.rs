@@ -162,6 +162,12 @@ impl Vault {
         cache.destroyed.insert(*key_ref);
     }
 
+    /// Drops every cached subject key (each is unwrapped again on demand): for when this
+    /// process cannot learn of other instances' erasures in time.
+    pub fn clear_cached(&self) {
+        self.lock_cache().keys.clear();
+    }
+
     /// Whether the unwrapped key for `key_ref` is in this process's cache (for tests and
     /// diagnostics: an erased subject's key must leave every instance's cache).
     #[must_use]

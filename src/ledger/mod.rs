@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
@@ -26,7 +26,7 @@ use crate::vault::{Vault, VaultError};
 use writer::{Pending, PendingErase, Writer, WriterMsg};
 
 pub use erasure::{ERASURE_STREAM, EraseError, EraseRequest, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
-pub use cleaner::{CACHES_CLEARED_WITHIN_MS, FORGET_POLL_INTERVAL};
+pub use cleaner::{CACHES_CLEARED_WITHIN_MS, FORGET_POLL_INTERVAL, FORGET_QUERY_TIMEOUT};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
 
 /// Requests waiting for the writer before senders are made to wait.
@@ -251,6 +251,10 @@ pub struct Ledger {
     ticker: JoinHandle<()>,
     rotator: Option<JoinHandle<()>>,
     stats: Arc<StageStats>,
+    /// Woken after each erasure: cleans the live files outside the writer (see `cleaner`).
+    cleanup: Arc<Notify>,
+    /// The cleaner and the erased-key watcher.
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -260,7 +264,8 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// Starts the writer task and the tombstone purger.
+    /// Starts the writer task, the tombstone purger, the cleaner of the live files after
+    /// erasures and the watcher that drops keys other instances erase.
     #[must_use]
     pub fn start(
         store: Arc<dyn Store>,
@@ -318,6 +323,17 @@ impl Ledger {
                 }
             }
         });
+        let cleanup = Arc::new(Notify::new());
+        let background = vec![
+            tokio::spawn(cleaner::clean_after_erasures(
+                Arc::clone(&store),
+                Arc::clone(&cleanup),
+            )),
+            tokio::spawn(cleaner::forget_erased_keys(
+                Arc::clone(&store),
+                Arc::clone(&vault),
+            )),
+        ];
         Ledger {
             id: keys.ledger_id,
             store,
@@ -330,6 +346,8 @@ impl Ledger {
             ticker,
             rotator,
             stats,
+            cleanup,
+            background: Mutex::new(background),
         }
     }
 
@@ -384,7 +402,10 @@ impl Ledger {
             .send(WriterMsg::Erase(PendingErase { request, reply }))
             .await
             .map_err(|_| EraseError::ShuttingDown)?;
-        answer.await.unwrap_or(Err(EraseError::Unavailable))
+        let receipt = answer.await.unwrap_or(Err(EraseError::Unavailable))?;
+        // Cleaning the live files is the cleaner's, never the writer's: appends do not wait.
+        self.cleanup.notify_one();
+        Ok(receipt)
     }
 
     /// Subject access: up to `limit` of the subject's events from `from`, decrypted, in seq
@@ -409,6 +430,11 @@ impl Ledger {
         self.ticker.abort();
         if let Some(r) = &self.rotator {
             r.abort();
+        }
+        for task in self.background.lock().await.drain(..) {
+            task.abort();
+            // Wait for the abort, so that no connection is still in use when the store closes.
+            let _ = task.await;
         }
         let (ack, done) = oneshot::channel();
         if self.sender.send(WriterMsg::Shutdown(ack)).await.is_ok() {
