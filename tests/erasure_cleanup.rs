@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(
     clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::needless_pass_by_value,
     clippy::too_many_lines,
     reason = "test code"
 )]
@@ -104,7 +106,10 @@ async fn sqlite_reader(dir: &Path) -> sqlx::SqliteConnection {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert!(n >= 2, "the reader sees the system key and the subject's key");
+    assert!(
+        n >= 2,
+        "the reader sees the system key and the subject's key"
+    );
     conn
 }
 
@@ -306,7 +311,11 @@ async fn an_old_postgres_snapshot_holds_the_cleanup_back_until_it_ends() {
         "the blocked cleanup to be logged and counted",
         CLEANED_WITHIN,
         async || {
-            metric(&metrics(&s).await, "auditledger_erasure_cleanup_blocked_total").unwrap_or(0)
+            metric(
+                &metrics(&s).await,
+                "auditledger_erasure_cleanup_blocked_total",
+            )
+            .unwrap_or(0)
                 >= 1
                 && server_log(env.path()).contains("cleanup")
         },
@@ -317,7 +326,11 @@ async fn an_old_postgres_snapshot_holds_the_cleanup_back_until_it_ends() {
         log.contains("pid"),
         "the warning names the blocking backend: {log}"
     );
-    assert_eq!(uncleaned(&env).await, 1, "not cleaned while the snapshot lives");
+    assert_eq!(
+        uncleaned(&env).await,
+        1,
+        "not cleaned while the snapshot lives"
+    );
 
     sqlx::query("COMMIT").execute(&mut old).await.unwrap();
     old.close().await.unwrap();
@@ -349,10 +362,7 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-async fn start_instance(
-    dir: &Path,
-    database_url: &str,
-) -> auditledger::cli::Service {
+async fn start_instance(dir: &Path, database_url: &str) -> auditledger::cli::Service {
     let mut config = auditledger::config::ServeConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         dir.join("data"),
@@ -369,7 +379,10 @@ async fn every_postgres_instance_drops_an_erased_key_within_the_stated_bound() {
     let first_dir = common::workdir();
     let first = start_instance(first_dir.path(), &pg.url).await;
     let second_dir = common::workdir();
-    copy_dir(&first_dir.path().join("keys"), &second_dir.path().join("keys"));
+    copy_dir(
+        &first_dir.path().join("keys"),
+        &second_dir.path().join("keys"),
+    );
     let second = start_instance(second_dir.path(), &pg.url).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

@@ -185,9 +185,12 @@ async fn poll(store: Arc<dyn Store>, vault: Arc<Vault>) {
                 vault.clear_cached();
                 if warned_at.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
                     warned_at = Some(Instant::now());
-                    match failed {
-                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot poll for erasures; cached subject keys dropped"),
-                        _ => tracing::warn!("polling for erasures timed out; cached subject keys dropped"),
+                    if let Ok(Err(e)) = failed {
+                        tracing::warn!(error = %e, "cannot poll for erasures; cached subject keys dropped");
+                    } else {
+                        tracing::warn!(
+                            "polling for erasures timed out; cached subject keys dropped"
+                        );
                     }
                 }
             }

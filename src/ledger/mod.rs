@@ -25,8 +25,8 @@ use crate::timefmt::now_micros;
 use crate::vault::{Vault, VaultError};
 use writer::{Pending, PendingErase, Writer, WriterMsg};
 
-pub use erasure::{ERASURE_STREAM, EraseError, EraseRequest, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
 pub use cleaner::{CACHES_CLEARED_WITHIN_MS, FORGET_POLL_INTERVAL, FORGET_QUERY_TIMEOUT};
+pub use erasure::{ERASURE_STREAM, EraseError, EraseRequest, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
 
 /// Requests waiting for the writer before senders are made to wait.

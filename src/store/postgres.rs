@@ -17,11 +17,10 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use super::{
-    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup,
-    CleanupBlocker, ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, HEAD_SELECT,
-    MalformedRow, SigningKeyRow, Store, StoreError, Tombstone, VaultRow, chain_head,
-    entry_hash_row, erasure_row, insert_error, key_refs, malformed_meta, signing_key_row, to_i64,
-    to_u64, vault_row,
+    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup, CleanupBlocker,
+    ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, HEAD_SELECT, MalformedRow,
+    SigningKeyRow, Store, StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row,
+    insert_error, key_refs, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
@@ -396,11 +395,9 @@ impl Store for PostgresStore {
         // An erasure is clean once every snapshot, transaction, slot and prepared transaction
         // left is younger than it: none of them can see the deleted rows, so VACUUM removes
         // them.
-        let (clean, blocked): (Vec<_>, Vec<_>) = pending.iter().partition(|(_, xid)| {
-            holders
-                .iter()
-                .all(|h| xid_precedes(xid32(*xid), h.xid))
-        });
+        let (clean, blocked): (Vec<_>, Vec<_>) = pending
+            .iter()
+            .partition(|(_, xid)| holders.iter().all(|h| xid_precedes(xid32(*xid), h.xid)));
         if clean.is_empty() {
             let first = xid32(pending[0].1);
             // Always found: the first pending erasure is held back by someone.
@@ -605,11 +602,11 @@ impl ErasureNotices for PgErasureNotices {
     async fn next(&mut self) -> Result<SubjectHandle, StoreError> {
         loop {
             let notice = self.listener.recv().await?;
-            match SubjectHandle::from_hex(notice.payload()) {
-                Ok(handle) => return Ok(handle),
-                // Anyone with access to the database may NOTIFY; the poll still covers us.
-                Err(_) => tracing::warn!("ignoring a malformed erasure notice"),
+            if let Ok(handle) = SubjectHandle::from_hex(notice.payload()) {
+                return Ok(handle);
             }
+            // Anyone with access to the database may NOTIFY; the poll still covers us.
+            tracing::warn!("ignoring a malformed erasure notice");
         }
     }
 }
@@ -622,23 +619,54 @@ struct HorizonHolder {
     what: CleanupBlocker,
 }
 
+/// A `pg_stat_activity` row holding a snapshot or a transaction id.
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    pid: i32,
+    backend_type: Option<String>,
+    xmin: Option<i64>,
+    xid: Option<i64>,
+    xmin_age: Option<i32>,
+    xid_age: Option<i32>,
+    transaction_secs: Option<i64>,
+}
+
+/// A `pg_replication_slots` row.
+#[derive(sqlx::FromRow)]
+struct SlotRow {
+    name: String,
+    xmin: Option<i64>,
+    xmin_age: Option<i32>,
+    catalog_xmin: Option<i64>,
+    catalog_age: Option<i32>,
+}
+
 /// Sessions of this database (and WAL senders, whose standbys may feed back their snapshots),
 /// replication slots and prepared transactions, each with the oldest transaction id it holds.
 async fn horizon_holders(conn: &mut PgConnection) -> Result<Vec<HorizonHolder>, StoreError> {
     let mut out = Vec::new();
-    let sessions: Vec<(i32, Option<String>, Option<i64>, Option<i64>, Option<i32>, Option<i32>, Option<i64>)> =
-        sqlx::query_as(
-            "SELECT pid, backend_type, backend_xmin::text::bigint, backend_xid::text::bigint, \
-                    age(backend_xmin), age(backend_xid), \
-                    EXTRACT(EPOCH FROM now() - xact_start)::bigint \
-             FROM pg_stat_activity \
-             WHERE pid <> pg_backend_pid() \
-               AND (datname = current_database() OR backend_type = 'walsender') \
-               AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-    for (pid, backend_type, xmin, xid, xmin_age, xid_age, secs) in sessions {
+    let sessions: Vec<SessionRow> = sqlx::query_as(
+        "SELECT pid, backend_type, backend_xmin::text::bigint AS xmin, \
+                backend_xid::text::bigint AS xid, age(backend_xmin) AS xmin_age, \
+                age(backend_xid) AS xid_age, \
+                EXTRACT(EPOCH FROM now() - xact_start)::bigint AS transaction_secs \
+         FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() \
+           AND (datname = current_database() OR backend_type = 'walsender') \
+           AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for SessionRow {
+        pid,
+        backend_type,
+        xmin,
+        xid,
+        xmin_age,
+        xid_age,
+        transaction_secs,
+    } in sessions
+    {
         let held = [(xmin, xmin_age), (xid, xid_age)]
             .into_iter()
             .filter_map(|(x, a)| Some((xid32(x?), i64::from(a.unwrap_or(0)))))
@@ -651,21 +679,28 @@ async fn horizon_holders(conn: &mut PgConnection) -> Result<Vec<HorizonHolder>, 
                     pid,
                     backend_type: backend_type.unwrap_or_default(),
                     xmin_age: age,
-                    transaction_secs: secs.unwrap_or(0),
+                    transaction_secs: transaction_secs.unwrap_or(0),
                 },
             });
         }
     }
-    let slots: Vec<(String, Option<i64>, Option<i32>, Option<i64>, Option<i32>)> = sqlx::query_as(
-        "SELECT slot_name::text, xmin::text::bigint, age(xmin), \
-                catalog_xmin::text::bigint, age(catalog_xmin) \
+    let slots: Vec<SlotRow> = sqlx::query_as(
+        "SELECT slot_name::text AS name, xmin::text::bigint AS xmin, age(xmin) AS xmin_age, \
+                catalog_xmin::text::bigint AS catalog_xmin, age(catalog_xmin) AS catalog_age \
          FROM pg_replication_slots \
          WHERE database IS NULL OR database = current_database()",
     )
     .fetch_all(&mut *conn)
     .await?;
-    for (name, xmin, xmin_age, catalog, catalog_age) in slots {
-        for (x, a) in [(xmin, xmin_age), (catalog, catalog_age)] {
+    for SlotRow {
+        name,
+        xmin,
+        xmin_age,
+        catalog_xmin,
+        catalog_age,
+    } in slots
+    {
+        for (x, a) in [(xmin, xmin_age), (catalog_xmin, catalog_age)] {
             if let Some(x) = x {
                 out.push(HorizonHolder {
                     xid: xid32(x),
@@ -699,7 +734,7 @@ fn xid32(xid: i64) -> u32 {
 /// Whether `a` is older than `b`, in PostgreSQL's circular transaction-id order
 /// (`TransactionIdPrecedes`: modulo 2^32, within 2^31 of each other).
 fn xid_precedes(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
+    a.wrapping_sub(b).cast_signed() < 0
 }
 
 struct PgAppendTx {

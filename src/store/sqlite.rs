@@ -14,11 +14,10 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use super::{
-    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup,
-    CleanupBlocker, ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, HEAD_SELECT,
-    SigningKeyRow, Store, StoreError, Tombstone, VaultRow, chain_head, entry_hash_row,
-    erasure_row, insert_error, key_refs, malformed_meta, signing_key_row, to_i64, to_u64,
-    vault_row,
+    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup, CleanupBlocker,
+    ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, HEAD_SELECT, SigningKeyRow, Store,
+    StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row, insert_error,
+    key_refs, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
