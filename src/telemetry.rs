@@ -18,6 +18,8 @@
 //! | `auditledger_kek_rewrap_remaining` | gauge | keys and links still wrapped under an older epoch |
 //! | `auditledger_kek_rewrapped_total` | counter | keys and links re-wrapped by this instance |
 //! | `auditledger_kek_epochs_destroyed_total` | counter | epochs whose KEK this instance destroyed |
+//! | `auditledger_erasure_cleanup_pending` | gauge | erasures whose live files (SQLite WAL, PostgreSQL dead rows) are not yet cleaned |
+//! | `auditledger_erasure_cleanup_blocked_total` | counter | cleanup attempts a reader or an old snapshot blocked (retried) |
 //!
 //! Labels carry no identifier, handle or data: nothing personal reaches the metrics.
 
@@ -60,6 +62,10 @@ pub const KEK_REWRAP_REMAINING: &str = "auditledger_kek_rewrap_remaining";
 pub const KEK_REWRAPPED: &str = "auditledger_kek_rewrapped_total";
 /// Epochs destroyed.
 pub const KEK_EPOCHS_DESTROYED: &str = "auditledger_kek_epochs_destroyed_total";
+/// Erasures not yet cleaned from the live files.
+pub const ERASURE_CLEANUP_PENDING: &str = "auditledger_erasure_cleanup_pending";
+/// Cleanup attempts that something blocked.
+pub const ERASURE_CLEANUP_BLOCKED: &str = "auditledger_erasure_cleanup_blocked_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

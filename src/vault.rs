@@ -249,6 +249,19 @@ impl Vault {
         cache.destroyed.insert(*key_ref);
     }
 
+    /// Drops every cached subject key (each is unwrapped again on demand): for when this
+    /// process cannot learn of other instances' erasures in time.
+    pub fn clear_cached(&self) {
+        self.lock_cache().keys.clear();
+    }
+
+    /// Whether the unwrapped key for `key_ref` is in this process's cache (for tests and
+    /// diagnostics: an erased subject's key must leave every instance's cache).
+    #[must_use]
+    pub fn is_cached(&self, key_ref: &KeyRef) -> bool {
+        self.lock_cache().keys.contains_key(key_ref)
+    }
+
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         // A panic while holding this lock leaves the map itself consistent.
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)

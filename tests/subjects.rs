@@ -241,6 +241,22 @@ async fn erasure_forgets_the_subject_everywhere_while_the_chain_still_verifies()
         assert_absent(dir.path(), &wrapped, &format!("wrapped key ({when})"));
         assert_absent(dir.path(), &index_mac, &format!("index MAC ({when})"));
     };
+    // The live files are cleaned beside the writer, just after the erasure's commit.
+    common::wait_until(
+        "the erasure to be cleaned from the live files",
+        std::time::Duration::from_secs(15),
+        async || {
+            let db = raw_db(dir.path()).await;
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE cleaned_at IS NULL")
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            db.close().await;
+            n == 0
+        },
+    )
+    .await;
     scan("server running");
     s.terminate().await;
     scan("server stopped");

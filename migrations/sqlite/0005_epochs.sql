@@ -43,7 +43,5 @@ ALTER TABLE erased_subjects ADD COLUMN epoch INTEGER;             -- the epoch c
 ALTER TABLE erased_subjects ADD COLUMN forgotten_by INTEGER;      -- promised end of that epoch, µs
 ALTER TABLE erased_subjects ADD COLUMN receipt_key_id TEXT;       -- key that signed the receipt
 ALTER TABLE erased_subjects ADD COLUMN receipt_signature BLOB;    -- the receipt's signature
--- TEMPORARY until the cleanup migration (0006) lands: when the live files were cleaned.
-ALTER TABLE erased_subjects ADD COLUMN cleaned_at INTEGER;
 CREATE INDEX erased_subjects_request_ref ON erased_subjects (request_ref);
 CREATE UNIQUE INDEX erased_subjects_seq ON erased_subjects (erasure_seq);

@@ -9,7 +9,9 @@
 //!    record the handle as erased;
 //! 4. sign a receipt; keep it for a bounded time under a separate HMAC of the identifier, so a
 //!    repeated request returns the same receipt and appends nothing;
-//! 5. commit; drop the key from the in-memory cache; truncate the WAL.
+//! 5. commit; drop the key from the in-memory cache. Cleaning the live files (WAL, dead
+//!    tuples) is left to the cleaner (`cleaner.rs`), outside the writer, so an erasure holds
+//!    appends up for no longer than its own commit.
 
 use std::sync::Arc;
 
@@ -197,9 +199,6 @@ impl Writer {
         self.vault.forget(&KeyRef::Subject(handle));
         metrics::counter!(crate::telemetry::ERASURES).increment(1);
         tracing::info!(subject = %handle.to_hex(), seq = seq.0, "subject erased");
-        if let Err(e) = self.store.compact_after_erasure().await {
-            tracing::warn!(error = %e, "could not truncate the WAL after an erasure; it will be on the next checkpoint");
-        }
         Ok(Outcome::Receipt(Box::new(receipt)))
     }
 }

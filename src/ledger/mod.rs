@@ -1,6 +1,7 @@
 //! The ledger: appends and erasures through the writer task (see `writer`), reads and subject
 //! access straight from the store, payloads opened through the vault.
 
+mod cleaner;
 mod erasure;
 mod erasures;
 mod proofs;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
@@ -25,15 +26,13 @@ use crate::timefmt::now_micros;
 use crate::vault::{Vault, VaultError};
 use writer::{Pending, PendingErase, Writer, WriterMsg};
 
+pub use cleaner::{CACHES_CLEARED_WITHIN_MS, FORGET_POLL_INTERVAL, FORGET_QUERY_TIMEOUT};
 pub use erasure::{ERASURE_STREAM, EraseError, EraseRequest, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
 pub use erasures::{ErasureState, ErasureStatus, ErasureView};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
 
 /// Requests waiting for the writer before senders are made to wait.
 const QUEUE_REQUESTS: usize = 4096;
-/// Every instance drops an erased subject's key from memory within this many milliseconds of
-/// the erasure's commit (stated in every receipt).
-pub const CACHES_CLEARED_WITHIN_MS: u64 = 2000;
 /// How often expired erasure tombstones are deleted.
 const TOMBSTONE_PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -257,6 +256,10 @@ pub struct Ledger {
     rotator: Option<JoinHandle<()>>,
     epochs: Option<JoinHandle<()>>,
     stats: Arc<StageStats>,
+    /// Woken after each erasure: cleans the live files outside the writer (see `cleaner`).
+    cleanup: Arc<Notify>,
+    /// The cleaner and the erased-key watcher.
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -266,7 +269,8 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// Starts the writer task and the tombstone purger.
+    /// Starts the writer task, the tombstone purger, the cleaner of the live files after
+    /// erasures and the watcher that drops keys other instances erase.
     #[must_use]
     pub fn start(
         store: Arc<dyn Store>,
@@ -334,6 +338,17 @@ impl Ledger {
                 }
             }
         });
+        let cleanup = Arc::new(Notify::new());
+        let background = vec![
+            tokio::spawn(cleaner::clean_after_erasures(
+                Arc::clone(&store),
+                Arc::clone(&cleanup),
+            )),
+            tokio::spawn(cleaner::forget_erased_keys(
+                Arc::clone(&store),
+                Arc::clone(&vault),
+            )),
+        ];
         Ledger {
             id: keys.ledger_id,
             store,
@@ -347,6 +362,8 @@ impl Ledger {
             rotator,
             epochs,
             stats,
+            cleanup,
+            background: Mutex::new(background),
         }
     }
 
@@ -401,7 +418,10 @@ impl Ledger {
             .send(WriterMsg::Erase(PendingErase { request, reply }))
             .await
             .map_err(|_| EraseError::ShuttingDown)?;
-        answer.await.unwrap_or(Err(EraseError::Unavailable))
+        let receipt = answer.await.unwrap_or(Err(EraseError::Unavailable))?;
+        // Cleaning the live files is the cleaner's, never the writer's: appends do not wait.
+        self.cleanup.notify_one();
+        Ok(receipt)
     }
 
     /// Subject access: up to `limit` of the subject's events from `from`, decrypted, in seq
@@ -430,6 +450,11 @@ impl Ledger {
         if let Some(r) = &self.epochs {
             r.abort();
         }
+        for task in self.background.lock().await.drain(..) {
+            task.abort();
+            // Wait for the abort, so that no connection is still in use when the store closes.
+            let _ = task.await;
+        }
         let (ack, done) = oneshot::channel();
         if self.sender.send(WriterMsg::Shutdown(ack)).await.is_ok() {
             let _ = done.await;
@@ -449,6 +474,12 @@ impl Ledger {
     #[must_use]
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The key vault (its cache, for tests and diagnostics).
+    #[must_use]
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
     }
 
     /// The ledger's identity.

@@ -72,6 +72,14 @@ impl ChainHead {
     }
 }
 
+/// An `erased_subjects` row's seq and handle.
+pub(crate) fn erasure_row(seq: i64, handle: &[u8]) -> Result<(Seq, SubjectHandle), StoreError> {
+    let seq = Seq(to_u64(seq));
+    SubjectHandle::from_slice(handle)
+        .map(|h| (seq, h))
+        .map_err(|_| malformed(seq, "erased_subjects.handle"))
+}
+
 /// Decodes a head row's columns.
 pub(crate) fn chain_head(
     seq: i64,
@@ -238,6 +246,98 @@ pub struct Tombstone {
     pub kek_id: String,
 }
 
+/// What one attempt to clean the live files after erasures found (see
+/// [`Store::clean_after_erasures`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cleanup {
+    /// No erasure was waiting to be cleaned.
+    Idle,
+    /// The live files are clean past `erasures` more erasures, now marked cleaned;
+    /// `remaining` still wait (committed since the attempt began, or still blocked).
+    Cleaned {
+        /// Erasures marked cleaned by this attempt.
+        erasures: u64,
+        /// Erasures still not cleaned.
+        remaining: u64,
+    },
+    /// Something still holds a view of the database from before an erasure; nothing was
+    /// marked. Retry later.
+    Blocked {
+        /// Erasures not yet cleaned.
+        pending: u64,
+        /// What blocks.
+        by: CleanupBlocker,
+    },
+}
+
+/// What keeps the live files from being cleaned. Names only database objects (process ids,
+/// slot names, transaction ids), never data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CleanupBlocker {
+    /// SQLite: another connection (a backup, a report, an operator's `sqlite3` session) holds a
+    /// read transaction on the WAL, so it cannot be truncated; or a writer held the lock.
+    SqliteReader,
+    /// PostgreSQL: a session holds a snapshot (or a transaction) from before the erasure.
+    Backend {
+        /// Its process id.
+        pid: i32,
+        /// What kind of process (`client backend`, `walsender`, ...).
+        backend_type: String,
+        /// How many transactions old its snapshot is (`age(backend_xmin)`).
+        xmin_age: i64,
+        /// How long its transaction has been open, in seconds.
+        transaction_secs: i64,
+    },
+    /// PostgreSQL: a replication slot holds the horizon back.
+    ReplicationSlot {
+        /// The slot.
+        name: String,
+    },
+    /// PostgreSQL: a prepared transaction from before the erasure.
+    PreparedTransaction {
+        /// Its global id.
+        gid: String,
+    },
+}
+
+impl std::fmt::Display for CleanupBlocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CleanupBlocker::SqliteReader => f.write_str(
+                "another connection holds a read transaction open on the SQLite database \
+                 (a backup, a report, an sqlite3 session), so the WAL cannot be truncated",
+            ),
+            CleanupBlocker::Backend {
+                pid,
+                backend_type,
+                xmin_age,
+                transaction_secs,
+            } => write!(
+                f,
+                "PostgreSQL {backend_type} pid {pid} holds a snapshot from before the erasure \
+                 (xmin age {xmin_age} transactions, transaction open for {transaction_secs} s)"
+            ),
+            CleanupBlocker::ReplicationSlot { name } => write!(
+                f,
+                "PostgreSQL replication slot {name} holds back the horizon from before the erasure"
+            ),
+            CleanupBlocker::PreparedTransaction { gid } => write!(
+                f,
+                "PostgreSQL prepared transaction {gid} dates from before the erasure"
+            ),
+        }
+    }
+}
+
+/// Erasures announced by any instance as they commit (PostgreSQL LISTEN/NOTIFY).
+#[async_trait]
+pub trait ErasureNotices: Send {
+    /// The handle of the next subject erased. Notices sent while the connection was lost are
+    /// not delivered (callers poll [`Store::erasures_after`] as well); an error means the
+    /// connection could not be re-made.
+    async fn next(&mut self) -> Result<SubjectHandle, StoreError>;
+}
+
 /// Storage of the ledger. One implementation per database backend.
 #[async_trait]
 pub trait Store: EpochStore + Send + Sync + 'static {
@@ -302,9 +402,24 @@ pub trait Store: EpochStore + Send + Sync + 'static {
     /// Deletes tombstones that expired before `now_micros`; returns how many.
     async fn purge_tombstones(&self, now_micros: i64) -> Result<u64, StoreError>;
 
-    /// After an erasure: moves the WAL's contents into the database and truncates the WAL, so
-    /// old copies of destroyed rows do not linger there. Best effort.
-    async fn compact_after_erasure(&self) -> Result<(), StoreError>;
+    /// One attempt to clean the live files past every erasure not yet cleaned, without waiting
+    /// on anyone: SQLite truncates the WAL (on a connection of its own that gives up at once
+    /// if a reader is in the way); PostgreSQL checks that no snapshot can still see the
+    /// deleted rows, then VACUUMs the key tables. On success the erasures committed before
+    /// the attempt began get `cleaned_at`.
+    async fn clean_after_erasures(&self) -> Result<Cleanup, StoreError>;
+
+    /// Up to `limit` erasures with `erasure_seq > after` (all, from the first, if `None`), in
+    /// seq order: what other instances must drop from their key caches.
+    async fn erasures_after(
+        &self,
+        after: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<(Seq, SubjectHandle)>, StoreError>;
+
+    /// Erasures announced as they commit, where the backend can (PostgreSQL); `None` on SQLite,
+    /// where one process owns the database.
+    async fn erasure_notices(&self) -> Result<Option<Box<dyn ErasureNotices>>, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

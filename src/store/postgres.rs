@@ -15,16 +15,16 @@ use std::time::Duration;
 mod epochs;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use super::epochs::{epoch_row, link_row};
 use super::{EpochRow, ErasureRecord, LinkRow};
 use super::{
-    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS,
-    ENTRY_SELECT, EntryRow, HEAD_SELECT, MalformedRow, SigningKeyRow, Store, StoreError, Tombstone,
-    VaultRow, chain_head, entry_hash_row, insert_error, key_refs, malformed_meta, signing_key_row,
-    to_i64, to_u64, vault_row,
+    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup, CleanupBlocker,
+    ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, HEAD_SELECT, MalformedRow,
+    SigningKeyRow, Store, StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row,
+    insert_error, key_refs, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
@@ -39,6 +39,12 @@ const LEDGER_LOCK: i64 = 0x6175_6469_746c_6564;
 const SERVE_LOCK: i64 = 0x6175_6469_746b_656b;
 /// Rows per UNNEST insert.
 const INSERT_CHUNK_ROWS: usize = 5000;
+/// The channel on which an erasure's transaction announces the erased handle (hex) to every
+/// instance; PostgreSQL delivers it when, and only if, the transaction commits.
+const ERASURE_CHANNEL: &str = "auditledger_erasures";
+/// The tables an erasure deletes rows from, vacuumed once no snapshot can see those rows;
+/// the ones that exist in this schema version are vacuumed.
+const ERASED_ROW_TABLES: [&str; 3] = ["data_keys", "subject_index", "subject_links"];
 
 /// The PostgreSQL store.
 #[derive(Clone, Debug)]
@@ -374,14 +380,90 @@ impl Store for PostgresStore {
         )
     }
 
-    async fn compact_after_erasure(&self) -> Result<(), StoreError> {
-        // Deleted rows stay in their pages until VACUUM reuses the space, and in the WAL until
-        // it is recycled; docs/ERASURE.md says what the operator does about that. A plain
-        // VACUUM of the small key tables marks the space reusable without blocking anyone.
-        sqlx::query("VACUUM data_keys, subject_index")
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    async fn clean_after_erasures(&self) -> Result<Cleanup, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        // A missing cleanup_xid (never written by this version) counts as "now".
+        let pending: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT erasure_seq, COALESCE(cleanup_xid, txid_snapshot_xmax(txid_current_snapshot())) \
+             FROM erased_subjects WHERE cleaned_at IS NULL ORDER BY erasure_seq",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        if pending.is_empty() {
+            return Ok(Cleanup::Idle);
+        }
+        let holders = horizon_holders(&mut conn).await?;
+        // An erasure is clean once every snapshot, transaction, slot and prepared transaction
+        // left is younger than it: none of them can see the deleted rows, so VACUUM removes
+        // them.
+        let (clean, blocked): (Vec<_>, Vec<_>) = pending
+            .iter()
+            .partition(|(_, xid)| holders.iter().all(|h| xid_precedes(xid32(*xid), h.xid)));
+        if clean.is_empty() {
+            let first = xid32(pending[0].1);
+            // Always found: the first pending erasure is held back by someone.
+            if let Some(oldest) = holders
+                .into_iter()
+                .filter(|h| !xid_precedes(first, h.xid))
+                .max_by_key(|h| h.age)
+            {
+                return Ok(Cleanup::Blocked {
+                    pending: pending.len() as u64,
+                    by: oldest.what,
+                });
+            }
+        }
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
+        )
+        .bind(ERASED_ROW_TABLES.map(str::to_owned).to_vec())
+        .fetch_all(&mut *conn)
+        .await?;
+        if !tables.is_empty() {
+            // Plain VACUUM: it takes no lock that appends or reads wait for. (VACUUM FULL
+            // would rewrite the tables under an exclusive lock, stalling every append that
+            // creates a subject; the dead tuples' bytes it would also remove are left to the
+            // KEK epoch, which makes every copy of a wrapped key useless.)
+            sqlx::query(&format!("VACUUM {}", tables.join(", ")))
+                .execute(&mut *conn)
+                .await?;
+        }
+        let seqs: Vec<i64> = clean.iter().map(|(seq, _)| *seq).collect();
+        let marked = sqlx::query(
+            "UPDATE erased_subjects SET cleaned_at = $1 \
+             WHERE erasure_seq = ANY($2) AND cleaned_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(&seqs)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        Ok(Cleanup::Cleaned {
+            erasures: marked,
+            remaining: blocked.len() as u64,
+        })
+    }
+
+    async fn erasures_after(
+        &self,
+        after: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<(Seq, SubjectHandle)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT erasure_seq, handle FROM erased_subjects WHERE erasure_seq > $1 \
+             ORDER BY erasure_seq LIMIT $2",
+        )
+        .bind(after.map_or(-1, |s| to_i64(s.0)))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|(seq, h)| erasure_row(*seq, h)).collect()
+    }
+
+    async fn erasure_notices(&self) -> Result<Option<Box<dyn ErasureNotices>>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(ERASURE_CHANNEL).await?;
+        Ok(Some(Box::new(PgErasureNotices { listener })))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -473,6 +555,151 @@ impl Store for PostgresStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Erasure notices on a LISTEN connection, which sqlx re-makes (and re-LISTENs) when it drops.
+struct PgErasureNotices {
+    listener: PgListener,
+}
+
+#[async_trait]
+impl ErasureNotices for PgErasureNotices {
+    async fn next(&mut self) -> Result<SubjectHandle, StoreError> {
+        loop {
+            let notice = self.listener.recv().await?;
+            if let Ok(handle) = SubjectHandle::from_hex(notice.payload()) {
+                return Ok(handle);
+            }
+            // Anyone with access to the database may NOTIFY; the poll still covers us.
+            tracing::warn!("ignoring a malformed erasure notice");
+        }
+    }
+}
+
+/// Something that holds PostgreSQL's removal horizon back: VACUUM keeps every row version
+/// that a transaction id at or after `xid` might still see.
+struct HorizonHolder {
+    xid: u32,
+    age: i64,
+    what: CleanupBlocker,
+}
+
+/// A `pg_stat_activity` row holding a snapshot or a transaction id.
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    pid: i32,
+    backend_type: Option<String>,
+    xmin: Option<i64>,
+    xid: Option<i64>,
+    xmin_age: Option<i32>,
+    xid_age: Option<i32>,
+    transaction_secs: Option<i64>,
+}
+
+/// A `pg_replication_slots` row.
+#[derive(sqlx::FromRow)]
+struct SlotRow {
+    name: String,
+    xmin: Option<i64>,
+    xmin_age: Option<i32>,
+    catalog_xmin: Option<i64>,
+    catalog_age: Option<i32>,
+}
+
+/// Sessions of this database (and WAL senders, whose standbys may feed back their snapshots),
+/// replication slots and prepared transactions, each with the oldest transaction id it holds.
+async fn horizon_holders(conn: &mut PgConnection) -> Result<Vec<HorizonHolder>, StoreError> {
+    let mut out = Vec::new();
+    let sessions: Vec<SessionRow> = sqlx::query_as(
+        "SELECT pid, backend_type, backend_xmin::text::bigint AS xmin, \
+                backend_xid::text::bigint AS xid, age(backend_xmin) AS xmin_age, \
+                age(backend_xid) AS xid_age, \
+                EXTRACT(EPOCH FROM now() - xact_start)::bigint AS transaction_secs \
+         FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() \
+           AND (datname = current_database() OR backend_type = 'walsender') \
+           AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for SessionRow {
+        pid,
+        backend_type,
+        xmin,
+        xid,
+        xmin_age,
+        xid_age,
+        transaction_secs,
+    } in sessions
+    {
+        let held = [(xmin, xmin_age), (xid, xid_age)]
+            .into_iter()
+            .filter_map(|(x, a)| Some((xid32(x?), i64::from(a.unwrap_or(0)))))
+            .max_by_key(|(_, a)| *a);
+        if let Some((xid, age)) = held {
+            out.push(HorizonHolder {
+                xid,
+                age,
+                what: CleanupBlocker::Backend {
+                    pid,
+                    backend_type: backend_type.unwrap_or_default(),
+                    xmin_age: age,
+                    transaction_secs: transaction_secs.unwrap_or(0),
+                },
+            });
+        }
+    }
+    let slots: Vec<SlotRow> = sqlx::query_as(
+        "SELECT slot_name::text AS name, xmin::text::bigint AS xmin, age(xmin) AS xmin_age, \
+                catalog_xmin::text::bigint AS catalog_xmin, age(catalog_xmin) AS catalog_age \
+         FROM pg_replication_slots \
+         WHERE database IS NULL OR database = current_database()",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for SlotRow {
+        name,
+        xmin,
+        xmin_age,
+        catalog_xmin,
+        catalog_age,
+    } in slots
+    {
+        for (x, a) in [(xmin, xmin_age), (catalog_xmin, catalog_age)] {
+            if let Some(x) = x {
+                out.push(HorizonHolder {
+                    xid: xid32(x),
+                    age: i64::from(a.unwrap_or(0)),
+                    what: CleanupBlocker::ReplicationSlot { name: name.clone() },
+                });
+            }
+        }
+    }
+    let prepared: Vec<(String, i64, i32)> = sqlx::query_as(
+        "SELECT gid, transaction::text::bigint, age(transaction) FROM pg_prepared_xacts \
+         WHERE database = current_database()",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (gid, xid, age) in prepared {
+        out.push(HorizonHolder {
+            xid: xid32(xid),
+            age: i64::from(age),
+            what: CleanupBlocker::PreparedTransaction { gid },
+        });
+    }
+    Ok(out)
+}
+
+/// The 32-bit transaction id PostgreSQL's system views show, of a 64-bit `txid_current()`.
+fn xid32(xid: i64) -> u32 {
+    u32::try_from(xid & 0xffff_ffff).unwrap_or(0)
+}
+
+/// Whether `a` is older than `b`, in PostgreSQL's circular transaction-id order
+/// (`TransactionIdPrecedes`: modulo 2^32, within 2^31 of each other).
+fn xid_precedes(a: u32, b: u32) -> bool {
+    a.wrapping_sub(b).cast_signed() < 0
 }
 
 struct PgAppendTx {
@@ -633,6 +860,13 @@ impl AppendTx for PgAppendTx {
         .bind(record.receipt_signature.clone())
         .execute(&mut *self.tx)
         .await?;
+        // Every instance drops the key from its cache when this commits (cleanup_xid is set
+        // by its column default, in this transaction).
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(ERASURE_CHANNEL)
+            .bind(handle.to_hex())
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

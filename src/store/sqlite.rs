@@ -18,10 +18,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use super::epochs::{epoch_row, link_row};
 use super::{EpochRow, ErasureRecord, LinkRow};
 use super::{
-    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, ENTRY_COLUMNS,
-    ENTRY_SELECT, EntryRow, HEAD_SELECT, SigningKeyRow, Store, StoreError, Tombstone, VaultRow,
-    chain_head, entry_hash_row, insert_error, key_refs, malformed_meta, signing_key_row, to_i64,
-    to_u64, vault_row,
+    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup, CleanupBlocker,
+    ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, HEAD_SELECT, SigningKeyRow, Store,
+    StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row, insert_error,
+    key_refs, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
@@ -33,12 +33,19 @@ use crate::record::Record;
 const INSERT_CHUNK_ROWS: usize = 500;
 /// How long a connection waits for a lock held by another process (e.g. `verify`) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the cleaner's WAL truncation waits for a reader to let go. A TRUNCATE checkpoint
+/// holds the write lock while it waits, so this bounds what one attempt can cost appends; a
+/// blocked attempt is retried later instead.
+const CLEANUP_BUSY_TIMEOUT: Duration = Duration::from_millis(5);
 
 /// The SQLite store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    /// The cleaner's own connection, which never waits: truncating the WAL must not queue
+    /// behind (or hold up) the writer's connection.
+    cleaner: SqlitePool,
 }
 
 fn options(path: &Path) -> SqliteConnectOptions {
@@ -68,7 +75,15 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options(path))
             .await?;
-        Ok(SqliteStore { write, read })
+        let cleaner = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options(path).busy_timeout(CLEANUP_BUSY_TIMEOUT))
+            .await?;
+        Ok(SqliteStore {
+            write,
+            read,
+            cleaner,
+        })
     }
 
     /// Opens an existing database for reading only (for `verify` beside a running server).
@@ -83,6 +98,7 @@ impl SqliteStore {
             .await?;
         Ok(SqliteStore {
             write: read.clone(),
+            cleaner: read.clone(),
             read,
         })
     }
@@ -269,11 +285,69 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn compact_after_erasure(&self) -> Result<(), StoreError> {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.write)
-            .await?;
-        Ok(())
+    async fn clean_after_erasures(&self) -> Result<Cleanup, StoreError> {
+        let (pending, newest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MAX(erasure_seq) FROM erased_subjects WHERE cleaned_at IS NULL",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        let Some(newest) = newest else {
+            return Ok(Cleanup::Idle);
+        };
+        // The row is (busy, WAL frames, frames checkpointed); busy = 1 when a reader (or the
+        // writer) kept the WAL from being reset, in which case its old frames remain.
+        let busy = match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.cleaner)
+            .await
+        {
+            Ok((busy, _, _)) => busy != 0,
+            Err(e) if is_busy(&e) => true,
+            Err(e) => return Err(e.into()),
+        };
+        if busy {
+            return Ok(Cleanup::Blocked {
+                pending: to_u64(pending),
+                by: CleanupBlocker::SqliteReader,
+            });
+        }
+        // Every erasure up to `newest` committed before the truncation, so none of their
+        // destroyed rows is in a live file any longer.
+        let marked = sqlx::query(
+            "UPDATE erased_subjects SET cleaned_at = ? WHERE cleaned_at IS NULL AND erasure_seq <= ?",
+        )
+        .bind(micros_now())
+        .bind(newest)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        let remaining: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE cleaned_at IS NULL")
+                .fetch_one(&self.read)
+                .await?;
+        Ok(Cleanup::Cleaned {
+            erasures: marked,
+            remaining: to_u64(remaining),
+        })
+    }
+
+    async fn erasures_after(
+        &self,
+        after: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<(Seq, SubjectHandle)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT erasure_seq, handle FROM erased_subjects WHERE erasure_seq > ? \
+             ORDER BY erasure_seq LIMIT ?",
+        )
+        .bind(after.map_or(-1, |s| to_i64(s.0)))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|(seq, h)| erasure_row(*seq, h)).collect()
+    }
+
+    async fn erasure_notices(&self) -> Result<Option<Box<dyn ErasureNotices>>, StoreError> {
+        Ok(None)
     }
 
 
@@ -355,10 +429,19 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.cleaner.close().await;
         self.read.close().await;
         self.write.close().await;
     }
 
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED (any extended code): someone else holds a lock.
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
 /// Perfect-subtree hashes: leaves from `entries`, the rest from `merkle_nodes`.
