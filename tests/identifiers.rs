@@ -15,7 +15,8 @@ const CUSTOMER: &str = "customer-000042";
 const EMAIL: &str = "fiona.kelvin@example.com";
 
 fn event(ty: &str, subject: Option<&str>, metadata: &Value) -> Value {
-    let mut e = json!({"type": ty, "data": {"note": "personal data lives here"}, "metadata": metadata});
+    let mut e =
+        json!({"type": ty, "data": {"note": "personal data lives here"}, "metadata": metadata});
     if let Some(s) = subject {
         e["subject"] = json!(s);
     }
@@ -146,13 +147,22 @@ async fn sharp_s_and_turkish_dotted_i_variants_are_caught() {
     let cases = [
         ("STRASSE-7731", "Straße-7731"),
         ("straße-7731", "STRASSE-7731"),
-        ("ilknur.yilmaz@example.com", "\u{130}LKNUR.YILMAZ@EXAMPLE.COM"),
+        (
+            "ilknur.yilmaz@example.com",
+            "\u{130}LKNUR.YILMAZ@EXAMPLE.COM",
+        ),
         ("ılknur.yılmaz@example.com", "ILKNUR.YILMAZ@example.com"),
     ];
     for (subject, value) in cases {
-        let body = json!({"events": [event("ContactChanged", Some(subject), &json!({"v": value}))]});
+        let body =
+            json!({"events": [event("ContactChanged", Some(subject), &json!({"v": value}))]});
         let (status, problem) = s.append("contacts-2", &body).await;
-        assert_refused(status, &problem, "metadata value", &[subject, value, "7731", "lknur"]);
+        assert_refused(
+            status,
+            &problem,
+            "metadata value",
+            &[subject, value, "7731", "lknur"],
+        );
     }
     assert_eq!(s.all_events().await.len(), n);
     s.terminate().await;
