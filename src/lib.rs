@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod crypto;
 pub mod entry;
+pub mod identifiers;
 pub mod merkle;
 pub mod receipt;
 pub mod record;

@@ -4,7 +4,10 @@
 //! - bad input is a 4xx whose `detail` says what is wrong and names the field, and nothing is
 //!   written;
 //! - a 5xx says nothing internal: the cause is logged once, here, and the body stays generic;
-//! - no secret, plaintext or subject identifier ever goes into a body or a log line.
+//! - no secret, plaintext or subject identifier ever goes into a body or a log line; nor does
+//!   any text the client chose that could be one (a stream id, an event type, a metadata key
+//!   or value, a reason): a 4xx names the field and says what is wrong with it, never quotes
+//!   it (see also `json::parse`).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -38,8 +41,6 @@ pub enum ApiError {
     /// Optimistic-concurrency conflict.
     #[error("version conflict")]
     VersionConflict {
-        /// Stream id.
-        stream: String,
         /// What was expected.
         expected: ExpectedVersion,
         /// What the stream is at.
@@ -125,12 +126,8 @@ impl IntoResponse for ApiError {
         let (status, slug, title) = self.parts();
         let mut extra = Map::new();
         let detail = match &self {
-            ApiError::VersionConflict {
-                stream,
-                expected,
-                actual,
-            } => {
-                extra.insert("stream_id".into(), Value::from(stream.clone()));
+            // The stream id is not quoted: it is the client's text (see the policy above).
+            ApiError::VersionConflict { expected, actual } => {
                 extra.insert("expected_version".into(), expected_json(*expected));
                 extra.insert(
                     "actual_version".into(),
@@ -138,7 +135,7 @@ impl IntoResponse for ApiError {
                 );
                 let actual = actual.map_or("no events".to_owned(), |v| format!("version {v}"));
                 format!(
-                    "stream {stream} has {actual}, but the request expected {}",
+                    "the stream has {actual}, but the request expected {}",
                     expected_json(*expected)
                 )
             }
@@ -181,14 +178,8 @@ impl From<AppendError> for ApiError {
     fn from(e: AppendError) -> ApiError {
         match e {
             AppendError::VersionConflict {
-                stream,
-                expected,
-                actual,
-            } => ApiError::VersionConflict {
-                stream: stream.to_string(),
-                expected,
-                actual,
-            },
+                expected, actual, ..
+            } => ApiError::VersionConflict { expected, actual },
             AppendError::Unavailable(_) => ApiError::Unavailable(
                 "the ledger could not commit the append; nothing was written, retry".to_owned(),
             ),

@@ -19,6 +19,7 @@ use super::json;
 use crate::entry::{
     EventType, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, Seq, StreamId,
 };
+use crate::identifiers::{self, Identifiers};
 use crate::ledger::{AppendRequest, ExpectedVersion, NewEvent, ReadEvent, SYSTEM_STREAM_PREFIX};
 use crate::timefmt::format_micros;
 
@@ -95,19 +96,25 @@ fn one() -> u32 {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
-    /// Event type: 1 to 128 characters of `A-Z a-z 0-9 _ - . :`.
+    /// Event type: 1 to 128 characters of `A-Z a-z 0-9 _ - . :`. Chained in plaintext and kept
+    /// for ever: must not name a person (refused with 422 if it contains a `subject` of the
+    /// request, in any case or width).
     #[serde(rename = "type")]
     event_type: String,
     /// Schema version of the event type, from 1; default 1.
     #[serde(default = "one")]
     schema_version: u32,
-    /// The data subject's own identifier (e.g. a customer id). Never stored.
+    /// The data subject's own identifier (e.g. a customer id, an e-mail address): the only
+    /// field where it may appear. Never stored. At least 3 characters after Unicode NFKC
+    /// normalisation and case folding.
     #[serde(default)]
     subject: Option<String>,
     /// Event data, any JSON value; encrypted at rest.
     #[schema(value_type = Object)]
     data: serde_json::Value,
-    /// Plaintext metadata (no personal data): an object of string values.
+    /// Plaintext metadata, kept for ever (no personal data): an object of string values.
+    /// Refused with 422 if a key or value contains a `subject` of the request, in any case or
+    /// width.
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
 }
@@ -284,6 +291,8 @@ fn parse_append(
         let subject = ev.subject.map(Zeroizing::new);
         if let Some(s) = &subject {
             json::check_text(&field("subject"), s, MAX_SUBJECT_BYTES)?;
+            identifiers::check_identifier(s)
+                .map_err(|e| ApiError::Invalid(format!("{} {e}", field("subject"))))?;
         }
         let metadata = ev.metadata.unwrap_or_default();
         if metadata.len() > MAX_METADATA_PAIRS {
@@ -292,27 +301,21 @@ fn parse_append(
                 field("metadata")
             )));
         }
-        for (k, v) in &metadata {
+        // Keys are named by their position, never quoted: a key is the client's text and could
+        // be an identifier.
+        for (j, (k, v)) in metadata.iter().enumerate() {
             if k.is_empty() || k.len() > MAX_NAME_BYTES {
                 return Err(ApiError::Invalid(format!(
-                    "{}: keys must be 1 to {MAX_NAME_BYTES} bytes",
-                    field("metadata")
+                    "{}: keys must be 1 to {MAX_NAME_BYTES} bytes (key {} in sorted order is not)",
+                    field("metadata"),
+                    j + 1
                 )));
             }
             if v.len() > MAX_METADATA_VALUE_BYTES {
                 return Err(ApiError::Invalid(format!(
-                    "{} is longer than {MAX_METADATA_VALUE_BYTES} bytes",
-                    field(&format!("metadata.{k}"))
-                )));
-            }
-            // Metadata stays plaintext after erasure: refuse the one personal datum we know.
-            if subject
-                .as_ref()
-                .is_some_and(|s| v.contains(s.as_str()) || k.contains(s.as_str()))
-            {
-                return Err(ApiError::Invalid(format!(
-                    "{} must not contain the event's subject identifier: metadata is never encrypted",
-                    field(&format!("metadata.{k}"))
+                    "{}: the value of key {} in sorted order is longer than {MAX_METADATA_VALUE_BYTES} bytes",
+                    field("metadata"),
+                    j + 1
                 )));
             }
         }
@@ -334,6 +337,7 @@ fn parse_append(
             metadata,
         });
     }
+    refuse_identifiers_in_names(&stream, &events)?;
     Ok(AppendRequest {
         stream,
         expected: parsed.expected_version.0,
@@ -341,17 +345,66 @@ fn parse_append(
     })
 }
 
+/// Refuses a request that places one of its subjects' identifiers where it would be chained
+/// in plaintext: the stream id, an event type, a metadata key or value (of any event of the
+/// request, not only the subject's own). Matching is case-insensitive after Unicode
+/// normalisation ([`identifiers`]). The reply names the field, never its content.
+fn refuse_identifiers_in_names(stream: &StreamId, events: &[NewEvent]) -> Result<(), ApiError> {
+    let subjects = Identifiers::new(
+        events
+            .iter()
+            .filter_map(|e| e.subject.as_ref().map(|s| s.as_str())),
+    );
+    if subjects.is_empty() {
+        return Ok(());
+    }
+    let refuse = |place: String| {
+        ApiError::Invalid(format!(
+            "{place} contains the identifier of a subject of this request (compared without \
+             regard to case, width or accents): stream ids, event types and metadata are \
+             chained in plaintext and kept for ever, so they must be pseudonymous; the \
+             identifier belongs in `subject` only, personal data in `data` only"
+        ))
+    };
+    if subjects.appear_in(stream.as_str()) {
+        return Err(refuse("the stream id".to_owned()));
+    }
+    for (i, e) in events.iter().enumerate() {
+        if subjects.appear_in(e.event_type.as_str()) {
+            return Err(refuse(format!("events[{i}].type")));
+        }
+        for (j, (k, v)) in e.metadata.iter().enumerate() {
+            let j = j + 1;
+            if subjects.appear_in(k) {
+                return Err(refuse(format!(
+                    "events[{i}].metadata: a metadata key (key {j} in sorted order)"
+                )));
+            }
+            if subjects.appear_in(v) {
+                return Err(refuse(format!(
+                    "events[{i}].metadata: a metadata value (of key {j} in sorted order)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Append events to a stream.
 #[utoipa::path(
     post, path = "/v1/streams/{stream_id}/events", tag = "events",
-    params(("stream_id" = String, Path, description = "1-128 chars of A-Z a-z 0-9 _ - . :")),
+    params(("stream_id" = String, Path, description = "1-128 chars of A-Z a-z 0-9 _ - . :. \
+        Kept for ever in plaintext, so pseudonymous: your own surrogate key (`customer-7f3a9c`), \
+        never an e-mail address or a customer number people know; refused with 422 if it \
+        contains a `subject` of the request")),
     request_body = AppendBody,
     responses(
         (status = 201, description = "Committed durably", body = AppendResponse),
         (status = 400, description = "Malformed request", content_type = "application/problem+json"),
         (status = 409, description = "Version conflict", content_type = "application/problem+json"),
         (status = 413, description = "Over a size limit", content_type = "application/problem+json"),
-        (status = 422, description = "Invalid event", content_type = "application/problem+json"),
+        (status = 422, description = "Invalid event, or a subject's identifier in the stream id, \
+            a type or metadata (the reply names the field, never its content)", content_type = "application/problem+json"),
         (status = 503, description = "Not committed; retry", content_type = "application/problem+json"),
     )
 )]

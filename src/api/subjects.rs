@@ -15,6 +15,7 @@ use super::events::{EventOut, MAX_READ_LIMIT, MAX_SUBJECT_BYTES};
 use super::json;
 use crate::checkpoint::CheckpointJson;
 use crate::entry::Seq;
+use crate::identifiers::Identifiers;
 use crate::ledger::{EraseError, EraseRequest, ErasureState, ErasureView};
 use crate::receipt::ReceiptJson;
 
@@ -29,9 +30,11 @@ pub const MAX_REQUEST_REF_BYTES: usize = 200;
 pub struct EraseBody {
     /// The subject's own identifier, as given when its events were appended.
     subject: String,
-    /// Why, e.g. `GDPR Art. 17(1)(a)`. Stored in the ledger in plaintext: no personal data.
+    /// Why, e.g. `GDPR Art. 17(1)(a)`. Chained in plaintext and kept for ever: no personal data;
+    /// refused (422) if it contains the identifier in any case, width or accent.
     reason: String,
-    /// Your reference for the request (ticket number). Stored in plaintext: no personal data.
+    /// Your reference for the request (ticket number). Chained in plaintext and kept for ever:
+    /// no personal data; refused (422) if it contains the identifier.
     request_ref: String,
 }
 
@@ -237,7 +240,8 @@ pub async fn erasures(
     responses(
         (status = 200, description = "Erased (or erased before: the first receipt)", body = ReceiptOut),
         (status = 404, description = "Unknown subject", content_type = "application/problem+json"),
-        (status = 422, description = "Invalid request", content_type = "application/problem+json"),
+        (status = 422, description = "Invalid request, or the identifier in reason or request_ref \
+            (the reply names the field, never its content)", content_type = "application/problem+json"),
     )
 )]
 pub async fn erase(
@@ -250,13 +254,18 @@ pub async fn erase(
     json::check_text("subject", &subject, MAX_SUBJECT_BYTES)?;
     json::check_text("reason", &parsed.reason, MAX_REASON_BYTES)?;
     json::check_text("request_ref", &parsed.request_ref, MAX_REQUEST_REF_BYTES)?;
+    // Any identifier is accepted here, however short (one appended before the length rule
+    // must stay erasable), and every one is checked: reason and reference are chained in
+    // plaintext and kept for ever. The reply names the field, never its content.
+    let identifier = Identifiers::new([subject.as_str()]);
     for (field, text) in [
         ("reason", &parsed.reason),
         ("request_ref", &parsed.request_ref),
     ] {
-        if text.contains(subject.as_str()) {
+        if identifier.appear_in(text) {
             return Err(ApiError::Invalid(format!(
-                "{field} must not contain the subject identifier: it is stored in plaintext"
+                "{field} contains the subject identifier (compared without regard to case, \
+                 width or accents): it is chained in plaintext and kept for ever"
             )));
         }
     }
