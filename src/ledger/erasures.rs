@@ -177,3 +177,64 @@ impl Ledger {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::SubjectHandle;
+    use crate::store::ErasureRecord;
+
+    fn epoch(n: u32, destroyed_at: Option<i64>) -> EpochRow {
+        EpochRow {
+            epoch: n,
+            kek_id: format!("{n:016x}"),
+            started_at: 0,
+            rotate_by: 100,
+            destroyed_at,
+        }
+    }
+
+    fn erasure(epoch: Option<u32>, cleaned_at: Option<i64>) -> ErasureRow {
+        ErasureRow {
+            handle: SubjectHandle([1; 16]),
+            erasure_seq: Seq(7),
+            erased_at: 50,
+            record: epoch.map(|epoch| ErasureRecord {
+                request_ref: "DSR-1".to_owned(),
+                epoch,
+                forgotten_by: 3_600_000_100,
+                receipt_key_id: "00".to_owned(),
+                receipt_signature: vec![0; 64],
+            }),
+            cleaned_at,
+        }
+    }
+
+    #[test]
+    fn forgotten_only_once_every_epoch_up_to_the_erasures_is_destroyed() {
+        let row = erasure(Some(2), None);
+        let s = status(&row, &[epoch(1, Some(10)), epoch(2, None)]);
+        assert_eq!(s.state, ErasureState::KeyDeleted);
+        let row = erasure(Some(2), Some(60));
+        let s = status(&row, &[epoch(1, Some(10)), epoch(2, None), epoch(3, None)]);
+        assert_eq!(s.state, ErasureState::LiveCleaned);
+        assert!(s.forgotten_at.is_none());
+        // Epoch 2 destroyed but epoch 1 (which may also have wrapped the key) still lives.
+        let s = status(&row, &[epoch(1, None), epoch(2, Some(90)), epoch(3, None)]);
+        assert_eq!(s.state, ErasureState::LiveCleaned);
+        let s = status(&row, &[epoch(1, Some(10)), epoch(2, Some(90)), epoch(3, None)]);
+        assert_eq!(s.state, ErasureState::Forgotten);
+        assert_eq!(s.forgotten_at, Some(format_micros(90)));
+        // An erasure from before epochs has no promise, and is never claimed forgotten.
+        let s = status(&erasure(None, Some(60)), &[epoch(1, Some(10))]);
+        assert_eq!(s.state, ErasureState::LiveCleaned);
+        assert_eq!(s.forgotten_by, None);
+    }
+
+    #[test]
+    fn forgotten_by_is_the_epochs_end_plus_the_grace_and_never_in_the_past() {
+        let grace = 3_600_000_000;
+        assert_eq!(super::super::erasure::forgotten_by(1_000, 10), 1_000 + grace);
+        assert_eq!(super::super::erasure::forgotten_by(1_000, 5_000), 5_000 + grace);
+    }
+}
