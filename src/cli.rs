@@ -163,7 +163,9 @@ pub fn run(cli: Cli) -> ExitCode {
             .block_on(crate::rotate::rotate_kek(
                 &dirs,
                 crate::epochs::rotation::RotationConfig {
-                    length: Duration::from_secs_f64(kek_epoch_hours.clamp(0.0001, 87_600.0) * 3600.0),
+                    length: Duration::from_secs_f64(
+                        kek_epoch_hours.clamp(0.0001, 87_600.0) * 3600.0,
+                    ),
                     batch: batch_size.max(1),
                 },
                 stop_after_batches,
@@ -257,14 +259,7 @@ impl Service {
         let (keys, trust, signing_first_seq) =
             identity_and_keys(dirs, shared.as_ref(), keys).await?;
         let ledger_id = trust.ledger_id;
-        let keyring =
-            crate::epochs::prepare(shared.as_ref(), &dirs.keys_dir, config.rotation().length)
-                .await?;
-        let vault = Arc::new(Vault::open(Arc::clone(&shared), keyring, dirs.keys_dir.clone()).await?);
-        let sealed = crate::epochs::seal_legacy_links(shared.as_ref(), &vault).await?;
-        if sealed > 0 {
-            println!("sealed {sealed} subject index rows under the current KEK epoch");
-        }
+        let vault = open_vault(config, &shared).await?;
         shared
             .publish_signing_key(&keys.signing.public_key())
             .await?;
@@ -353,6 +348,20 @@ impl Service {
         crate::backend::close(self.store.as_ref(), self.lock).await;
         Ok(())
     }
+}
+
+/// The key vault, with the KEK epochs brought into agreement with the database first, and the
+/// plaintext subject index of a ledger made before epochs sealed.
+async fn open_vault(config: &ServeConfig, store: &Arc<dyn Store>) -> anyhow::Result<Arc<Vault>> {
+    let dirs = &config.dirs;
+    let keyring =
+        crate::epochs::prepare(store.as_ref(), &dirs.keys_dir, config.rotation().length).await?;
+    let vault = Arc::new(Vault::open(Arc::clone(store), keyring, dirs.keys_dir.clone()).await?);
+    let sealed = crate::epochs::seal_legacy_links(store.as_ref(), &vault).await?;
+    if sealed > 0 {
+        println!("sealed {sealed} subject index rows under the current KEK epoch");
+    }
+    Ok(vault)
 }
 
 /// The keys, created on first start; refuses while a KEK rotation is unfinished.

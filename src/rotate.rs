@@ -71,7 +71,10 @@ async fn offline(
     let vault = Arc::new(Vault::open(Arc::clone(&store), keyring, dirs.keys_dir.clone()).await?);
     crate::epochs::seal_legacy_links(store.as_ref(), &vault).await?;
     if resuming {
-        eprintln!("resuming the rotation to epoch {}", vault.current_kek().epoch);
+        eprintln!(
+            "resuming the rotation to epoch {}",
+            vault.current_kek().epoch
+        );
     }
     let rotator = Rotator::new(
         Arc::clone(&store),

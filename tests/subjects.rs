@@ -586,7 +586,10 @@ async fn kek_rotation_rewraps_every_key_resumably_and_the_old_kek_can_be_deleted
     let (code, out, err) = env.cli(&["rotate-kek", "--batch-size", "2"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("resuming the rotation to epoch 2"), "{err}");
-    assert!(out.contains("KEK epoch 2 is current; 9 keys and links re-wrapped"), "{out}");
+    assert!(
+        out.contains("KEK epoch 2 is current; 9 keys and links re-wrapped"),
+        "{out}"
+    );
     assert!(out.contains("destroyed epochs: [1]"), "{out}");
     assert!(!epoch1.exists(), "the old epoch's KEK is destroyed");
     let new_kek = std::fs::read_to_string(env.path().join("keys/epochs/2.kek")).unwrap();

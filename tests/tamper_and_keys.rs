@@ -237,7 +237,10 @@ async fn missing_damaged_or_wrong_keys_stop_the_service_with_a_clear_message() {
     let size_before = std::fs::metadata(dir.path().join("data/ledger.db"))
         .unwrap()
         .len();
-    serve_fails(dir.path(), "is not the KEK the database recorded for epoch 1");
+    serve_fails(
+        dir.path(),
+        "is not the KEK the database recorded for epoch 1",
+    );
     assert_eq!(
         std::fs::metadata(dir.path().join("data/ledger.db"))
             .unwrap()

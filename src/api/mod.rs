@@ -115,7 +115,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subjects/erase", post(subjects::erase))
         .route("/v1/subjects/export", post(subjects::export))
         .route("/v1/subjects/erasures", get(subjects::erasures))
-        .route("/v1/subjects/erasures/{erasure_seq}", get(subjects::erasure))
+        .route(
+            "/v1/subjects/erasures/{erasure_seq}",
+            get(subjects::erasure),
+        )
         .route("/v1/keys", get(ops::keys))
         .route("/v1/checkpoints/latest", get(checkpoints::latest))
         .route(

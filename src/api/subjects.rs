@@ -205,7 +205,9 @@ pub async fn erasure(
     })?;
     match state.0.ledger.erasure(Seq(seq)).await? {
         Some(view) => Ok(Json(view.into())),
-        None => Err(ApiError::NotFound(format!("no erasure has its entry at seq {seq}"))),
+        None => Err(ApiError::NotFound(format!(
+            "no erasure has its entry at seq {seq}"
+        ))),
     }
 }
 

@@ -232,7 +232,11 @@ impl Kek {
     }
 
     /// Opens what [`Kek::seal_link`] sealed for `index_mac`.
-    pub fn open_link(&self, sealed: &[u8], index_mac: &[u8; 32]) -> Result<SubjectHandle, KeyError> {
+    pub fn open_link(
+        &self,
+        sealed: &[u8],
+        index_mac: &[u8; 32],
+    ) -> Result<SubjectHandle, KeyError> {
         let plain = self.open_bytes(LINK_AAD_DOMAIN, index_mac, sealed)?;
         let id: [u8; SUBJECT_HANDLE_LEN] = plain
             .as_slice()

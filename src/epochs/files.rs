@@ -73,7 +73,7 @@ fn sync_dir(dir: &Path) -> Result<(), KeyFileError> {
 
 /// Writes `kek` as epoch `epoch`'s KEK unless a file for that epoch exists; returns the KEK
 /// the file holds afterwards (the existing one if another process got there first).
-pub fn create(keys_dir: &Path, epoch: u32, kek: Kek) -> Result<Kek, KeyFileError> {
+pub fn create(keys_dir: &Path, epoch: u32, kek: &Kek) -> Result<Kek, KeyFileError> {
     let dir = keys_dir.join(EPOCHS_DIR);
     fs::DirBuilder::new()
         .recursive(true)
@@ -138,7 +138,7 @@ pub fn adopt_legacy(keys_dir: &Path) -> Result<bool, KeyFileError> {
     }
     let kek = parse_kek(&legacy)?;
     let id = kek.id();
-    let kept = create(keys_dir, 1, kek)?;
+    let kept = create(keys_dir, 1, &kek)?;
     if kept.id() != id {
         return Err(KeyFileError::Malformed(kek_path(keys_dir, 1)));
     }

@@ -177,7 +177,7 @@ pub async fn prepare(
         .map(|r| (r.epoch, r))
         .collect();
     if on_disk.is_empty() && recorded.is_empty() {
-        on_disk.insert(1, files::create(keys_dir, 1, Kek::generate())?);
+        on_disk.insert(1, files::create(keys_dir, 1, &Kek::generate())?);
     }
     let now = now_micros();
     for (epoch, kek) in &on_disk {

@@ -146,7 +146,9 @@ impl Rotator {
             out.leased_elsewhere = true;
             return Ok(out);
         }
-        let result = self.leased_pass(start, &ring, max_batches, progress, &mut out).await;
+        let result = self
+            .leased_pass(start, &ring, max_batches, progress, &mut out)
+            .await;
         // Hand the lease back at once (an interrupted or finished pass), so that another run
         // need not wait for it to lapse; a crashed holder's lease lapses after LEASE.
         let now = now_micros();
@@ -177,7 +179,7 @@ impl Rotator {
     }
 
     async fn start_epoch(&self, epoch: u32) -> Result<u32, RotationError> {
-        let kek = files::create(&self.keys_dir, epoch, Kek::generate())?;
+        let kek = files::create(&self.keys_dir, epoch, &Kek::generate())?;
         let now = now_micros();
         let row = self
             .store
@@ -200,7 +202,10 @@ impl Rotator {
         let _ = std::fs::remove_file(self.keys_dir.join(files::ROTATE_REQUEST_FILE));
         self.vault.refresh().await?;
         metrics::gauge!(telemetry::KEK_EPOCH).set(f64::from(epoch));
-        tracing::info!(epoch, "KEK epoch started; re-wrapping the live keys under it");
+        tracing::info!(
+            epoch,
+            "KEK epoch started; re-wrapping the live keys under it"
+        );
         Ok(epoch)
     }
 
@@ -287,7 +292,11 @@ impl Rotator {
             report(done);
         }
         if done > 0 {
-            tracing::info!(rewrapped = done, epoch = current.epoch, "live keys and links re-wrapped");
+            tracing::info!(
+                rewrapped = done,
+                epoch = current.epoch,
+                "live keys and links re-wrapped"
+            );
         }
         Ok((done, false))
     }

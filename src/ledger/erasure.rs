@@ -58,6 +58,59 @@ enum Outcome {
 }
 
 impl Writer {
+    /// Keeps the receipt for a repeated request, for the tombstone window, sealed under the
+    /// current epoch: it dies with the epoch at the latest.
+    async fn keep_tombstone(
+        &self,
+        tx: &mut dyn crate::store::AppendTx,
+        receipt: &ReceiptJson,
+        epoch: &crate::epochs::EpochKek,
+        tombstone_mac: &[u8; 32],
+        now: i64,
+    ) -> Result<(), WriteError> {
+        if self.tombstone_ttl_micros <= 0 {
+            return Ok(());
+        }
+        let text = Zeroizing::new(
+            serde_json::to_vec(receipt).map_err(|e| WriteError::Internal(e.to_string()))?,
+        );
+        let tombstone = Tombstone {
+            sealed_receipt: epoch.kek.seal_tombstone(&text, tombstone_mac),
+            kek_id: epoch.kek_id.clone(),
+        };
+        tx.insert_tombstone(
+            tombstone_mac,
+            &tombstone,
+            now.saturating_add(self.tombstone_ttl_micros),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// No live subject: the receipt of an erasure within the tombstone window, or unknown.
+    /// Nothing is appended (the transaction rolls back). A tombstone whose epoch this process
+    /// no longer holds is as good as gone.
+    async fn repeated(
+        &self,
+        tx: &mut dyn crate::store::AppendTx,
+        tombstone_mac: &[u8; 32],
+        now: i64,
+    ) -> Result<Outcome, WriteError> {
+        let Some(t) = tx.tombstone(tombstone_mac, now).await? else {
+            return Ok(Outcome::Unknown);
+        };
+        let Ok(kek) = self.vault.kek_by_id(&t.kek_id).await else {
+            return Ok(Outcome::Unknown);
+        };
+        let text = kek
+            .kek
+            .open_tombstone(&t.sealed_receipt, tombstone_mac)
+            .map_err(|_| WriteError::Internal("stored receipt does not open".to_owned()))?;
+        let receipt = serde_json::from_slice(&text)
+            .map_err(|e| WriteError::Internal(format!("stored receipt unreadable: {e}")))?;
+        Ok(Outcome::Receipt(Box::new(receipt)))
+    }
+
     pub(super) async fn erase(&mut self, request: EraseRequest) -> Result<ReceiptJson, EraseError> {
         match self.try_erase(&request).await {
             Ok(Outcome::Receipt(r)) => Ok(*r),
@@ -78,21 +131,7 @@ impl Writer {
         // tombstone answer for a repeated request.
         let index_mac = self.index.index(&request.subject);
         let Some(link) = tx.subject_link(&index_mac).await? else {
-            if let Some(t) = tx.tombstone(&tombstone_mac, now).await? {
-                // Erased before: the same receipt, nothing appended (the transaction rolls back).
-                // A tombstone whose epoch this process no longer holds is as good as gone.
-                let Ok(kek) = self.vault.kek_by_id(&t.kek_id).await else {
-                    return Ok(Outcome::Unknown);
-                };
-                let text = kek
-                    .kek
-                    .open_tombstone(&t.sealed_receipt, &tombstone_mac)
-                    .map_err(|_| WriteError::Internal("stored receipt does not open".to_owned()))?;
-                let receipt = serde_json::from_slice(&text)
-                    .map_err(|e| WriteError::Internal(format!("stored receipt unreadable: {e}")))?;
-                return Ok(Outcome::Receipt(Box::new(receipt)));
-            }
-            return Ok(Outcome::Unknown);
+            return self.repeated(tx.as_mut(), &tombstone_mac, now).await;
         };
         let handle = self.vault.open_link(&link).await?;
         // The epoch read inside the transaction: it cannot end before this erasure commits, and
@@ -179,21 +218,8 @@ impl Writer {
             Some(checkpoint.to_json()),
             inclusion_proof,
         );
-        if self.tombstone_ttl_micros > 0 {
-            // Sealed under the current epoch: it dies with the epoch at the latest.
-            let text =
-                serde_json::to_vec(&receipt).map_err(|e| WriteError::Internal(e.to_string()))?;
-            let tombstone = Tombstone {
-                sealed_receipt: epoch.kek.seal_tombstone(&text, &tombstone_mac),
-                kek_id: epoch.kek_id.clone(),
-            };
-            tx.insert_tombstone(
-                &tombstone_mac,
-                &tombstone,
-                now.saturating_add(self.tombstone_ttl_micros),
-            )
+        self.keep_tombstone(tx.as_mut(), &receipt, &epoch, &tombstone_mac, now)
             .await?;
-        }
         tx.commit().await?;
         self.publish(checkpoint);
         self.vault.forget(&KeyRef::Subject(handle));

@@ -163,7 +163,12 @@ impl Ledger {
         let proof = self
             .inclusion_proof(seq, Some(seq.0 + 1))
             .await
-            .map(|p| p.proof.iter().map(crate::merkle::MerkleHash::to_hex).collect())
+            .map(|p| {
+                p.proof
+                    .iter()
+                    .map(crate::merkle::MerkleHash::to_hex)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(ErasureView {
             receipt: Some(receipt_json(
@@ -222,7 +227,10 @@ mod tests {
         // Epoch 2 destroyed but epoch 1 (which may also have wrapped the key) still lives.
         let s = status(&row, &[epoch(1, None), epoch(2, Some(90)), epoch(3, None)]);
         assert_eq!(s.state, ErasureState::LiveCleaned);
-        let s = status(&row, &[epoch(1, Some(10)), epoch(2, Some(90)), epoch(3, None)]);
+        let s = status(
+            &row,
+            &[epoch(1, Some(10)), epoch(2, Some(90)), epoch(3, None)],
+        );
         assert_eq!(s.state, ErasureState::Forgotten);
         assert_eq!(s.forgotten_at, Some(format_micros(90)));
         // An erasure from before epochs has no promise, and is never claimed forgotten.
@@ -234,7 +242,13 @@ mod tests {
     #[test]
     fn forgotten_by_is_the_epochs_end_plus_the_grace_and_never_in_the_past() {
         let grace = 3_600_000_000;
-        assert_eq!(super::super::erasure::forgotten_by(1_000, 10), 1_000 + grace);
-        assert_eq!(super::super::erasure::forgotten_by(1_000, 5_000), 5_000 + grace);
+        assert_eq!(
+            super::super::erasure::forgotten_by(1_000, 10),
+            1_000 + grace
+        );
+        assert_eq!(
+            super::super::erasure::forgotten_by(1_000, 5_000),
+            5_000 + grace
+        );
     }
 }

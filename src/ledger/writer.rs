@@ -27,10 +27,10 @@ use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, SubjectIndexKey, seal};
 use crate::entry::{
     Entry, EntryHash, EntryHeader, GENESIS_PREV_HASH, LedgerId, Seq, StreamId, SubjectHandle,
 };
+use crate::epochs::EpochKek;
 use crate::merkle::{CompactRange, MerkleHash, NodeId, decompose, leaf_hash};
 use crate::receipt::ReceiptJson;
 use crate::record::Record;
-use crate::epochs::EpochKek;
 use crate::store::{AppendTx, ChainHead, LinkRow, Store, StoreError, VaultRow};
 use crate::telemetry;
 use crate::timefmt::now_micros;

@@ -199,7 +199,10 @@ pub(crate) fn erasure_row(c: ErasureCols) -> Result<ErasureRow, StoreError> {
     })
 }
 
-pub(crate) fn legacy_row(mac: &[u8], handle: &[u8]) -> Result<([u8; 32], SubjectHandle), StoreError> {
+pub(crate) fn legacy_row(
+    mac: &[u8],
+    handle: &[u8],
+) -> Result<([u8; 32], SubjectHandle), StoreError> {
     Ok((
         mac.try_into().map_err(|_| bad("subject_index.index_mac"))?,
         SubjectHandle::from_slice(handle).map_err(|_| bad("subject_index.handle"))?,

@@ -470,8 +470,7 @@ pub trait AppendTx: Send {
     async fn insert(&mut self, records: &[Record]) -> Result<(), StoreError>;
 
     /// The sealed link indexed under `index_mac`, if the subject is live.
-    async fn subject_link(&mut self, index_mac: &[u8; 32])
-    -> Result<Option<LinkRow>, StoreError>;
+    async fn subject_link(&mut self, index_mac: &[u8; 32]) -> Result<Option<LinkRow>, StoreError>;
 
     /// The current epoch (the highest), read so that it cannot be destroyed before this
     /// transaction ends (PostgreSQL: `FOR SHARE`; SQLite: the single writer).

@@ -19,13 +19,13 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use super::epochs::{epoch_row, link_row};
-use super::{EpochRow, ErasureRecord, LinkRow};
 use super::{
     AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup, CleanupBlocker,
     ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, HEAD_SELECT, MalformedRow,
     SigningKeyRow, Store, StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row,
     insert_error, key_refs, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
+use super::{EpochRow, ErasureRecord, LinkRow};
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
 use crate::entry::{EntryHash, LedgerId, Seq, StreamId, SubjectHandle};
@@ -530,9 +530,6 @@ impl Store for PostgresStore {
         })
     }
 
-
-
-
     async fn ledger_id(&self) -> Result<Option<LedgerId>, StoreError> {
         let v: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT value FROM ledger_meta WHERE name = 'ledger_id'")
@@ -785,10 +782,7 @@ impl AppendTx for PgAppendTx {
         Ok(())
     }
 
-    async fn subject_link(
-        &mut self,
-        index_mac: &[u8; 32],
-    ) -> Result<Option<LinkRow>, StoreError> {
+    async fn subject_link(&mut self, index_mac: &[u8; 32]) -> Result<Option<LinkRow>, StoreError> {
         subject_link_on(&mut self.tx, index_mac).await
     }
 
@@ -799,14 +793,11 @@ impl AppendTx for PgAppendTx {
         )
         .fetch_optional(&mut *self.tx)
         .await?;
-        row.map(|(e, k, s, r, d)| epoch_row(e, k, s, r, d)).transpose()
+        row.map(|(e, k, s, r, d)| epoch_row(e, k, s, r, d))
+            .transpose()
     }
 
-    async fn insert_subject(
-        &mut self,
-        link: &LinkRow,
-        key: &VaultRow,
-    ) -> Result<(), StoreError> {
+    async fn insert_subject(&mut self, link: &LinkRow, key: &VaultRow) -> Result<(), StoreError> {
         let now = now_micros();
         sqlx::query(
             "INSERT INTO subject_links (index_mac, sealed_handle, kek_id, created_at) \

@@ -16,13 +16,13 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use super::epochs::{epoch_row, link_row};
-use super::{EpochRow, ErasureRecord, LinkRow};
 use super::{
     AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup, CleanupBlocker,
     ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, HEAD_SELECT, SigningKeyRow, Store,
     StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row, insert_error,
     key_refs, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
+use super::{EpochRow, ErasureRecord, LinkRow};
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
 use crate::entry::{EntryHash, LedgerId, Seq, StreamId, SubjectHandle};
@@ -350,7 +350,6 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
-
     async fn merkle_nodes(
         &self,
         ids: &[NodeId],
@@ -408,7 +407,6 @@ impl Store for SqliteStore {
         })
     }
 
-
     async fn ledger_id(&self) -> Result<Option<LedgerId>, StoreError> {
         let v: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT value FROM ledger_meta WHERE name = 'ledger_id'")
@@ -433,7 +431,6 @@ impl Store for SqliteStore {
         self.read.close().await;
         self.write.close().await;
     }
-
 }
 
 /// SQLITE_BUSY or SQLITE_LOCKED (any extended code): someone else holds a lock.
@@ -593,10 +590,7 @@ impl AppendTx for SqliteAppendTx {
         Ok(())
     }
 
-    async fn subject_link(
-        &mut self,
-        index_mac: &[u8; 32],
-    ) -> Result<Option<LinkRow>, StoreError> {
+    async fn subject_link(&mut self, index_mac: &[u8; 32]) -> Result<Option<LinkRow>, StoreError> {
         subject_link_on(&mut *self.tx, index_mac).await
     }
 
@@ -607,23 +601,22 @@ impl AppendTx for SqliteAppendTx {
         )
         .fetch_optional(&mut *self.tx)
         .await?;
-        row.map(|(e, k, s, r, d)| epoch_row(e, k, s, r, d)).transpose()
+        row.map(|(e, k, s, r, d)| epoch_row(e, k, s, r, d))
+            .transpose()
     }
 
-    async fn insert_subject(
-        &mut self,
-        link: &LinkRow,
-        key: &VaultRow,
-    ) -> Result<(), StoreError> {
+    async fn insert_subject(&mut self, link: &LinkRow, key: &VaultRow) -> Result<(), StoreError> {
         let now = micros_now();
-        sqlx::query("INSERT INTO subject_links (index_mac, sealed_handle, kek_id, created_at) \
-             VALUES (?, ?, ?, ?)")
-            .bind(link.index_mac.to_vec())
-            .bind(link.sealed_handle.clone())
-            .bind(&link.kek_id)
-            .bind(now)
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO subject_links (index_mac, sealed_handle, kek_id, created_at) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(link.index_mac.to_vec())
+        .bind(link.sealed_handle.clone())
+        .bind(&link.kek_id)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
         sqlx::query(
             "INSERT INTO data_keys (key_ref, wrapped, kek_id, created_at) VALUES (?, ?, ?, ?)",
         )

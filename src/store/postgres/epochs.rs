@@ -38,14 +38,15 @@ impl EpochStore for PostgresStore {
         .bind(row.rotate_by)
         .execute(&mut *tx)
         .await?;
-        let (e, k, s, r, d): (i64, String, i64, i64, Option<i64>) = sqlx::query_as(
+        let (epoch, kek_id, started, rotate_by, destroyed): (i64, String, i64, i64, Option<i64>) =
+            sqlx::query_as(
             "SELECT epoch, kek_id, started_at, rotate_by, destroyed_at FROM kek_epochs WHERE epoch = $1",
         )
         .bind(i64::from(row.epoch))
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        epoch_row(e, k, s, r, d)
+        epoch_row(epoch, kek_id, started, rotate_by, destroyed)
     }
 
     async fn take_rotation_lease(
