@@ -18,24 +18,26 @@ CREATE TABLE kek_rotation_lease (
 
 -- The subject index, with the handle sealed under the epoch's KEK: the identifier's HMAC
 -- names the handle only while that epoch lives. Replaces subject_index, whose rows the service
--- moves here (sealing them) at its first start after this migration.
+-- moves here (sealing them) at its first start after this migration. No creation time and
+-- (SQLite) no rowid: nothing in a copy may tell which link was made with which subject's first
+-- event, or the link would outlive the epoch.
 CREATE TABLE subject_links (
-    index_mac     BLOB    PRIMARY KEY, -- HMAC-SHA256(index key, identifier), 32 bytes
-    sealed_handle BLOB    NOT NULL,    -- nonce || AES-256-GCM(epoch KEK, handle, aad = domain || index_mac)
-    kek_id        TEXT    NOT NULL,    -- the epoch KEK that seals it
-    created_at    INTEGER NOT NULL     -- microseconds since the Unix epoch, UTC
-);
+    index_mac     BLOB   PRIMARY KEY, -- HMAC-SHA256(index key, identifier), 32 bytes
+    sealed_handle BLOB   NOT NULL,    -- nonce || AES-256-GCM(epoch KEK, handle, aad = domain || index_mac)
+    kek_id        TEXT    NOT NULL     -- the epoch KEK that seals it
+) WITHOUT ROWID;
 
 -- Tombstones now keep the receipt sealed under the epoch's KEK, and die with the epoch at the
 -- latest. The old plaintext receipts linked identifiers to handles: they are dropped (the
--- receipt of every erasure stays available by seq and by request reference).
+-- receipt of every erasure stays available by seq and by request reference). The expiry is
+-- sealed too: an expiry in clear (erasure time + window) would name the erasure, hence the
+-- handle, for the identifier's tombstone MAC.
 DROP TABLE erasure_tombstones;
 CREATE TABLE erasure_tombstones (
-    tombstone_mac  BLOB    PRIMARY KEY, -- HMAC-SHA256(index key, tombstone domain || identifier)
-    sealed_receipt BLOB    NOT NULL,    -- nonce || AES-256-GCM(epoch KEK, receipt JSON, aad = domain || tombstone_mac)
-    kek_id         TEXT    NOT NULL,    -- the epoch KEK that seals it
-    expires_at     INTEGER NOT NULL     -- microseconds since the Unix epoch, UTC
-);
+    tombstone_mac  BLOB   PRIMARY KEY, -- HMAC-SHA256(index key, tombstone domain || identifier)
+    sealed_receipt BLOB   NOT NULL,    -- nonce || AES-256-GCM(epoch KEK, {"expires_at","receipt"} JSON, aad = domain || tombstone_mac)
+    kek_id         TEXT    NOT NULL     -- the epoch KEK that seals it
+) WITHOUT ROWID;
 
 -- What an erasure's status and its receipt are rebuilt from, whatever the tombstone setting.
 ALTER TABLE erased_subjects ADD COLUMN request_ref TEXT;          -- the caller's reference (no personal data)

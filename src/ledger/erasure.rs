@@ -71,19 +71,18 @@ impl Writer {
         if self.tombstone_ttl_micros <= 0 {
             return Ok(());
         }
+        let kept = KeptReceipt {
+            expires_at: now.saturating_add(self.tombstone_ttl_micros),
+            receipt: receipt.clone(),
+        };
         let text = Zeroizing::new(
-            serde_json::to_vec(receipt).map_err(|e| WriteError::Internal(e.to_string()))?,
+            serde_json::to_vec(&kept).map_err(|e| WriteError::Internal(e.to_string()))?,
         );
         let tombstone = Tombstone {
             sealed_receipt: epoch.kek.seal_tombstone(&text, tombstone_mac),
             kek_id: epoch.kek_id.clone(),
         };
-        tx.insert_tombstone(
-            tombstone_mac,
-            &tombstone,
-            now.saturating_add(self.tombstone_ttl_micros),
-        )
-        .await?;
+        tx.insert_tombstone(tombstone_mac, &tombstone).await?;
         Ok(())
     }
 
@@ -96,7 +95,7 @@ impl Writer {
         tombstone_mac: &[u8; 32],
         now: i64,
     ) -> Result<Outcome, WriteError> {
-        let Some(t) = tx.tombstone(tombstone_mac, now).await? else {
+        let Some(t) = tx.tombstone(tombstone_mac).await? else {
             return Ok(Outcome::Unknown);
         };
         let Ok(kek) = self.vault.kek_by_id(&t.kek_id).await else {
@@ -106,8 +105,12 @@ impl Writer {
             .kek
             .open_tombstone(&t.sealed_receipt, tombstone_mac)
             .map_err(|_| WriteError::Internal("stored receipt does not open".to_owned()))?;
-        let receipt = serde_json::from_slice(&text)
+        let kept: KeptReceipt = serde_json::from_slice(&text)
             .map_err(|e| WriteError::Internal(format!("stored receipt unreadable: {e}")))?;
+        if kept.expires_at <= now {
+            return Ok(Outcome::Unknown);
+        }
+        let receipt = kept.receipt;
         Ok(Outcome::Receipt(Box::new(receipt)))
     }
 
@@ -226,6 +229,50 @@ impl Writer {
         metrics::counter!(crate::telemetry::ERASURES).increment(1);
         tracing::info!(subject = %handle.to_hex(), seq = seq.0, "subject erased");
         Ok(Outcome::Receipt(Box::new(receipt)))
+    }
+}
+
+/// What a tombstone seals: the receipt and when it stops being given again (sealed, because an
+/// expiry in clear would date the erasure and so name its handle).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptReceipt {
+    expires_at: i64,
+    receipt: ReceiptJson,
+}
+
+/// Tombstones opened per read while purging.
+const PURGE_BATCH: u32 = 1000;
+
+/// Deletes the expired tombstones (and any this process cannot open: their epoch is gone);
+/// returns how many.
+pub(super) async fn purge_tombstones(
+    store: &dyn crate::store::Store,
+    vault: &crate::vault::Vault,
+    now: i64,
+) -> Result<u64, WriteError> {
+    let mut purged = 0;
+    let mut after: Option<[u8; 32]> = None;
+    loop {
+        let page = store.tombstones(after.as_ref(), PURGE_BATCH).await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(purged);
+        };
+        after = Some(*last);
+        for (mac, t) in page {
+            let expired = match vault.kek_by_id(&t.kek_id).await {
+                Ok(kek) => kek
+                    .kek
+                    .open_tombstone(&t.sealed_receipt, &mac)
+                    .ok()
+                    .and_then(|text| serde_json::from_slice::<KeptReceipt>(&text).ok())
+                    .is_none_or(|k| k.expires_at <= now),
+                Err(_) => true,
+            };
+            if expired {
+                store.delete_tombstone(&mac).await?;
+                purged += 1;
+            }
+        }
     }
 }
 

@@ -327,11 +327,14 @@ impl Ledger {
             ))
         });
         let purge_store = Arc::clone(&store);
+        let purge_vault = Arc::clone(&vault);
         let purger = tokio::spawn(async move {
             let mut every = tokio::time::interval(TOMBSTONE_PURGE_INTERVAL);
             loop {
                 every.tick().await;
-                match purge_store.purge_tombstones(now_micros()).await {
+                match erasure::purge_tombstones(purge_store.as_ref(), &purge_vault, now_micros())
+                    .await
+                {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(count = n, "expired erasure tombstones deleted"),
                     Err(e) => tracing::warn!(error = %e, "could not delete expired tombstones"),

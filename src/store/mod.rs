@@ -399,8 +399,16 @@ pub trait Store: EpochStore + Send + Sync + 'static {
     /// The sealed link indexed under `index_mac`, if the subject is live.
     async fn subject_link(&self, index_mac: &[u8; 32]) -> Result<Option<LinkRow>, StoreError>;
 
-    /// Deletes tombstones that expired before `now_micros`; returns how many.
-    async fn purge_tombstones(&self, now_micros: i64) -> Result<u64, StoreError>;
+    /// Up to `limit` tombstones after `after`, in MAC order (their expiry is sealed: the
+    /// purger opens them to find the expired ones).
+    async fn tombstones(
+        &self,
+        after: Option<&[u8; 32]>,
+        limit: u32,
+    ) -> Result<Vec<([u8; 32], Tombstone)>, StoreError>;
+
+    /// Deletes one tombstone.
+    async fn delete_tombstone(&self, tombstone_mac: &[u8; 32]) -> Result<(), StoreError>;
 
     /// One attempt to clean the live files past every erasure not yet cleaned, without waiting
     /// on anyone: SQLite truncates the WAL (on a connection of its own that gives up at once
@@ -490,19 +498,17 @@ pub trait AppendTx: Send {
         record: &ErasureRecord,
     ) -> Result<(), StoreError>;
 
-    /// The unexpired tombstone under `tombstone_mac`, if any.
+    /// The tombstone under `tombstone_mac`, if any (its expiry is inside the sealed receipt).
     async fn tombstone(
         &mut self,
         tombstone_mac: &[u8; 32],
-        now_micros: i64,
     ) -> Result<Option<Tombstone>, StoreError>;
 
-    /// Stores a tombstone until `expires_at_micros`.
+    /// Stores a tombstone.
     async fn insert_tombstone(
         &mut self,
         tombstone_mac: &[u8; 32],
         tombstone: &Tombstone,
-        expires_at_micros: i64,
     ) -> Result<(), StoreError>;
 
     /// Hashes of the given perfect subtrees, read under the transaction.

@@ -370,14 +370,44 @@ impl Store for PostgresStore {
         subject_link_on(&mut conn, index_mac).await
     }
 
-    async fn purge_tombstones(&self, now: i64) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM erasure_tombstones WHERE expires_at <= $1")
-                .bind(now)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
+    async fn tombstones(
+        &self,
+        after: Option<&[u8; 32]>,
+        limit: u32,
+    ) -> Result<Vec<([u8; 32], Tombstone)>, StoreError> {
+        let rows: Vec<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tombstone_mac, sealed_receipt, kek_id FROM erasure_tombstones \
+             WHERE tombstone_mac > $1 ORDER BY tombstone_mac LIMIT $2",
         )
+        .bind(after.map(|a| a.to_vec()).unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(mac, sealed_receipt, kek_id)| {
+                let mac: [u8; 32] = mac.as_slice().try_into().map_err(|_| {
+                    StoreError::Malformed(super::MalformedRow {
+                        seq: Seq(0),
+                        what: "erasure_tombstones.tombstone_mac".to_owned(),
+                    })
+                })?;
+                Ok((
+                    mac,
+                    Tombstone {
+                        sealed_receipt,
+                        kek_id,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn delete_tombstone(&self, tombstone_mac: &[u8; 32]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM erasure_tombstones WHERE tombstone_mac = $1")
+            .bind(tombstone_mac.to_vec())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn clean_after_erasures(&self) -> Result<Cleanup, StoreError> {
@@ -800,13 +830,11 @@ impl AppendTx for PgAppendTx {
     async fn insert_subject(&mut self, link: &LinkRow, key: &VaultRow) -> Result<(), StoreError> {
         let now = now_micros();
         sqlx::query(
-            "INSERT INTO subject_links (index_mac, sealed_handle, kek_id, created_at) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO subject_links (index_mac, sealed_handle, kek_id) VALUES ($1, $2, $3)",
         )
         .bind(link.index_mac.to_vec())
         .bind(link.sealed_handle.clone())
         .bind(&link.kek_id)
-        .bind(now)
         .execute(&mut *self.tx)
         .await?;
         sqlx::query(
@@ -864,13 +892,11 @@ impl AppendTx for PgAppendTx {
     async fn tombstone(
         &mut self,
         tombstone_mac: &[u8; 32],
-        now: i64,
     ) -> Result<Option<Tombstone>, StoreError> {
         let row: Option<(Vec<u8>, String)> = sqlx::query_as(
-            "SELECT sealed_receipt, kek_id FROM erasure_tombstones WHERE tombstone_mac = $1 AND expires_at > $2",
+            "SELECT sealed_receipt, kek_id FROM erasure_tombstones WHERE tombstone_mac = $1",
         )
         .bind(tombstone_mac.to_vec())
-        .bind(now)
         .fetch_optional(&mut *self.tx)
         .await?;
         Ok(row.map(|(sealed_receipt, kek_id)| Tombstone {
@@ -883,18 +909,15 @@ impl AppendTx for PgAppendTx {
         &mut self,
         tombstone_mac: &[u8; 32],
         tombstone: &Tombstone,
-        expires_at: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO erasure_tombstones (tombstone_mac, sealed_receipt, kek_id, expires_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (tombstone_mac) DO UPDATE SET \
-             sealed_receipt = EXCLUDED.sealed_receipt, kek_id = EXCLUDED.kek_id, \
-             expires_at = EXCLUDED.expires_at",
+            "INSERT INTO erasure_tombstones (tombstone_mac, sealed_receipt, kek_id) \
+             VALUES ($1, $2, $3) ON CONFLICT (tombstone_mac) DO UPDATE SET \
+             sealed_receipt = EXCLUDED.sealed_receipt, kek_id = EXCLUDED.kek_id",
         )
         .bind(tombstone_mac.to_vec())
         .bind(tombstone.sealed_receipt.clone())
         .bind(&tombstone.kek_id)
-        .bind(expires_at)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

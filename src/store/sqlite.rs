@@ -277,12 +277,44 @@ impl Store for SqliteStore {
         subject_link_on(&self.read, index_mac).await
     }
 
-    async fn purge_tombstones(&self, now_micros: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM erasure_tombstones WHERE expires_at <= ?")
-            .bind(now_micros)
+    async fn tombstones(
+        &self,
+        after: Option<&[u8; 32]>,
+        limit: u32,
+    ) -> Result<Vec<([u8; 32], Tombstone)>, StoreError> {
+        let rows: Vec<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tombstone_mac, sealed_receipt, kek_id FROM erasure_tombstones \
+             WHERE tombstone_mac > ? ORDER BY tombstone_mac LIMIT ?",
+        )
+        .bind(after.map(|a| a.to_vec()).unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|(mac, sealed_receipt, kek_id)| {
+                let mac: [u8; 32] = mac.as_slice().try_into().map_err(|_| {
+                    StoreError::Malformed(super::MalformedRow {
+                        seq: Seq(0),
+                        what: "erasure_tombstones.tombstone_mac".to_owned(),
+                    })
+                })?;
+                Ok((
+                    mac,
+                    Tombstone {
+                        sealed_receipt,
+                        kek_id,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn delete_tombstone(&self, tombstone_mac: &[u8; 32]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM erasure_tombstones WHERE tombstone_mac = ?")
+            .bind(tombstone_mac.to_vec())
             .execute(&self.write)
             .await?;
-        Ok(done.rows_affected())
+        Ok(())
     }
 
     async fn clean_after_erasures(&self) -> Result<Cleanup, StoreError> {
@@ -608,13 +640,11 @@ impl AppendTx for SqliteAppendTx {
     async fn insert_subject(&mut self, link: &LinkRow, key: &VaultRow) -> Result<(), StoreError> {
         let now = micros_now();
         sqlx::query(
-            "INSERT INTO subject_links (index_mac, sealed_handle, kek_id, created_at) \
-             VALUES (?, ?, ?, ?)",
+            "INSERT INTO subject_links (index_mac, sealed_handle, kek_id) VALUES (?, ?, ?)",
         )
         .bind(link.index_mac.to_vec())
         .bind(link.sealed_handle.clone())
         .bind(&link.kek_id)
-        .bind(now)
         .execute(&mut *self.tx)
         .await?;
         sqlx::query(
@@ -665,13 +695,11 @@ impl AppendTx for SqliteAppendTx {
     async fn tombstone(
         &mut self,
         tombstone_mac: &[u8; 32],
-        now_micros: i64,
     ) -> Result<Option<Tombstone>, StoreError> {
         let row: Option<(Vec<u8>, String)> = sqlx::query_as(
-            "SELECT sealed_receipt, kek_id FROM erasure_tombstones WHERE tombstone_mac = ? AND expires_at > ?",
+            "SELECT sealed_receipt, kek_id FROM erasure_tombstones WHERE tombstone_mac = ?",
         )
         .bind(tombstone_mac.to_vec())
-        .bind(now_micros)
         .fetch_optional(&mut *self.tx)
         .await?;
         Ok(row.map(|(sealed_receipt, kek_id)| Tombstone {
@@ -684,16 +712,14 @@ impl AppendTx for SqliteAppendTx {
         &mut self,
         tombstone_mac: &[u8; 32],
         tombstone: &Tombstone,
-        expires_at_micros: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR REPLACE INTO erasure_tombstones \
-             (tombstone_mac, sealed_receipt, kek_id, expires_at) VALUES (?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO erasure_tombstones (tombstone_mac, sealed_receipt, kek_id) \
+             VALUES (?, ?, ?)",
         )
         .bind(tombstone_mac.to_vec())
         .bind(tombstone.sealed_receipt.clone())
         .bind(&tombstone.kek_id)
-        .bind(expires_at_micros)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

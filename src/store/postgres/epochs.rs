@@ -209,16 +209,14 @@ impl EpochStore for PostgresStore {
 
     async fn move_legacy_links(&self, links: &[LinkRow]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let now = crate::timefmt::now_micros();
         for link in links {
             sqlx::query(
-                "INSERT INTO subject_links (index_mac, sealed_handle, kek_id, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (index_mac) DO NOTHING",
+                "INSERT INTO subject_links (index_mac, sealed_handle, kek_id) \
+                 VALUES ($1, $2, $3) ON CONFLICT (index_mac) DO NOTHING",
             )
             .bind(link.index_mac.to_vec())
             .bind(link.sealed_handle.clone())
             .bind(&link.kek_id)
-            .bind(now)
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM subject_index WHERE index_mac = $1")

@@ -208,16 +208,14 @@ impl EpochStore for SqliteStore {
 
     async fn move_legacy_links(&self, links: &[LinkRow]) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        let now = crate::timefmt::now_micros();
         for link in links {
             sqlx::query(
-                "INSERT INTO subject_links (index_mac, sealed_handle, kek_id, created_at) \
-                 VALUES (?, ?, ?, ?) ON CONFLICT (index_mac) DO NOTHING",
+                "INSERT INTO subject_links (index_mac, sealed_handle, kek_id) \
+                 VALUES (?, ?, ?) ON CONFLICT (index_mac) DO NOTHING",
             )
             .bind(link.index_mac.to_vec())
             .bind(link.sealed_handle.clone())
             .bind(&link.kek_id)
-            .bind(now)
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM subject_index WHERE index_mac = ?")
