@@ -523,3 +523,63 @@ pub fn copy_keys(from: &Path, to: &Path) {
         std::fs::copy(&path, to.join("epochs").join(path.file_name().unwrap())).unwrap();
     }
 }
+
+impl Env {
+    /// Rows of three columns (two blobs and a text), as an attacker reading the database (or a
+    /// backup of it) sees them.
+    pub async fn sql_rows(&self, query: &str) -> Vec<(Vec<u8>, Vec<u8>, String)> {
+        match &self.pg {
+            None => {
+                let db = raw_db(self.path()).await;
+                let rows = sqlx::query_as(query).fetch_all(&db).await.unwrap();
+                db.close().await;
+                rows
+            }
+            Some(pg) => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+                let rows = sqlx::query_as(query).fetch_all(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                rows
+            }
+        }
+    }
+
+    /// Every file that holds this environment's database: the SQLite data directory, or the
+    /// PostgreSQL database's own relation files and the server's WAL (the test runs as root).
+    pub async fn database_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        match &self.pg {
+            None => walk(&self.path().join("data"), &mut out),
+            Some(pg) => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+                let data_dir: String = sqlx::query_scalar("SHOW data_directory")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                let db_dir: String = sqlx::query_scalar(
+                    "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                conn.close().await.unwrap();
+                let data_dir = PathBuf::from(data_dir);
+                walk(&data_dir.join(db_dir), &mut out);
+                walk(&data_dir.join("pg_wal"), &mut out);
+            }
+        }
+        out
+    }
+}
