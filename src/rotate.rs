@@ -100,7 +100,7 @@ async fn offline(
     bar.finish_and_clear();
     if pass.leased_elsewhere {
         anyhow::bail!(
-            "another instance is rotating the KEK epochs of this ledger now; wait for it, or run this again in 30 s"
+            "another instance is rotating the KEK epochs of this ledger now; wait for it, or run this again in 10 s"
         );
     }
     Ok(Rotation::Done {

@@ -324,7 +324,66 @@ async fn epochs_end_on_schedule_while_appends_go_on(b: Backend) {
     assert_eq!(env.cli(&["verify"]).0, 0);
 }
 
+async fn a_rotation_killed_halfway_finishes_after_restart_and_loses_nothing(b: Backend) {
+    let env = Env::new(b).await;
+    let flags = ["--kek-rewrap-batch", "1"];
+    let s = env.serve(&flags).await;
+    for r in 0..3 {
+        let events: Vec<Value> = (0..100)
+            .map(|i| json!({"type": "Opened", "subject": format!("cust-{r}-{i}@example.org"), "data": {"i": i}}))
+            .collect();
+        let (code, body) = s.append("acct-k", &json!({"events": events})).await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+    }
+    let before = s.all_events().await;
+    let epoch1: String = {
+        let rows = env
+            // Before any rotation, every key is under epoch 1.
+            .sql_rows("SELECT key_ref, wrapped, kek_id FROM data_keys")
+            .await;
+        rows[0].2.clone()
+    };
+    let under_epoch1 = format!(
+        "SELECT (SELECT COUNT(*) FROM data_keys WHERE kek_id = '{epoch1}') + \
+                (SELECT COUNT(*) FROM subject_links WHERE kek_id = '{epoch1}')"
+    );
+    let total = env.sql_count(&under_epoch1).await;
+    assert_eq!(total, 601, "300 keys, 300 links, the system key");
+    // Ask the running service, as rotate-kek does, and kill it half-way.
+    std::fs::write(env.path().join("keys/kek.rotate"), "1\n").unwrap();
+    common::wait_until(
+        "the re-wrap to be under way",
+        Duration::from_secs(30),
+        async || {
+            let left = env.sql_count(&under_epoch1).await;
+            left < total - 20
+        },
+    )
+    .await;
+    s.kill9().await;
+    let left = env.sql_count(&under_epoch1).await;
+    assert!(left > 0, "killed too late to test resumption");
+    assert!(
+        env.path().join("keys/epochs/1.kek").exists(),
+        "epoch 1 still needed"
+    );
+    // After the restart the service finishes by itself; nothing was lost.
+    let s = env.serve(&flags).await;
+    common::wait_until(
+        "epoch 1 to be destroyed",
+        Duration::from_secs(60),
+        async || epochs_destroyed(&env, 1).await,
+    )
+    .await;
+    assert!(!env.path().join("keys/epochs/1.kek").exists());
+    assert_eq!(env.sql_count(&under_epoch1).await, 0);
+    assert_eq!(s.all_events().await, before);
+    s.terminate().await;
+    assert_eq!(env.cli(&["verify"]).0, 0);
+}
+
 on_both_backends!(
+    a_rotation_killed_halfway_finishes_after_restart_and_loses_nothing,
     a_backup_from_before_the_erasure_neither_decrypts_nor_relinks_once_the_epoch_ends,
     a_receipt_lost_in_a_crash_is_fetched_again_with_tombstones_off,
     a_tombstone_dies_with_its_epoch,

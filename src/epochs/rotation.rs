@@ -19,7 +19,7 @@ use crate::timefmt::now_micros;
 use crate::vault::{Vault, VaultError};
 
 /// How long a rotation lease lasts without renewal.
-const LEASE: Duration = Duration::from_secs(30);
+const LEASE: Duration = Duration::from_secs(10);
 /// How often the service checks whether an epoch is due or a rotation is half-done.
 pub const POLL: Duration = Duration::from_secs(1);
 
