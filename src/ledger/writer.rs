@@ -227,7 +227,17 @@ impl Writer {
             return Ok((*h, Arc::clone(k)));
         }
         let (handle, key) = if let Some(link) = tx.subject_link(&mac).await? {
-            let handle = self.vault.open_link(&link).await?;
+            let handle = match self.vault.open_link(&link).await {
+                // PostgreSQL: re-sealed under a new epoch, and the old one destroyed, since
+                // the row was read; read it again.
+                Err(VaultError::NoSuchKek { .. }) => {
+                    let link = tx.subject_link(&mac).await?.ok_or_else(|| {
+                        WriteError::Internal("a subject link vanished mid-transaction".to_owned())
+                    })?;
+                    self.vault.open_link(&link).await?
+                }
+                other => other?,
+            };
             let key = self
                 .vault
                 .key(&KeyRef::Subject(handle))
