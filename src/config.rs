@@ -20,7 +20,7 @@ pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 60;
 /// Default PostgreSQL pool size.
 pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 10;
 /// Default keys (or links) re-wrapped per transaction during a KEK epoch rotation.
-pub const DEFAULT_KEK_REWRAP_BATCH: u32 = 1000;
+pub const DEFAULT_KEK_REWRAP_BATCH: u32 = 250;
 /// The SQLite file inside the data directory.
 pub const DATABASE_FILE: &str = "ledger.db";
 

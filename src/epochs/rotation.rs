@@ -74,9 +74,25 @@ pub struct Rotator {
     keys_dir: PathBuf,
     config: RotationConfig,
     holder: String,
+    pace: bool,
 }
 
 impl Rotator {
+    /// Leaves the database idle after each batch for as long as the batch took, so that a
+    /// rotation takes at most half of the single writer's time and appends keep flowing (the
+    /// service's background rotation; an offline `rotate-kek` runs flat out).
+    #[must_use]
+    pub fn paced(mut self) -> Rotator {
+        self.pace = true;
+        self
+    }
+
+    async fn breathe(&self, batch_started: std::time::Instant) {
+        if self.pace {
+            tokio::time::sleep(batch_started.elapsed().min(Duration::from_secs(1))).await;
+        }
+    }
+
     /// A rotator for the ledger behind `vault`.
     #[must_use]
     pub fn new(
@@ -93,6 +109,7 @@ impl Rotator {
             keys_dir,
             config,
             holder: hex::encode(id),
+            pace: false,
         }
     }
 
@@ -233,6 +250,7 @@ impl Rotator {
             if max_batches.is_some_and(|m| batches >= m) {
                 return Ok((done, true));
             }
+            let started = std::time::Instant::now();
             let rows = self
                 .store
                 .keys_not_under(&current.kek_id, after.as_deref(), batch)
@@ -261,12 +279,14 @@ impl Rotator {
             self.lease().await?;
             metrics::counter!(telemetry::KEK_REWRAPPED).increment(out.len() as u64);
             report(done);
+            self.breathe(started).await;
         }
         let mut after: Option<[u8; 32]> = None;
         loop {
             if max_batches.is_some_and(|m| batches >= m) {
                 return Ok((done, true));
             }
+            let started = std::time::Instant::now();
             let rows = self
                 .store
                 .links_not_under(&current.kek_id, after.as_ref(), batch)
@@ -290,6 +310,7 @@ impl Rotator {
             self.lease().await?;
             metrics::counter!(telemetry::KEK_REWRAPPED).increment(out.len() as u64);
             report(done);
+            self.breathe(started).await;
         }
         if done > 0 {
             tracing::info!(

@@ -323,7 +323,8 @@ impl Ledger {
                     Arc::clone(&vault),
                     dir,
                     config.rotation,
-                ),
+                )
+                .paced(),
             ))
         });
         let purge_store = Arc::clone(&store);
