@@ -198,10 +198,14 @@ pub async fn prepare(
             }
         }
     }
+    // A living epoch whose file is gone: fine only if nothing needs it any more, and never the
+    // newest (another instance may have just started it and not wrapped anything yet: its file
+    // is missing here because this keys directory is not the shared one).
+    let newest = recorded.keys().next_back().copied().unwrap_or(0);
     for row in recorded.values() {
         if row.destroyed_at.is_none()
             && !on_disk.contains_key(&row.epoch)
-            && !store.destroy_epoch(row.epoch, now).await?
+            && (row.epoch == newest || !store.destroy_epoch(row.epoch, now).await?)
         {
             return Err(EpochError::Missing { epoch: row.epoch });
         }

@@ -819,7 +819,7 @@ impl AppendTx for PgAppendTx {
     async fn current_epoch(&mut self) -> Result<Option<EpochRow>, StoreError> {
         let row: Option<(i64, String, i64, i64, Option<i64>)> = sqlx::query_as(
             "SELECT epoch, kek_id, started_at, rotate_by, destroyed_at FROM kek_epochs \
-             ORDER BY epoch DESC LIMIT 1 FOR SHARE",
+             WHERE destroyed_at IS NULL ORDER BY epoch DESC LIMIT 1 FOR SHARE",
         )
         .fetch_optional(&mut *self.tx)
         .await?;
