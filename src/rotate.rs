@@ -127,10 +127,11 @@ async fn online(dirs: &Dirs, timeout: Duration) -> anyhow::Result<Rotation> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let epochs = store.kek_epochs().await?;
-        let ended = epochs
-            .iter()
-            .filter(|e| e.epoch <= ending)
-            .all(|e| e.destroyed_at.is_some());
+        // Destroyed in the database, and the KEK file gone (it is destroyed just after).
+        let ended = epochs.iter().filter(|e| e.epoch <= ending).all(|e| {
+            e.destroyed_at.is_some()
+                && !crate::epochs::files::kek_path(&dirs.keys_dir, e.epoch).exists()
+        });
         if ended {
             let _ = fs::remove_file(&request);
             let epoch = epochs
