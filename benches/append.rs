@@ -100,7 +100,7 @@ async fn stages() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("ledger.db"))
+    let store = SqliteStore::open(&dir.path().join("ledger.db"), None)
         .await
         .unwrap();
     let t = Instant::now();

@@ -99,6 +99,7 @@ fn main() {
                             stream: StreamId::parse(&format!("bench-{w}")).unwrap(),
                             expected: ExpectedVersion::Any,
                             events,
+                            idempotency: None,
                         })
                         .await
                         .unwrap();

@@ -136,7 +136,7 @@ pub async fn open(dirs: &Dirs, access: Access) -> anyhow::Result<(Arc<dyn Store>
                 })?;
             let lock = crate::lockfile::lock_data_dir(&dirs.data_dir)?;
             let fresh = !db.exists();
-            let store = SqliteStore::open(&db)
+            let store = SqliteStore::open(&db, dirs.sqlite_max_db_bytes())
                 .await
                 .with_context(|| format!("cannot open database {}", db.display()))?;
             if fresh {
@@ -149,7 +149,7 @@ pub async fn open(dirs: &Dirs, access: Access) -> anyhow::Result<(Arc<dyn Store>
                 bail!("no ledger database at {}", db.display());
             }
             let lock = crate::lockfile::lock_data_dir(&dirs.data_dir)?;
-            let store = SqliteStore::open(&db)
+            let store = SqliteStore::open(&db, dirs.sqlite_max_db_bytes())
                 .await
                 .with_context(|| format!("cannot open database {}", db.display()))?;
             Ok((Arc::new(store), OwnerLock::File(lock)))

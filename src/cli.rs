@@ -294,6 +294,9 @@ impl Service {
                     config.erasure_tombstone_hours.saturating_mul(3600),
                 ),
                 rotation: config.rotation(),
+                idempotency_window: Duration::from_secs_f64(
+                    config.idempotency_window_hours * 3600.0,
+                ),
             },
             publisher,
         );
@@ -532,6 +535,7 @@ async fn rotate_offline(
             max_batch_events: defaults.max_batch_events,
             tombstone_ttl: Duration::ZERO,
             rotation: defaults.rotation(),
+            idempotency_window: Duration::from_secs(3600),
         },
         None,
     );

@@ -21,6 +21,8 @@ pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 10;
 /// Default keys (or links) re-wrapped per transaction during a KEK epoch rotation.
 pub const DEFAULT_KEK_REWRAP_BATCH: u32 = 250;
+/// Default idempotency window: 24 hours.
+pub const DEFAULT_IDEMPOTENCY_WINDOW_HOURS: f64 = 24.0;
 /// The SQLite file inside the data directory.
 pub const DATABASE_FILE: &str = "ledger.db";
 
@@ -39,6 +41,10 @@ pub struct Dirs {
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "AUDITLEDGER_DATABASE_POOL_SIZE", default_value_t = DEFAULT_DATABASE_POOL_SIZE)]
     pub database_pool_size: u32,
+    /// SQLite only: a quota on the database file, in MiB. Writes that would grow it further
+    /// fail as on a full disk (503; `/readyz` not ready) until space is freed inside it.
+    #[arg(long, env = "AUDITLEDGER_SQLITE_MAX_DB_MIB")]
+    pub sqlite_max_db_mib: Option<u64>,
 }
 
 impl Dirs {
@@ -46,6 +52,12 @@ impl Dirs {
     #[must_use]
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join(DATABASE_FILE)
+    }
+
+    /// The SQLite quota in bytes, if one is set.
+    #[must_use]
+    pub fn sqlite_max_db_bytes(&self) -> Option<u64> {
+        self.sqlite_max_db_mib.map(|m| m.saturating_mul(1 << 20))
     }
 }
 
@@ -109,9 +121,18 @@ pub struct ServeConfig {
     /// between transactions.
     #[arg(long, env = "AUDITLEDGER_KEK_REWRAP_BATCH", default_value_t = DEFAULT_KEK_REWRAP_BATCH)]
     pub kek_rewrap_batch: u32,
+    /// How long an append's `Idempotency-Key` is kept, in hours (fractions allowed): a retry
+    /// with the same key within this window returns the original result and writes nothing.
+    #[arg(
+        long,
+        env = "AUDITLEDGER_IDEMPOTENCY_WINDOW_HOURS",
+        default_value_t = DEFAULT_IDEMPOTENCY_WINDOW_HOURS,
+        value_parser = parse_epoch_hours
+    )]
+    pub idempotency_window_hours: f64,
 }
 
-/// An epoch length: a positive number of hours, at most ten years.
+/// A length in hours (a KEK epoch, the idempotency window): above 0, at most ten years.
 fn parse_epoch_hours(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(h) if h.is_finite() && h > 0.0 && h <= 87_600.0 => Ok(h),
@@ -142,6 +163,7 @@ impl ServeConfig {
                 keys_dir,
                 database_url: None,
                 database_pool_size: DEFAULT_DATABASE_POOL_SIZE,
+                sqlite_max_db_mib: None,
             },
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
@@ -154,6 +176,7 @@ impl ServeConfig {
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
             kek_epoch_hours: crate::epochs::DEFAULT_EPOCH_HOURS,
             kek_rewrap_batch: DEFAULT_KEK_REWRAP_BATCH,
+            idempotency_window_hours: DEFAULT_IDEMPOTENCY_WINDOW_HOURS,
         }
     }
 }

@@ -20,6 +20,10 @@
 //! | `auditledger_kek_epochs_destroyed_total` | counter | epochs whose KEK this instance destroyed |
 //! | `auditledger_erasure_cleanup_pending` | gauge | erasures whose live files (SQLite WAL, PostgreSQL dead rows) are not yet cleaned |
 //! | `auditledger_erasure_cleanup_blocked_total` | counter | cleanup attempts a reader or an old snapshot blocked (retried) |
+//! | `auditledger_write_failures_total` | counter | write transactions (appends, erasures, checkpoints, probes) the database failed |
+//! | `auditledger_writable` | gauge | 1 while the last write succeeded, 0 while the service cannot write (`/readyz` is 503) |
+//! | `auditledger_commit_outcomes_resolved_total` | counter | commits whose answer was lost, by `outcome` (`committed`, `not_committed`, `unknown`) |
+//! | `auditledger_idempotent_replays_total` | counter | appends answered with an earlier request's result (same idempotency key) |
 //!
 //! Labels carry no identifier, handle or data: nothing personal reaches the metrics.
 
@@ -37,6 +41,14 @@ pub const COMMIT_BATCH_EVENTS: &str = "auditledger_commit_batch_events";
 pub const COMMIT_SECONDS: &str = "auditledger_commit_seconds";
 /// Transactions rolled back.
 pub const COMMIT_FAILURES: &str = "auditledger_commit_failures_total";
+/// Write transactions the database failed.
+pub const WRITE_FAILURES: &str = "auditledger_write_failures_total";
+/// 1 while the service can write, 0 while not.
+pub const WRITABLE: &str = "auditledger_writable";
+/// Commits whose answer was lost, by how they were resolved.
+pub const COMMIT_OUTCOMES_RESOLVED: &str = "auditledger_commit_outcomes_resolved_total";
+/// Appends answered with an earlier request's result.
+pub const IDEMPOTENT_REPLAYS: &str = "auditledger_idempotent_replays_total";
 /// Appends refused with 409.
 pub const VERSION_CONFLICTS: &str = "auditledger_version_conflicts_total";
 /// Last committed seq.

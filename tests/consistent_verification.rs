@@ -130,6 +130,7 @@ async fn a_checkpoint_made_after_the_snapshot_was_taken_does_not_count(b: Backen
         keys_dir: env.path().join("keys"),
         database_url: env.pg.as_ref().map(|p| p.url.clone()),
         database_pool_size: 2,
+        sqlite_max_db_mib: None,
     };
     let (store, _lock) = auditledger::backend::open(&dirs, auditledger::backend::Access::ReadOnly)
         .await

@@ -49,6 +49,19 @@ pub enum ApiError {
     /// Temporarily unable to serve (shutting down, database unavailable); safe to retry.
     #[error("{0}")]
     Unavailable(String),
+    /// A commit's answer was lost and its outcome could not be found out.
+    #[error(
+        "the append was sent to the database but its answer was lost, and the service could not \
+         find out whether it was committed: retry with the same Idempotency-Key (which returns \
+         the original result if it was); without a key, read the stream before retrying"
+    )]
+    OutcomeUnknown,
+    /// An idempotency key already recorded for a different request.
+    #[error(
+        "this Idempotency-Key was already used for a different request (another stream, \
+         expectation, event or data); use a new key for a new append"
+    )]
+    IdempotencyKeyReused,
     /// The stored ledger is inconsistent at `seq`: evidence of tampering or corruption.
     #[error("integrity failure at seq {seq}")]
     Integrity {
@@ -106,6 +119,16 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            ApiError::OutcomeUnknown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "append-outcome-unknown",
+                "Append outcome unknown",
+            ),
+            ApiError::IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
             ),
             ApiError::Integrity { .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -186,6 +209,8 @@ impl From<AppendError> for ApiError {
             AppendError::ShuttingDown => {
                 ApiError::Unavailable("the service is shutting down; retry elsewhere".to_owned())
             }
+            AppendError::OutcomeUnknown => ApiError::OutcomeUnknown,
+            AppendError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
         }
     }
 }

@@ -20,7 +20,9 @@ use crate::entry::{
     EventType, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, Seq, StreamId,
 };
 use crate::identifiers::{self, Identifiers};
-use crate::ledger::{AppendRequest, ExpectedVersion, NewEvent, ReadEvent, SYSTEM_STREAM_PREFIX};
+use crate::ledger::{
+    AppendRequest, ExpectedVersion, IdempotencyKey, NewEvent, ReadEvent, SYSTEM_STREAM_PREFIX,
+};
 use crate::timefmt::format_micros;
 
 /// Most events returned by one read.
@@ -342,6 +344,7 @@ fn parse_append(
         stream,
         expected: parsed.expected_version.0,
         events,
+        idempotency: None,
     })
 }
 
@@ -390,29 +393,47 @@ fn refuse_identifiers_in_names(stream: &StreamId, events: &[NewEvent]) -> Result
     Ok(())
 }
 
+/// The request header that names an append for exactly-once retries.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The response header that marks an earlier request's result.
+const IDEMPOTENCY_REPLAYED: &str = "idempotency-replayed";
+
 /// Append events to a stream.
 #[utoipa::path(
     post, path = "/v1/streams/{stream_id}/events", tag = "events",
     params(("stream_id" = String, Path, description = "1-128 chars of A-Z a-z 0-9 _ - . :. \
         Kept for ever in plaintext, so pseudonymous: your own surrogate key (`customer-7f3a9c`), \
         never an e-mail address or a customer number people know; refused with 422 if it \
-        contains a `subject` of the request")),
+        contains a `subject` of the request"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII \
+        characters chosen by the client, unique per intended append (a UUID). A request with a \
+        key already recorded (within the idempotency window, 24 hours by default) gets the \
+        original 201 with `Idempotency-Replayed: true` and writes nothing; the same key with \
+        a different request gets 422. Not kept in clear (SHA-256), so it may be anything.")),
     request_body = AppendBody,
     responses(
-        (status = 201, description = "Committed durably", body = AppendResponse),
-        (status = 400, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 201, description = "Committed durably (or, with `Idempotency-Replayed: true`, \
+            committed earlier by a request with the same idempotency key)", body = AppendResponse,
+            headers(("Idempotency-Replayed" = String, description = "`true` when this is the \
+            original result of an earlier request with the same key"))),
+        (status = 400, description = "Malformed request or idempotency key", content_type = "application/problem+json"),
         (status = 409, description = "Version conflict", content_type = "application/problem+json"),
         (status = 413, description = "Over a size limit", content_type = "application/problem+json"),
         (status = 422, description = "Invalid event, or a subject's identifier in the stream id, \
-            a type or metadata (the reply names the field, never its content)", content_type = "application/problem+json"),
-        (status = 503, description = "Not committed; retry", content_type = "application/problem+json"),
+            a type or metadata (the reply names the field, never its content), or an idempotency \
+            key already used for a different request (type `idempotency-key-reused`)", content_type = "application/problem+json"),
+        (status = 503, description = "Type `unavailable`: not committed, nothing was written; \
+            retry. Type `append-outcome-unknown`: the commit's answer was lost and the service \
+            could not find out whether it took effect; retry with the same idempotency key \
+            (without one, read the stream first)", content_type = "application/problem+json"),
     )
 )]
 pub async fn append(
     State(state): State<AppState>,
     Path(stream_id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<AppendResponse>), ApiError> {
+) -> Result<(StatusCode, axum::http::HeaderMap, Json<AppendResponse>), ApiError> {
     let stream = parse_stream_id(&stream_id)?;
     if stream.as_str().starts_with(SYSTEM_STREAM_PREFIX) {
         return Err(ApiError::BadRequest(format!(
@@ -420,10 +441,24 @@ pub async fn append(
         )));
     }
     let body = json::body(body, state.0.limits.max_request_bytes)?;
-    let request = parse_append(stream, &body, state.0.limits.max_event_bytes)?;
+    let idempotency = headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| IdempotencyKey::parse(v.as_bytes()))
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut request = parse_append(stream, &body, state.0.limits.max_event_bytes)?;
+    request.idempotency = idempotency;
     let done = state.0.ledger.append(request).await?;
+    let mut reply_headers = axum::http::HeaderMap::new();
+    if done.replayed {
+        reply_headers.insert(
+            IDEMPOTENCY_REPLAYED,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
     Ok((
         StatusCode::CREATED,
+        reply_headers,
         Json(AppendResponse {
             first_seq: done.first_seq.0,
             last_seq: done.last_seq.0,

@@ -35,7 +35,9 @@ pub async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// Readiness: the database answers and the writer takes appends.
+/// Readiness: the database answers, the writer takes appends, and the last write succeeded
+/// (after a failed write, the service retries a small write every second and is ready again
+/// once one commits).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Status),
@@ -46,6 +48,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
         return Err(ApiError::Unavailable(
             "the writer is not running".to_owned(),
         ));
+    }
+    if let Some(reason) = state.0.ledger.write_failure() {
+        return Err(ApiError::Unavailable(format!(
+            "the service cannot write: {reason}; it retries every second"
+        )));
     }
     state
         .0

@@ -115,7 +115,9 @@ impl Writer {
     }
 
     pub(super) async fn erase(&mut self, request: EraseRequest) -> Result<ReceiptJson, EraseError> {
-        match self.try_erase(&request).await {
+        let result = self.try_erase(&request).await;
+        self.record_health("erasure", result.as_ref().map(|_| ()));
+        match result {
             Ok(Outcome::Receipt(r)) => Ok(*r),
             Ok(Outcome::Unknown) => Err(EraseError::UnknownSubject),
             Err(err) => {
@@ -223,7 +225,9 @@ impl Writer {
         );
         self.keep_tombstone(tx.as_mut(), &receipt, &epoch, &tombstone_mac, now)
             .await?;
-        tx.commit().await?;
+        if let Err(e) = tx.commit().await {
+            self.resolve_lost_commit(e, seq, entry_hash).await?;
+        }
         self.publish(checkpoint);
         self.vault.forget(&KeyRef::Subject(handle));
         metrics::counter!(crate::telemetry::ERASURES).increment(1);

@@ -4,6 +4,8 @@
 mod cleaner;
 mod erasure;
 mod erasures;
+mod health;
+mod idempotency;
 mod proofs;
 mod rotation;
 mod writer;
@@ -29,10 +31,14 @@ use writer::{Pending, PendingErase, Writer, WriterMsg};
 pub use cleaner::{CACHES_CLEARED_WITHIN_MS, FORGET_POLL_INTERVAL, FORGET_QUERY_TIMEOUT};
 pub use erasure::{ERASURE_STREAM, EraseError, EraseRequest, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
 pub use erasures::{ErasureState, ErasureStatus, ErasureView};
+pub use health::WriteHealth;
+pub use idempotency::{BadIdempotencyKey, IdempotencyKey, MAX_KEY_CHARS, request_digest};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
 
 /// Requests waiting for the writer before senders are made to wait.
 const QUEUE_REQUESTS: usize = 4096;
+/// How often a write is tried while writes fail.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often expired erasure tombstones are deleted.
 const TOMBSTONE_PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -80,6 +86,8 @@ pub struct AppendRequest {
     pub expected: ExpectedVersion,
     /// At least one event.
     pub events: Vec<NewEvent>,
+    /// The client's idempotency key, if it sent one.
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 /// A committed append.
@@ -93,6 +101,18 @@ pub struct Appended {
     pub stream_version: u64,
     /// Each appended entry's seq and hash.
     pub entries: Vec<(Seq, EntryHash)>,
+    /// Whether this is the original result of an earlier request with the same idempotency
+    /// key (nothing was written this time).
+    pub replayed: bool,
+}
+
+/// What the writer answers an append with.
+pub(crate) enum Committed {
+    /// Committed now.
+    New(Appended),
+    /// Its idempotency key was already recorded (by `row`'s append): nothing was written;
+    /// the request comes back to be compared with the original.
+    Duplicate(crate::store::IdempotencyRow, Box<AppendRequest>),
 }
 
 /// Why an append was not committed. In every case nothing of it was written.
@@ -111,6 +131,13 @@ pub enum AppendError {
     /// The database failed; the batch was rolled back.
     #[error("the ledger could not commit: {0}")]
     Unavailable(String),
+    /// The commit was sent but its answer lost, and the service could not find out whether
+    /// it took effect: the append may or may not be in the ledger.
+    #[error("the outcome of the commit is unknown")]
+    OutcomeUnknown,
+    /// The idempotency key was recorded for a different request.
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyKeyReused,
     /// The service is shutting down and takes no new appends.
     #[error("the ledger is shutting down")]
     ShuttingDown,
@@ -188,6 +215,8 @@ pub struct LedgerConfig {
     pub checkpoint_interval: Duration,
     /// KEK epochs: their length and the re-wrap batch.
     pub rotation: crate::epochs::rotation::RotationConfig,
+    /// How long idempotency keys are kept.
+    pub idempotency_window: Duration,
 }
 
 /// The key that signs now, and the first position it signs (for the range of what it signs).
@@ -258,8 +287,12 @@ pub struct Ledger {
     stats: Arc<StageStats>,
     /// Woken after each erasure: cleans the live files outside the writer (see `cleaner`).
     cleanup: Arc<Notify>,
-    /// The cleaner and the erased-key watcher.
+    /// The cleaner, the erased-key watcher, the write prober and the idempotency-key purger.
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Whether the last write succeeded.
+    health: Arc<WriteHealth>,
+    /// How long idempotency keys hold, in microseconds.
+    idempotency_window_micros: i64,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -282,6 +315,9 @@ impl Ledger {
         let (sender, receiver) = mpsc::channel(QUEUE_REQUESTS);
         let signing = Arc::clone(&keys.signing);
         let stats = Arc::new(StageStats::default());
+        let health = Arc::new(WriteHealth::default());
+        let idempotency_window_micros =
+            i64::try_from(config.idempotency_window.as_micros()).unwrap_or(i64::MAX);
         let writer = Writer {
             ledger_id: keys.ledger_id,
             store: Arc::clone(&store),
@@ -297,6 +333,8 @@ impl Ledger {
             key_marked: false,
             stats: Arc::clone(&stats),
             published: publisher,
+            health: Arc::clone(&health),
+            idempotency_window_micros,
         };
         let handle = tokio::spawn(writer.run(receiver));
         let tick_sender = sender.clone();
@@ -327,21 +365,7 @@ impl Ledger {
                 .paced(),
             ))
         });
-        let purge_store = Arc::clone(&store);
-        let purge_vault = Arc::clone(&vault);
-        let purger = tokio::spawn(async move {
-            let mut every = tokio::time::interval(TOMBSTONE_PURGE_INTERVAL);
-            loop {
-                every.tick().await;
-                match erasure::purge_tombstones(purge_store.as_ref(), &purge_vault, now_micros())
-                    .await
-                {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(count = n, "expired erasure tombstones deleted"),
-                    Err(e) => tracing::warn!(error = %e, "could not delete expired tombstones"),
-                }
-            }
-        });
+        let purger = tokio::spawn(purge_tombstones(Arc::clone(&store), Arc::clone(&vault)));
         let cleanup = Arc::new(Notify::new());
         let background = vec![
             tokio::spawn(cleaner::clean_after_erasures(
@@ -351,6 +375,11 @@ impl Ledger {
             tokio::spawn(cleaner::forget_erased_keys(
                 Arc::clone(&store),
                 Arc::clone(&vault),
+            )),
+            tokio::spawn(probe_while_failing(Arc::clone(&health), sender.clone())),
+            tokio::spawn(purge_idempotency_keys(
+                Arc::clone(&store),
+                config.idempotency_window,
             )),
         ];
         Ledger {
@@ -368,6 +397,8 @@ impl Ledger {
             stats,
             cleanup,
             background: Mutex::new(background),
+            health,
+            idempotency_window_micros,
         }
     }
 
@@ -401,17 +432,52 @@ impl Ledger {
             .map_err(|()| AppendError::Unavailable("checkpoint failed".to_owned()))
     }
 
-    /// Appends events; returns once they are durably committed.
+    /// Appends events; returns once they are durably committed. With an idempotency key
+    /// already recorded, returns the original result (or `IdempotencyKeyReused`) instead.
     pub async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        let idempotency = request.idempotency.map(|key| writer::IdempotencyTag {
+            key_hash: key.hash(),
+            digest: request_digest(&request),
+        });
+        if let Some(tag) = &idempotency {
+            let not_before = now_micros().saturating_sub(self.idempotency_window_micros);
+            let recorded = self
+                .store
+                .idempotency(&tag.key_hash, not_before)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "could not look up an idempotency key");
+                    AppendError::Unavailable("could not look up the idempotency key".to_owned())
+                })?;
+            if let Some(row) = recorded {
+                return self.replay(&row, &request).await.map(replayed);
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.sender
-            .send(WriterMsg::Append(Pending { request, reply }))
+            .send(WriterMsg::Append(Pending {
+                request,
+                idempotency,
+                reply,
+            }))
             .await
             .map_err(|_| AppendError::ShuttingDown)?;
         // A dropped reply means the writer died before answering: nothing was acknowledged.
-        answer
-            .await
-            .unwrap_or_else(|_| Err(AppendError::Unavailable("writer stopped".to_owned())))
+        match answer.await {
+            Ok(Ok(Committed::New(appended))) => Ok(appended),
+            Ok(Ok(Committed::Duplicate(row, request))) => {
+                self.replay(&row, &request).await.map(replayed)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(AppendError::Unavailable("writer stopped".to_owned())),
+        }
+    }
+
+    /// Why the service cannot write now, if it cannot (a failed write not yet followed by a
+    /// successful one).
+    #[must_use]
+    pub fn write_failure(&self) -> Option<String> {
+        self.health.failure()
     }
 
     /// Erases a subject: destroys its key, appends a `SubjectErased` entry, returns the signed
@@ -585,6 +651,64 @@ impl Ledger {
             data: Some(data),
             erased: false,
         })
+    }
+}
+
+/// Deletes expired erasure tombstones now and then.
+async fn purge_tombstones(store: Arc<dyn Store>, vault: Arc<Vault>) {
+    let mut every = tokio::time::interval(TOMBSTONE_PURGE_INTERVAL);
+    loop {
+        every.tick().await;
+        match erasure::purge_tombstones(store.as_ref(), &vault, now_micros()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "expired erasure tombstones deleted"),
+            Err(e) => tracing::warn!(error = %e, "could not delete expired tombstones"),
+        }
+    }
+}
+
+/// While writes fail, asks the writer every second for a small write, so that the service
+/// finds out by itself when the cause has gone (space freed, the database back).
+async fn probe_while_failing(health: Arc<WriteHealth>, sender: mpsc::Sender<WriterMsg>) {
+    let mut every = tokio::time::interval(PROBE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if health.failure().is_none() {
+            continue;
+        }
+        let (reply, answer) = oneshot::channel();
+        if sender.send(WriterMsg::Probe(reply)).await.is_err() {
+            return;
+        }
+        let _ = answer.await;
+    }
+}
+
+/// Deletes idempotency keys older than the window, a few times per window.
+async fn purge_idempotency_keys(store: Arc<dyn Store>, window: Duration) {
+    let period = (window / 4).clamp(Duration::from_secs(1), TOMBSTONE_PURGE_INTERVAL);
+    let window_micros = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match store
+            .purge_idempotency(now_micros().saturating_sub(window_micros))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(count = n, "expired idempotency keys deleted"),
+            Err(e) => tracing::warn!(error = %e, "could not delete expired idempotency keys"),
+        }
+    }
+}
+
+fn replayed(appended: Appended) -> Appended {
+    metrics::counter!(crate::telemetry::IDEMPOTENT_REPLAYS).increment(1);
+    Appended {
+        replayed: true,
+        ..appended
     }
 }
 

@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use super::erasure::{EraseError, EraseRequest};
-use super::{AppendError, AppendRequest, Appended, StageStats};
+use super::health::WriteHealth;
+use super::{AppendError, AppendRequest, Appended, Committed, StageStats};
 use crate::checkpoint::{Checkpoint, CheckpointBinding, TreeHead};
 use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, SubjectIndexKey, seal};
 use crate::entry::{
@@ -31,7 +32,7 @@ use crate::epochs::EpochKek;
 use crate::merkle::{CompactRange, MerkleHash, NodeId, decompose, leaf_hash};
 use crate::receipt::ReceiptJson;
 use crate::record::Record;
-use crate::store::{AppendTx, ChainHead, LinkRow, Store, StoreError, VaultRow};
+use crate::store::{AppendTx, ChainHead, IdempotencyRow, LinkRow, Store, StoreError, VaultRow};
 use crate::telemetry;
 use crate::timefmt::now_micros;
 use crate::vault::{Vault, VaultError};
@@ -46,6 +47,8 @@ pub(super) enum WriterMsg {
     Checkpoint(Option<oneshot::Sender<Result<Option<Checkpoint>, ()>>>),
     /// Hand signing over to a new key.
     Rotate(Box<super::rotation::PendingRotate>),
+    /// Try a small write: whether the database takes writes again after a failure.
+    Probe(oneshot::Sender<bool>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -54,11 +57,46 @@ enum Solo {
     Erase(PendingErase),
     Rotate(Box<super::rotation::PendingRotate>),
     Checkpoint(Option<oneshot::Sender<Result<Option<Checkpoint>, ()>>>),
+    Probe(oneshot::Sender<bool>),
+}
+
+/// An append's idempotency key (hashed) and the digest of its request (see `idempotency`).
+#[derive(Clone, Copy)]
+pub(super) struct IdempotencyTag {
+    pub key_hash: [u8; 32],
+    pub digest: [u8; 32],
+}
+
+/// What one append transaction writes, gathered request by request.
+#[derive(Default)]
+struct BatchWrites {
+    drafts: Vec<Draft>,
+    /// Idempotency keys recorded by this transaction.
+    keys: HashMap<[u8; 32], IdempotencyRow>,
+    subjects: SubjectKeys,
+}
+
+impl BatchWrites {
+    /// The idempotency key's record, if this batch or an earlier append recorded it.
+    async fn recorded(
+        &self,
+        tx: &mut dyn AppendTx,
+        tag: Option<IdempotencyTag>,
+        not_before: i64,
+    ) -> Result<Option<IdempotencyRow>, StoreError> {
+        let Some(tag) = tag else { return Ok(None) };
+        match self.keys.get(&tag.key_hash) {
+            Some(row) => Ok(Some(*row)),
+            None => tx.idempotency(&tag.key_hash, not_before).await,
+        }
+    }
 }
 
 pub(super) struct Pending {
     pub request: AppendRequest,
-    pub reply: oneshot::Sender<Result<Appended, AppendError>>,
+    /// The request's idempotency key and digest, if it has a key.
+    pub idempotency: Option<IdempotencyTag>,
+    pub reply: oneshot::Sender<Result<Committed, AppendError>>,
 }
 
 pub(super) struct PendingErase {
@@ -75,6 +113,10 @@ pub(super) enum WriteError {
     Vault(#[from] VaultError),
     #[error("{0}")]
     Internal(String),
+    /// COMMIT was sent and its answer lost, and looking for the transaction's entries on
+    /// another connection did not tell whether it took effect.
+    #[error("the outcome of a commit is unknown: {0}")]
+    OutcomeUnknown(StoreError),
 }
 
 /// An entry with its seq and header fixed, waiting to be sealed, hashed and signed.
@@ -121,6 +163,10 @@ pub(super) struct Writer {
     pub stats: Arc<StageStats>,
     /// Newly committed checkpoints go to the witness publisher.
     pub published: Option<mpsc::UnboundedSender<Checkpoint>>,
+    /// Whether the last write succeeded.
+    pub health: Arc<WriteHealth>,
+    /// How long idempotency keys hold, in microseconds.
+    pub idempotency_window_micros: i64,
 }
 
 impl Writer {
@@ -150,6 +196,10 @@ impl Writer {
                         solo = Some(Solo::Rotate(r));
                         break;
                     }
+                    WriterMsg::Probe(reply) => {
+                        solo = Some(Solo::Probe(reply));
+                        break;
+                    }
                     WriterMsg::Shutdown(ack) => {
                         // Refuse new sends; what is already queued still gets committed.
                         receiver.close();
@@ -174,8 +224,15 @@ impl Writer {
                         let _ = reply.send(result);
                     }
                 }
+                Some(Solo::Probe(reply)) => {
+                    let result = self.probe().await;
+                    self.record_health("probe", result.as_ref().copied());
+                    let _ = reply.send(result.is_ok());
+                }
                 Some(Solo::Checkpoint(reply)) => {
-                    let result = self.checkpoint_now().await.map_err(|e| {
+                    let result = self.checkpoint_now().await;
+                    self.record_health("checkpoint", result.as_ref().map(|_| ()));
+                    let result = result.map_err(|e| {
                         tracing::error!(error = %e, "checkpoint rolled back");
                     });
                     if let Some(reply) = reply {
@@ -195,9 +252,11 @@ impl Writer {
         let mut requests = Vec::with_capacity(batch.len());
         for p in batch {
             replies.push(p.reply);
-            requests.push(p.request);
+            requests.push((p.request, p.idempotency));
         }
-        match self.write_batch(requests).await {
+        let outcome = self.write_batch(requests).await;
+        self.record_health("append", outcome.as_ref().map(|_| ()));
+        match outcome {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
@@ -206,12 +265,60 @@ impl Writer {
             Err(err) => {
                 tracing::error!(error = %err, "append batch rolled back");
                 metrics::counter!(telemetry::COMMIT_FAILURES).increment(1);
+                let answer = if matches!(err, WriteError::OutcomeUnknown(_)) {
+                    AppendError::OutcomeUnknown
+                } else {
+                    AppendError::Unavailable("the database refused the write".to_owned())
+                };
                 for reply in replies {
-                    let _ = reply.send(Err(AppendError::Unavailable(
-                        "the database refused the write".to_owned(),
-                    )));
+                    let _ = reply.send(Err(answer.clone()));
                 }
             }
+        }
+    }
+
+    /// Records a write's outcome for `/readyz`: a database failure makes the service
+    /// unable to write until a write succeeds.
+    pub(super) fn record_health(&self, what: &str, result: Result<(), &WriteError>) {
+        match result {
+            Ok(()) => self.health.succeeded(),
+            Err(WriteError::Store(e) | WriteError::OutcomeUnknown(e)) => {
+                self.health.failed(what, e);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A small write that changes nothing of the ledger.
+    async fn probe(&mut self) -> Result<(), WriteError> {
+        let mut tx = self.store.begin_append().await?;
+        tx.write_probe().await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// COMMIT of the transaction ending with the entry (`seq`, `hash`) failed: finds out on
+    /// another connection whether it took effect. `Ok` if it did (the caller goes on as after a
+    /// commit); the commit's error if it did not (nothing was written); `OutcomeUnknown` if it
+    /// cannot tell.
+    pub(super) async fn resolve_lost_commit(
+        &self,
+        error: StoreError,
+        seq: Seq,
+        hash: EntryHash,
+    ) -> Result<(), WriteError> {
+        let outcome = commit_outcome(self.store.as_ref(), seq, hash).await;
+        let label = match outcome {
+            Some(true) => "committed",
+            Some(false) => "not_committed",
+            None => "unknown",
+        };
+        metrics::counter!(telemetry::COMMIT_OUTCOMES_RESOLVED, "outcome" => label).increment(1);
+        tracing::warn!(error = %error, seq = seq.0, outcome = label, "a commit failed; its outcome was looked up");
+        match outcome {
+            Some(true) => Ok(()),
+            Some(false) => Err(error.into()),
+            None => Err(WriteError::OutcomeUnknown(error)),
         }
     }
 
@@ -297,19 +404,25 @@ impl Writer {
     /// Runs one transaction for `requests`; returns one result per request, in order.
     async fn write_batch(
         &mut self,
-        requests: Vec<AppendRequest>,
-    ) -> Result<Vec<Result<Appended, AppendError>>, WriteError> {
+        requests: Vec<(AppendRequest, Option<IdempotencyTag>)>,
+    ) -> Result<Vec<Result<Committed, AppendError>>, WriteError> {
         let mut tx = self.store.begin_append().await?;
         let head = tx.head().await?;
         self.ensure_current_key(head.as_ref()).await?;
         let (mut next_seq, prev_hash, recorded_at) = next_position(head);
         let (system_ref, system_key) = self.vault.system_key();
+        let not_before = recorded_at.saturating_sub(self.idempotency_window_micros);
 
         let mut versions: HashMap<StreamId, Option<u64>> = HashMap::new();
-        let mut subjects = SubjectKeys::default();
-        let mut drafts = Vec::new();
+        let mut batch = BatchWrites::default();
         let mut results = Vec::with_capacity(requests.len());
-        for req in requests {
+        for (req, idempotency) in requests {
+            // Before the version check: a retry of a committed append must get its original
+            // answer, although its expectation no longer holds.
+            if let Some(row) = batch.recorded(tx.as_mut(), idempotency, not_before).await? {
+                results.push(Ok(Committed::Duplicate(row, Box::new(req))));
+                continue;
+            }
             let current = if let Some(v) = versions.get(&req.stream) {
                 *v
             } else {
@@ -333,12 +446,12 @@ impl Writer {
                     None => (None, system_ref, Arc::clone(&system_key)),
                     Some(identifier) => {
                         let (handle, key) = self
-                            .subject_key(tx.as_mut(), &mut subjects, identifier)
+                            .subject_key(tx.as_mut(), &mut batch.subjects, identifier)
                             .await?;
                         (Some(handle), KeyRef::Subject(handle), key)
                     }
                 };
-                drafts.push(Draft {
+                batch.drafts.push(Draft {
                     header: EntryHeader {
                         ledger_id: Some(self.ledger_id),
                         seq: next_seq,
@@ -357,32 +470,65 @@ impl Writer {
                 next_seq = next_seq.next();
             }
             let last_version = first_version + count - 1;
+            let last_seq = Seq(next_seq.0 - 1);
             versions.insert(req.stream, Some(last_version));
-            results.push(Ok(Appended {
+            if let Some(tag) = idempotency {
+                batch.keys.insert(
+                    tag.key_hash,
+                    IdempotencyRow {
+                        key_hash: tag.key_hash,
+                        request_digest: tag.digest,
+                        first_seq,
+                        last_seq,
+                        created_at_micros: recorded_at,
+                    },
+                );
+            }
+            results.push(Ok(Committed::New(Appended {
                 first_seq,
-                last_seq: Seq(next_seq.0 - 1),
+                last_seq,
                 stream_version: last_version,
                 entries: (first_seq.0..next_seq.0)
                     .map(|s| (Seq(s), EntryHash([0; 32])))
                     .collect(),
-            }));
+                replayed: false,
+            })));
         }
         let conflicts = results.iter().filter(|r| r.is_err()).count() as u64;
         metrics::counter!(telemetry::VERSION_CONFLICTS).increment(conflicts);
-        if drafts.is_empty() {
-            // Only conflicts: nothing to write, and the dropped transaction rolls back.
+        if batch.drafts.is_empty() {
+            // Only conflicts and repeats: nothing to write.
+            tx.rollback().await;
             return Ok(results);
         }
+        let records = self.write_drafts(tx, head, prev_hash, batch).await?;
+        fill_hashes(&mut results, &records);
+        Ok(results)
+    }
 
-        let records = self.build(drafts, prev_hash).await?;
+    /// Builds the batch's records, inserts them with its idempotency keys, and commits.
+    async fn write_drafts(
+        &mut self,
+        mut tx: Box<dyn AppendTx>,
+        head: Option<ChainHead>,
+        prev_hash: EntryHash,
+        batch: BatchWrites,
+    ) -> Result<Vec<Record>, WriteError> {
+        let records = self.build(batch.drafts, prev_hash).await?;
         let started = Instant::now();
         let checkpoint = self.insert_records(tx.as_mut(), head, &records).await?;
-        tx.commit().await?;
+        let recorded: Vec<IdempotencyRow> = batch.keys.into_values().collect();
+        tx.insert_idempotency(&recorded).await?;
+        if let Err(e) = tx.commit().await {
+            let last = &records[records.len() - 1];
+            self.resolve_lost_commit(e, last.entry.header.seq, last.entry_hash)
+                .await?;
+        }
         self.key_marked = true;
         if let Some(cp) = checkpoint {
             self.publish(cp);
         }
-        for (key_ref, key) in subjects.created {
+        for (key_ref, key) in batch.subjects.created {
             self.vault.remember(key_ref, key);
         }
         record_commit_metrics(&records, started);
@@ -393,8 +539,7 @@ impl Writer {
             .entries
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        fill_hashes(&mut results, &records);
-        Ok(results)
+        Ok(records)
     }
 
     /// Inserts records and the tree nodes they complete; signs and inserts a checkpoint if one
@@ -568,15 +713,48 @@ fn record_commit_metrics(records: &[Record], started: Instant) {
 }
 
 /// Fills in each acknowledged entry's hash, now that it exists; records are in seq order.
-fn fill_hashes(results: &mut [Result<Appended, AppendError>], records: &[Record]) {
+fn fill_hashes(results: &mut [Result<Committed, AppendError>], records: &[Record]) {
     let base = records[0].entry.header.seq.0;
-    for appended in results.iter_mut().flatten() {
+    let committed = results.iter_mut().filter_map(|r| match r {
+        Ok(Committed::New(appended)) => Some(appended),
+        _ => None,
+    });
+    for appended in committed {
         for (seq, hash) in &mut appended.entries {
             let idx = usize::try_from(seq.0 - base).unwrap_or(usize::MAX);
             if let Some(r) = records.get(idx) {
                 *hash = r.entry_hash;
             }
         }
+    }
+}
+
+/// How long a lost commit's outcome is looked for before it is reported unknown.
+const OUTCOME_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the transaction whose last entry is (`seq`, `hash`) was committed: `None` if that
+/// cannot be found out within [`OUTCOME_DEADLINE`]. The look-up runs in a write transaction of
+/// its own, so it waits for the writer's lock, and thus for the failed transaction to end
+/// (PostgreSQL releases its advisory lock only when its session has committed or aborted):
+/// what it sees then is final.
+async fn commit_outcome(store: &dyn Store, seq: Seq, hash: EntryHash) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + OUTCOME_DEADLINE;
+    loop {
+        let attempt = async {
+            let mut tx = store.begin_append().await?;
+            let found = tx.entry_hash_at(seq).await?;
+            tx.rollback().await;
+            Ok::<_, StoreError>(found)
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(found)) => return Some(found == Some(hash)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "looking for a lost commit failed; retrying"),
+            Err(_) => return None,
+        }
+        if tokio::time::Instant::now() + std::time::Duration::from_millis(250) >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
 

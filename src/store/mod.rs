@@ -4,6 +4,7 @@
 mod epochs;
 mod postgres;
 mod sqlite;
+mod tx;
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,6 +22,7 @@ use crate::record::Record;
 pub use epochs::{EpochRow, EpochStore, ErasureRecord, ErasureRow, LinkRow};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub(crate) use tx::TxConn;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +331,44 @@ impl std::fmt::Display for CleanupBlocker {
     }
 }
 
+/// An `idempotency_keys` row's columns, in `IdempotencyRow::decode` order.
+pub(crate) type IdempotencyColumns = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
+/// A recorded idempotency key: which entries the append it named committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdempotencyRow {
+    /// SHA-256 of the client's key.
+    pub key_hash: [u8; 32],
+    /// SHA-256 of the request's clear parts.
+    pub request_digest: [u8; 32],
+    /// The append's first entry.
+    pub first_seq: Seq,
+    /// The append's last entry.
+    pub last_seq: Seq,
+    /// When it was committed, in microseconds since the Unix epoch.
+    pub created_at_micros: i64,
+}
+
+impl IdempotencyRow {
+    /// Decodes a row's columns.
+    pub(crate) fn decode(
+        key_hash: &[u8],
+        digest: &[u8],
+        first_seq: i64,
+        last_seq: i64,
+        created_at_micros: i64,
+    ) -> Result<IdempotencyRow, StoreError> {
+        let bad = || malformed(Seq(to_u64(first_seq)), "idempotency_keys");
+        Ok(IdempotencyRow {
+            key_hash: key_hash.try_into().map_err(|_| bad())?,
+            request_digest: digest.try_into().map_err(|_| bad())?,
+            first_seq: Seq(to_u64(first_seq)),
+            last_seq: Seq(to_u64(last_seq)),
+            created_at_micros,
+        })
+    }
+}
+
 /// Erasures announced by any instance as they commit (PostgreSQL LISTEN/NOTIFY).
 #[async_trait]
 pub trait ErasureNotices: Send {
@@ -431,6 +471,16 @@ pub trait Store: EpochStore + Send + Sync + 'static {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The idempotency key `key_hash`, if an append recorded it at or after `not_before`.
+    async fn idempotency(
+        &self,
+        key_hash: &[u8; 32],
+        not_before_micros: i64,
+    ) -> Result<Option<IdempotencyRow>, StoreError>;
+
+    /// Deletes idempotency keys recorded before `before_micros`; returns how many.
+    async fn purge_idempotency(&self, before_micros: i64) -> Result<u64, StoreError>;
 
     /// Hashes of the given perfect subtrees (leaves computed from `entries`); absent ids are
     /// not in the map.
@@ -545,8 +595,33 @@ pub trait AppendTx: Send {
         seq: Seq,
     ) -> Result<(), StoreError>;
 
-    /// Commits durably; only after this returns may any caller be acknowledged.
+    /// The idempotency key `key_hash`, if recorded at or after `not_before`, read under the
+    /// transaction's lock (so that two appends with one key cannot both miss it).
+    async fn idempotency(
+        &mut self,
+        key_hash: &[u8; 32],
+        not_before_micros: i64,
+    ) -> Result<Option<IdempotencyRow>, StoreError>;
+
+    /// Records idempotency keys; an expired row with the same key is replaced.
+    async fn insert_idempotency(&mut self, rows: &[IdempotencyRow]) -> Result<(), StoreError>;
+
+    /// The hash of the entry at `seq`, if there is one: how a commit whose outcome was lost is
+    /// looked for.
+    async fn entry_hash_at(&mut self, seq: Seq) -> Result<Option<EntryHash>, StoreError>;
+
+    /// A small write that touches no ledger table (inserted and deleted again): whether the
+    /// database takes writes again after a failure.
+    async fn write_probe(&mut self) -> Result<(), StoreError>;
+
+    /// Commits durably; only after this returns may any caller be acknowledged. On an error
+    /// the outcome may be unknown (the connection failed after COMMIT was sent): the
+    /// connection is discarded, never reused.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// Rolls back. A transaction dropped without commit or rollback also rolls back, by
+    /// closing its connection (a connection whose state is unknown is never reused).
+    async fn rollback(self: Box<Self>);
 }
 
 /// Raw columns of a `checkpoints` row.

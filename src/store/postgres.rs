@@ -16,7 +16,7 @@ mod epochs;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Row};
 
 use super::epochs::{epoch_row, link_row};
 use super::{
@@ -25,7 +25,7 @@ use super::{
     SigningKeyRow, Store, StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row,
     insert_error, key_refs, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
-use super::{EpochRow, ErasureRecord, LinkRow};
+use super::{EpochRow, ErasureRecord, IdempotencyColumns, IdempotencyRow, LinkRow, TxConn};
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
 use crate::entry::{EntryHash, LedgerId, Seq, StreamId, SubjectHandle};
@@ -222,11 +222,11 @@ async fn latest_checkpoint_on(conn: &mut PgConnection) -> Result<Option<Checkpoi
 #[async_trait]
 impl Store for PostgresStore {
     async fn begin_append(&self) -> Result<Box<dyn AppendTx>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = TxConn::begin(&self.pool, "BEGIN").await?;
         // Held until commit or rollback: appends from every instance take turns here.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(LEDGER_LOCK)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         Ok(Box::new(PgAppendTx { tx }))
     }
@@ -234,6 +234,23 @@ impl Store for PostgresStore {
     async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         head_on(&mut conn).await
+    }
+
+    async fn idempotency(
+        &self,
+        key_hash: &[u8; 32],
+        not_before_micros: i64,
+    ) -> Result<Option<IdempotencyRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        idempotency_on(&mut conn, key_hash, not_before_micros).await
+    }
+
+    async fn purge_idempotency(&self, before_micros: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(before_micros)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn read_global(
@@ -730,20 +747,20 @@ fn xid_precedes(a: u32, b: u32) -> bool {
 }
 
 struct PgAppendTx {
-    tx: Transaction<'static, Postgres>,
+    tx: TxConn<Postgres>,
 }
 
 #[async_trait]
 impl AppendTx for PgAppendTx {
     async fn head(&mut self) -> Result<Option<ChainHead>, StoreError> {
-        head_on(&mut self.tx).await
+        head_on(self.tx.conn()).await
     }
 
     async fn stream_version(&mut self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         let v: Option<i64> =
             sqlx::query_scalar("SELECT MAX(stream_version) FROM entries WHERE stream_id = $1")
                 .bind(stream.as_str())
-                .fetch_one(&mut *self.tx)
+                .fetch_one(self.tx.conn())
                 .await?;
         Ok(v.map(to_u64))
     }
@@ -805,7 +822,7 @@ impl AppendTx for PgAppendTx {
                 .bind(&sig)
                 .bind(&key)
                 .bind(&ledger)
-                .execute(&mut *self.tx)
+                .execute(self.tx.conn())
                 .await
                 .map_err(insert_error)?;
         }
@@ -813,7 +830,7 @@ impl AppendTx for PgAppendTx {
     }
 
     async fn subject_link(&mut self, index_mac: &[u8; 32]) -> Result<Option<LinkRow>, StoreError> {
-        subject_link_on(&mut self.tx, index_mac).await
+        subject_link_on(self.tx.conn(), index_mac).await
     }
 
     async fn current_epoch(&mut self) -> Result<Option<EpochRow>, StoreError> {
@@ -821,7 +838,7 @@ impl AppendTx for PgAppendTx {
             "SELECT epoch, kek_id, started_at, rotate_by, destroyed_at FROM kek_epochs \
              WHERE destroyed_at IS NULL ORDER BY epoch DESC LIMIT 1 FOR SHARE",
         )
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.tx.conn())
         .await?;
         row.map(|(e, k, s, r, d)| epoch_row(e, k, s, r, d))
             .transpose()
@@ -835,7 +852,7 @@ impl AppendTx for PgAppendTx {
         .bind(link.index_mac.to_vec())
         .bind(link.sealed_handle.clone())
         .bind(&link.kek_id)
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         sqlx::query(
             "INSERT INTO data_keys (key_ref, wrapped, kek_id, created_at) VALUES ($1, $2, $3, $4)",
@@ -844,7 +861,7 @@ impl AppendTx for PgAppendTx {
         .bind(key.wrapped.0.clone())
         .bind(&key.kek_id)
         .bind(now)
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         Ok(())
     }
@@ -859,11 +876,11 @@ impl AppendTx for PgAppendTx {
     ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM data_keys WHERE key_ref = $1")
             .bind(KeyRef::Subject(*handle).to_bytes().to_vec())
-            .execute(&mut *self.tx)
+            .execute(self.tx.conn())
             .await?;
         sqlx::query("DELETE FROM subject_links WHERE index_mac = $1")
             .bind(index_mac.to_vec())
-            .execute(&mut *self.tx)
+            .execute(self.tx.conn())
             .await?;
         sqlx::query(
             "INSERT INTO erased_subjects (handle, erasure_seq, erased_at, request_ref, epoch, \
@@ -877,14 +894,14 @@ impl AppendTx for PgAppendTx {
         .bind(record.forgotten_by)
         .bind(&record.receipt_key_id)
         .bind(record.receipt_signature.clone())
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         // Every instance drops the key from its cache when this commits (cleanup_xid is set
         // by its column default, in this transaction).
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(ERASURE_CHANNEL)
             .bind(handle.to_hex())
-            .execute(&mut *self.tx)
+            .execute(self.tx.conn())
             .await?;
         Ok(())
     }
@@ -897,7 +914,7 @@ impl AppendTx for PgAppendTx {
             "SELECT sealed_receipt, kek_id FROM erasure_tombstones WHERE tombstone_mac = $1",
         )
         .bind(tombstone_mac.to_vec())
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.tx.conn())
         .await?;
         Ok(row.map(|(sealed_receipt, kek_id)| Tombstone {
             sealed_receipt,
@@ -918,7 +935,7 @@ impl AppendTx for PgAppendTx {
         .bind(tombstone_mac.to_vec())
         .bind(tombstone.sealed_receipt.clone())
         .bind(&tombstone.kek_id)
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         Ok(())
     }
@@ -927,18 +944,18 @@ impl AppendTx for PgAppendTx {
         &mut self,
         ids: &[NodeId],
     ) -> Result<HashMap<NodeId, MerkleHash>, StoreError> {
-        merkle_nodes_on(&mut self.tx, ids).await
+        merkle_nodes_on(self.tx.conn(), ids).await
     }
 
     async fn insert_merkle_nodes(
         &mut self,
         nodes: &[(NodeId, MerkleHash)],
     ) -> Result<(), StoreError> {
-        insert_merkle_nodes_on(&mut self.tx, nodes).await
+        insert_merkle_nodes_on(self.tx.conn(), nodes).await
     }
 
     async fn latest_checkpoint(&mut self) -> Result<Option<Checkpoint>, StoreError> {
-        latest_checkpoint_on(&mut self.tx).await
+        latest_checkpoint_on(self.tx.conn()).await
     }
 
     async fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
@@ -953,7 +970,7 @@ impl AppendTx for PgAppendTx {
         .bind(cp.signature.0.to_vec())
         .bind(cp.binding.map(|b| b.ledger_id.0.to_vec()))
         .bind(cp.binding.map(|b| to_i64(b.previous_tree_size)))
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         Ok(())
     }
@@ -968,7 +985,7 @@ impl AppendTx for PgAppendTx {
         )
         .bind(to_i64(first_seq.0))
         .bind(key_id.to_hex())
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         Ok(())
     }
@@ -982,7 +999,7 @@ impl AppendTx for PgAppendTx {
         sqlx::query("UPDATE signing_keys SET last_seq = $1 WHERE key_id = $2")
             .bind(to_i64(seq.0))
             .bind(old.to_hex())
-            .execute(&mut *self.tx)
+            .execute(self.tx.conn())
             .await?;
         sqlx::query(
             "INSERT INTO signing_keys (key_id, public_key, first_seq, created_at) VALUES ($1, $2, $3, $4) \
@@ -992,13 +1009,82 @@ impl AppendTx for PgAppendTx {
         .bind(new.to_bytes().to_vec())
         .bind(to_i64(seq.0 + 1))
         .bind(now_micros())
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.tx.commit().await?;
+    async fn idempotency(
+        &mut self,
+        key_hash: &[u8; 32],
+        not_before_micros: i64,
+    ) -> Result<Option<IdempotencyRow>, StoreError> {
+        idempotency_on(self.tx.conn(), key_hash, not_before_micros).await
+    }
+
+    async fn insert_idempotency(&mut self, rows: &[IdempotencyRow]) -> Result<(), StoreError> {
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (key_hash, request_digest, first_seq, last_seq, \
+                 created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO UPDATE SET \
+                 request_digest = excluded.request_digest, first_seq = excluded.first_seq, \
+                 last_seq = excluded.last_seq, created_at = excluded.created_at",
+            )
+            .bind(r.key_hash.to_vec())
+            .bind(r.request_digest.to_vec())
+            .bind(to_i64(r.first_seq.0))
+            .bind(to_i64(r.last_seq.0))
+            .bind(r.created_at_micros)
+            .execute(self.tx.conn())
+            .await?;
+        }
         Ok(())
     }
+
+    async fn entry_hash_at(&mut self, seq: Seq) -> Result<Option<EntryHash>, StoreError> {
+        let row: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, entry_hash FROM entries WHERE seq = $1")
+                .bind(to_i64(seq.0))
+                .fetch_optional(self.tx.conn())
+                .await?;
+        row.map(|(s, h)| entry_hash_row(s, &h).map(|(_, h)| h))
+            .transpose()
+    }
+
+    async fn write_probe(&mut self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO write_probe (id, pad) VALUES (1, decode(repeat('00', 8192), 'hex'))",
+        )
+        .execute(self.tx.conn())
+        .await?;
+        sqlx::query("DELETE FROM write_probe")
+            .execute(self.tx.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await
+    }
+
+    async fn rollback(self: Box<Self>) {
+        self.tx.rollback().await;
+    }
+}
+
+async fn idempotency_on(
+    conn: &mut PgConnection,
+    key_hash: &[u8; 32],
+    not_before_micros: i64,
+) -> Result<Option<IdempotencyRow>, StoreError> {
+    let row: Option<IdempotencyColumns> = sqlx::query_as(
+        "SELECT key_hash, request_digest, first_seq, last_seq, created_at FROM idempotency_keys \
+         WHERE key_hash = $1 AND created_at >= $2",
+    )
+    .bind(key_hash.to_vec())
+    .bind(not_before_micros)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(k, d, f, l, c)| IdempotencyRow::decode(&k, &d, f, l, c))
+        .transpose()
 }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::epochs::{epoch_row, link_row};
 use super::{
@@ -22,7 +22,7 @@ use super::{
     StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row, insert_error,
     key_refs, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
-use super::{EpochRow, ErasureRecord, LinkRow};
+use super::{EpochRow, ErasureRecord, IdempotencyColumns, IdempotencyRow, LinkRow, TxConn};
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
 use crate::entry::{EntryHash, LedgerId, Seq, StreamId, SubjectHandle};
@@ -65,10 +65,17 @@ fn micros_now() -> i64 {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
-    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    /// With `max_bytes`, writes that would grow the database beyond it fail as on a full disk
+    /// (a quota; SQLite's `max_page_count` on the writing connection).
+    pub async fn open(path: &Path, max_bytes: Option<u64>) -> Result<SqliteStore, StoreError> {
+        let mut write_options = options(path).create_if_missing(true);
+        if let Some(bytes) = max_bytes {
+            // The default page size; a quota is approximate by nature.
+            write_options = write_options.pragma("max_page_count", (bytes / 4096).to_string());
+        }
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options(path).create_if_missing(true))
+            .connect_with(write_options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
         let read = SqlitePoolOptions::new()
@@ -131,12 +138,28 @@ where
 impl Store for SqliteStore {
     async fn begin_append(&self) -> Result<Box<dyn AppendTx>, StoreError> {
         // IMMEDIATE takes the write lock now, so the head read below cannot go stale.
-        let tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = TxConn::begin(&self.write, "BEGIN IMMEDIATE").await?;
         Ok(Box::new(SqliteAppendTx { tx }))
     }
 
     async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
         head_on(&self.read).await
+    }
+
+    async fn idempotency(
+        &self,
+        key_hash: &[u8; 32],
+        not_before_micros: i64,
+    ) -> Result<Option<IdempotencyRow>, StoreError> {
+        idempotency_on(&self.read, key_hash, not_before_micros).await
+    }
+
+    async fn purge_idempotency(&self, before_micros: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(before_micros)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn read_global(
@@ -574,20 +597,20 @@ where
 }
 
 struct SqliteAppendTx {
-    tx: Transaction<'static, Sqlite>,
+    tx: TxConn<Sqlite>,
 }
 
 #[async_trait]
 impl AppendTx for SqliteAppendTx {
     async fn head(&mut self) -> Result<Option<ChainHead>, StoreError> {
-        head_on(&mut *self.tx).await
+        head_on(self.tx.conn()).await
     }
 
     async fn stream_version(&mut self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         let v: Option<i64> =
             sqlx::query_scalar("SELECT MAX(stream_version) FROM entries WHERE stream_id = ?")
                 .bind(stream.as_str())
-                .fetch_one(&mut *self.tx)
+                .fetch_one(self.tx.conn())
                 .await?;
         Ok(v.map(to_u64))
     }
@@ -615,7 +638,7 @@ impl AppendTx for SqliteAppendTx {
                     .push_bind(h.ledger_id.map(|l| l.0.to_vec()));
             });
             qb.build()
-                .execute(&mut *self.tx)
+                .execute(self.tx.conn())
                 .await
                 .map_err(insert_error)?;
         }
@@ -623,7 +646,7 @@ impl AppendTx for SqliteAppendTx {
     }
 
     async fn subject_link(&mut self, index_mac: &[u8; 32]) -> Result<Option<LinkRow>, StoreError> {
-        subject_link_on(&mut *self.tx, index_mac).await
+        subject_link_on(self.tx.conn(), index_mac).await
     }
 
     async fn current_epoch(&mut self) -> Result<Option<EpochRow>, StoreError> {
@@ -631,7 +654,7 @@ impl AppendTx for SqliteAppendTx {
             "SELECT epoch, kek_id, started_at, rotate_by, destroyed_at FROM kek_epochs \
              WHERE destroyed_at IS NULL ORDER BY epoch DESC LIMIT 1",
         )
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.tx.conn())
         .await?;
         row.map(|(e, k, s, r, d)| epoch_row(e, k, s, r, d))
             .transpose()
@@ -645,7 +668,7 @@ impl AppendTx for SqliteAppendTx {
         .bind(link.index_mac.to_vec())
         .bind(link.sealed_handle.clone())
         .bind(&link.kek_id)
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         sqlx::query(
             "INSERT INTO data_keys (key_ref, wrapped, kek_id, created_at) VALUES (?, ?, ?, ?)",
@@ -654,7 +677,7 @@ impl AppendTx for SqliteAppendTx {
         .bind(key.wrapped.0.clone())
         .bind(&key.kek_id)
         .bind(now)
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         Ok(())
     }
@@ -669,11 +692,11 @@ impl AppendTx for SqliteAppendTx {
     ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM data_keys WHERE key_ref = ?")
             .bind(KeyRef::Subject(*handle).to_bytes().to_vec())
-            .execute(&mut *self.tx)
+            .execute(self.tx.conn())
             .await?;
         sqlx::query("DELETE FROM subject_links WHERE index_mac = ?")
             .bind(index_mac.to_vec())
-            .execute(&mut *self.tx)
+            .execute(self.tx.conn())
             .await?;
         sqlx::query(
             "INSERT INTO erased_subjects (handle, erasure_seq, erased_at, request_ref, epoch, \
@@ -687,7 +710,7 @@ impl AppendTx for SqliteAppendTx {
         .bind(record.forgotten_by)
         .bind(&record.receipt_key_id)
         .bind(record.receipt_signature.clone())
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         Ok(())
     }
@@ -700,7 +723,7 @@ impl AppendTx for SqliteAppendTx {
             "SELECT sealed_receipt, kek_id FROM erasure_tombstones WHERE tombstone_mac = ?",
         )
         .bind(tombstone_mac.to_vec())
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.tx.conn())
         .await?;
         Ok(row.map(|(sealed_receipt, kek_id)| Tombstone {
             sealed_receipt,
@@ -720,7 +743,7 @@ impl AppendTx for SqliteAppendTx {
         .bind(tombstone_mac.to_vec())
         .bind(tombstone.sealed_receipt.clone())
         .bind(&tombstone.kek_id)
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         Ok(())
     }
@@ -729,18 +752,18 @@ impl AppendTx for SqliteAppendTx {
         &mut self,
         ids: &[NodeId],
     ) -> Result<HashMap<NodeId, MerkleHash>, StoreError> {
-        merkle_nodes_on(&mut self.tx, ids).await
+        merkle_nodes_on(self.tx.conn(), ids).await
     }
 
     async fn insert_merkle_nodes(
         &mut self,
         nodes: &[(NodeId, MerkleHash)],
     ) -> Result<(), StoreError> {
-        insert_merkle_nodes_on(&mut self.tx, nodes).await
+        insert_merkle_nodes_on(self.tx.conn(), nodes).await
     }
 
     async fn latest_checkpoint(&mut self) -> Result<Option<Checkpoint>, StoreError> {
-        latest_checkpoint_on(&mut self.tx).await
+        latest_checkpoint_on(self.tx.conn()).await
     }
 
     async fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
@@ -755,7 +778,7 @@ impl AppendTx for SqliteAppendTx {
         .bind(cp.signature.0.to_vec())
         .bind(cp.binding.map(|b| b.ledger_id.0.to_vec()))
         .bind(cp.binding.map(|b| to_i64(b.previous_tree_size)))
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         Ok(())
     }
@@ -768,7 +791,7 @@ impl AppendTx for SqliteAppendTx {
         sqlx::query("UPDATE signing_keys SET first_seq = ? WHERE key_id = ? AND first_seq IS NULL")
             .bind(to_i64(first_seq.0))
             .bind(key_id.to_hex())
-            .execute(&mut *self.tx)
+            .execute(self.tx.conn())
             .await?;
         Ok(())
     }
@@ -782,7 +805,7 @@ impl AppendTx for SqliteAppendTx {
         sqlx::query("UPDATE signing_keys SET last_seq = ? WHERE key_id = ?")
             .bind(to_i64(seq.0))
             .bind(old.to_hex())
-            .execute(&mut *self.tx)
+            .execute(self.tx.conn())
             .await?;
         sqlx::query(
             "INSERT INTO signing_keys (key_id, public_key, first_seq, created_at) VALUES (?, ?, ?, ?) \
@@ -792,13 +815,83 @@ impl AppendTx for SqliteAppendTx {
         .bind(new.to_bytes().to_vec())
         .bind(to_i64(seq.0 + 1))
         .bind(micros_now())
-        .execute(&mut *self.tx)
+        .execute(self.tx.conn())
         .await?;
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.tx.commit().await?;
+    async fn idempotency(
+        &mut self,
+        key_hash: &[u8; 32],
+        not_before_micros: i64,
+    ) -> Result<Option<IdempotencyRow>, StoreError> {
+        idempotency_on(self.tx.conn(), key_hash, not_before_micros).await
+    }
+
+    async fn insert_idempotency(&mut self, rows: &[IdempotencyRow]) -> Result<(), StoreError> {
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (key_hash, request_digest, first_seq, last_seq, \
+                 created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_hash) DO UPDATE SET \
+                 request_digest = excluded.request_digest, first_seq = excluded.first_seq, \
+                 last_seq = excluded.last_seq, created_at = excluded.created_at",
+            )
+            .bind(r.key_hash.to_vec())
+            .bind(r.request_digest.to_vec())
+            .bind(to_i64(r.first_seq.0))
+            .bind(to_i64(r.last_seq.0))
+            .bind(r.created_at_micros)
+            .execute(self.tx.conn())
+            .await?;
+        }
         Ok(())
     }
+
+    async fn entry_hash_at(&mut self, seq: Seq) -> Result<Option<EntryHash>, StoreError> {
+        let row: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, entry_hash FROM entries WHERE seq = ?")
+                .bind(to_i64(seq.0))
+                .fetch_optional(self.tx.conn())
+                .await?;
+        row.map(|(s, h)| entry_hash_row(s, &h).map(|(_, h)| h))
+            .transpose()
+    }
+
+    async fn write_probe(&mut self) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO write_probe (id, pad) VALUES (1, zeroblob(8192))")
+            .execute(self.tx.conn())
+            .await?;
+        sqlx::query("DELETE FROM write_probe")
+            .execute(self.tx.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await
+    }
+
+    async fn rollback(self: Box<Self>) {
+        self.tx.rollback().await;
+    }
+}
+
+async fn idempotency_on<'e, E>(
+    executor: E,
+    key_hash: &[u8; 32],
+    not_before_micros: i64,
+) -> Result<Option<IdempotencyRow>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let row: Option<IdempotencyColumns> = sqlx::query_as(
+        "SELECT key_hash, request_digest, first_seq, last_seq, created_at FROM idempotency_keys \
+         WHERE key_hash = ? AND created_at >= ?",
+    )
+    .bind(key_hash.to_vec())
+    .bind(not_before_micros)
+    .fetch_optional(executor)
+    .await?;
+    row.map(|(k, d, f, l, c)| IdempotencyRow::decode(&k, &d, f, l, c))
+        .transpose()
 }
