@@ -185,7 +185,51 @@ async fn idempotency_keys_expire(backend: Backend) {
     s.terminate().await;
 }
 
-on_both_backends!(idempotent_append, idempotency_keys_expire);
+/// Many keyed appends at once (committed together by group commit), each retried: every retry
+/// gets its own original answer.
+async fn many_keys_at_once(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Arc::new(env.serve(&[]).await);
+    let send_all = async |s: &Arc<Server>| {
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let s = Arc::clone(s);
+            tasks.push(tokio::spawn(async move {
+                let body = one_event("Paid", json!({"i": i}));
+                append_with_key(&s, &format!("many-{}", i % 4), &format!("key-{i}"), &body).await
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            let (st, replayed, v) = t.await.unwrap();
+            assert_eq!(st, StatusCode::CREATED, "{v}");
+            out.push((replayed, v));
+        }
+        out
+    };
+    let first = send_all(&s).await;
+    let again = send_all(&s).await;
+    for ((r1, v1), (r2, v2)) in first.iter().zip(&again) {
+        assert_eq!(r1, &None);
+        assert_eq!(r2.as_deref(), Some("true"));
+        assert_eq!(v1, v2);
+    }
+    assert_eq!(
+        env.sql_count("SELECT COUNT(*) FROM entries WHERE stream_id LIKE 'many-%'")
+            .await,
+        64
+    );
+    assert_eq!(
+        env.sql_count("SELECT COUNT(*) FROM idempotency_keys").await,
+        64
+    );
+}
+
+on_both_backends!(
+    idempotent_append,
+    idempotency_keys_expire,
+    many_keys_at_once
+);
 
 /// A TCP proxy to PostgreSQL that can lose a connection around the COMMIT of the ledger's
 /// append transactions (those that took the ledger's advisory lock, whose key is "auditled").

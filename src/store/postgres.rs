@@ -1023,21 +1023,29 @@ impl AppendTx for PgAppendTx {
     }
 
     async fn insert_idempotency(&mut self, rows: &[IdempotencyRow]) -> Result<(), StoreError> {
-        for r in rows {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (key_hash, request_digest, first_seq, last_seq, \
-                 created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO UPDATE SET \
-                 request_digest = excluded.request_digest, first_seq = excluded.first_seq, \
-                 last_seq = excluded.last_seq, created_at = excluded.created_at",
-            )
-            .bind(r.key_hash.to_vec())
-            .bind(r.request_digest.to_vec())
-            .bind(to_i64(r.first_seq.0))
-            .bind(to_i64(r.last_seq.0))
-            .bind(r.created_at_micros)
-            .execute(self.tx.conn())
-            .await?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        // One statement per batch, whatever its number of keyed appends.
+        let keys: Vec<Vec<u8>> = rows.iter().map(|r| r.key_hash.to_vec()).collect();
+        let digests: Vec<Vec<u8>> = rows.iter().map(|r| r.request_digest.to_vec()).collect();
+        let first: Vec<i64> = rows.iter().map(|r| to_i64(r.first_seq.0)).collect();
+        let last: Vec<i64> = rows.iter().map(|r| to_i64(r.last_seq.0)).collect();
+        let at: Vec<i64> = rows.iter().map(|r| r.created_at_micros).collect();
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key_hash, request_digest, first_seq, last_seq, \
+             created_at) SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[], $4::int8[], \
+             $5::int8[]) ON CONFLICT (key_hash) DO UPDATE SET \
+             request_digest = excluded.request_digest, first_seq = excluded.first_seq, \
+             last_seq = excluded.last_seq, created_at = excluded.created_at",
+        )
+        .bind(keys)
+        .bind(digests)
+        .bind(first)
+        .bind(last)
+        .bind(at)
+        .execute(self.tx.conn())
+        .await?;
         Ok(())
     }
 

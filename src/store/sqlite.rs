@@ -829,20 +829,24 @@ impl AppendTx for SqliteAppendTx {
     }
 
     async fn insert_idempotency(&mut self, rows: &[IdempotencyRow]) -> Result<(), StoreError> {
-        for r in rows {
-            sqlx::query(
+        for chunk in rows.chunks(INSERT_CHUNK_ROWS) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO idempotency_keys (key_hash, request_digest, first_seq, last_seq, \
-                 created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_hash) DO UPDATE SET \
-                 request_digest = excluded.request_digest, first_seq = excluded.first_seq, \
-                 last_seq = excluded.last_seq, created_at = excluded.created_at",
-            )
-            .bind(r.key_hash.to_vec())
-            .bind(r.request_digest.to_vec())
-            .bind(to_i64(r.first_seq.0))
-            .bind(to_i64(r.last_seq.0))
-            .bind(r.created_at_micros)
-            .execute(self.tx.conn())
-            .await?;
+                 created_at) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.key_hash.to_vec())
+                    .push_bind(r.request_digest.to_vec())
+                    .push_bind(to_i64(r.first_seq.0))
+                    .push_bind(to_i64(r.last_seq.0))
+                    .push_bind(r.created_at_micros);
+            });
+            qb.push(
+                " ON CONFLICT (key_hash) DO UPDATE SET request_digest = excluded.request_digest, \
+                 first_seq = excluded.first_seq, last_seq = excluded.last_seq, \
+                 created_at = excluded.created_at",
+            );
+            qb.build().execute(self.tx.conn()).await?;
         }
         Ok(())
     }
