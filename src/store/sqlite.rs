@@ -414,10 +414,9 @@ impl Store for SqliteStore {
     }
 
     async fn insert_merkle_nodes(&self, nodes: &[(NodeId, MerkleHash)]) -> Result<(), StoreError> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        insert_merkle_nodes_on(&mut tx, nodes).await?;
-        tx.commit().await?;
-        Ok(())
+        let mut tx = TxConn::begin(&self.write, "BEGIN IMMEDIATE").await?;
+        insert_merkle_nodes_on(tx.conn(), nodes).await?;
+        tx.commit().await
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {

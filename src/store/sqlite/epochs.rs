@@ -5,6 +5,7 @@ use async_trait::async_trait;
 
 use super::SqliteStore;
 use crate::entry::Seq;
+use crate::store::TxConn;
 use crate::store::epochs::{
     ERASURE_COLUMNS, ErasureCols, epoch_row, erasure_row, legacy_row, link_row,
 };
@@ -26,7 +27,7 @@ impl EpochStore for SqliteStore {
     }
 
     async fn insert_epoch(&self, row: &EpochRow) -> Result<EpochRow, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = TxConn::begin(&self.write, "BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO kek_epochs (epoch, kek_id, started_at, rotate_by) VALUES (?, ?, ?, ?) \
              ON CONFLICT (epoch) DO NOTHING",
@@ -35,14 +36,14 @@ impl EpochStore for SqliteStore {
         .bind(&row.kek_id)
         .bind(row.started_at)
         .bind(row.rotate_by)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         let (epoch, kek_id, started, rotate_by, destroyed): (i64, String, i64, i64, Option<i64>) =
             sqlx::query_as(
             "SELECT epoch, kek_id, started_at, rotate_by, destroyed_at FROM kek_epochs WHERE epoch = ?",
         )
         .bind(i64::from(row.epoch))
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.conn())
         .await?;
         tx.commit().await?;
         epoch_row(epoch, kek_id, started, rotate_by, destroyed)
@@ -112,7 +113,7 @@ impl EpochStore for SqliteStore {
         keys: &[(VaultRow, String)],
         links: &[(LinkRow, String)],
     ) -> Result<u64, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = TxConn::begin(&self.write, "BEGIN IMMEDIATE").await?;
         let mut changed = 0;
         for (row, old) in keys {
             changed += sqlx::query(
@@ -122,7 +123,7 @@ impl EpochStore for SqliteStore {
             .bind(&row.kek_id)
             .bind(row.key_ref.to_bytes().to_vec())
             .bind(old)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?
             .rows_affected();
         }
@@ -134,7 +135,7 @@ impl EpochStore for SqliteStore {
             .bind(&link.kek_id)
             .bind(link.index_mac.to_vec())
             .bind(old)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?
             .rows_affected();
         }
@@ -163,11 +164,11 @@ impl EpochStore for SqliteStore {
     }
 
     async fn destroy_epoch(&self, epoch: u32, now: i64) -> Result<bool, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = TxConn::begin(&self.write, "BEGIN IMMEDIATE").await?;
         let kek_id: Option<String> =
             sqlx::query_scalar("SELECT kek_id FROM kek_epochs WHERE epoch = ?")
                 .bind(i64::from(epoch))
-                .fetch_optional(&mut *tx)
+                .fetch_optional(tx.conn())
                 .await?;
         let Some(kek_id) = kek_id else {
             return Ok(false);
@@ -178,7 +179,7 @@ impl EpochStore for SqliteStore {
                   + (SELECT count(*) FROM erasure_tombstones WHERE kek_id = ?1)",
         )
         .bind(&kek_id)
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.conn())
         .await?;
         if live > 0 {
             return Ok(false);
@@ -188,7 +189,7 @@ impl EpochStore for SqliteStore {
         )
         .bind(now)
         .bind(i64::from(epoch))
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         tx.commit().await?;
         Ok(true)
@@ -207,7 +208,7 @@ impl EpochStore for SqliteStore {
     }
 
     async fn move_legacy_links(&self, links: &[LinkRow]) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = TxConn::begin(&self.write, "BEGIN IMMEDIATE").await?;
         for link in links {
             sqlx::query(
                 "INSERT INTO subject_links (index_mac, sealed_handle, kek_id) \
@@ -216,11 +217,11 @@ impl EpochStore for SqliteStore {
             .bind(link.index_mac.to_vec())
             .bind(link.sealed_handle.clone())
             .bind(&link.kek_id)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
             sqlx::query("DELETE FROM subject_index WHERE index_mac = ?")
                 .bind(link.index_mac.to_vec())
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         }
         tx.commit().await?;
