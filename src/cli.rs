@@ -305,22 +305,13 @@ impl Service {
             limits: Limits {
                 max_event_bytes: config.max_event_bytes,
                 max_request_bytes: config.max_request_bytes,
+                body_timeout: Duration::from_secs(config.body_timeout_secs.max(1)),
             },
             jobs: crate::api::audit::Jobs::default(),
             trust,
             keys_dir: Some(dirs.keys_dir.clone()),
         });
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
-        let addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
-        let router = api::router(AppState(Arc::clone(&app)));
-        let server = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let (addr, stop, server) = listen(config, &app).await?;
         // Never print the database URL: it may carry a password.
         let data = if dirs.database_url.is_some() {
             "PostgreSQL (--database-url)".to_owned()
@@ -351,6 +342,34 @@ impl Service {
         crate::backend::close(self.store.as_ref(), self.lock).await;
         Ok(())
     }
+}
+
+/// Binds the listener and starts the server loop with the configured limits.
+async fn listen(
+    config: &ServeConfig,
+    app: &Arc<App>,
+) -> anyhow::Result<(
+    SocketAddr,
+    CancellationToken,
+    JoinHandle<std::io::Result<()>>,
+)> {
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let router = api::router(AppState(Arc::clone(app)));
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        router,
+        crate::server::ServerLimits {
+            header_timeout: Duration::from_secs(config.header_timeout_secs.max(1)),
+            max_connections: config.max_connections,
+            shutdown_deadline: Duration::from_secs(config.shutdown_deadline_secs),
+        },
+        stop.clone(),
+    ));
+    Ok((addr, stop, server))
 }
 
 /// The key vault, with the KEK epochs brought into agreement with the database first, and the

@@ -21,6 +21,14 @@ pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 10;
 /// Default keys (or links) re-wrapped per transaction during a KEK epoch rotation.
 pub const DEFAULT_KEK_REWRAP_BATCH: u32 = 250;
+/// Default time a client has to send a request's headers.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Default time a client has to send a request's body.
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+/// Default cap on open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default time requests in progress get to finish at shutdown.
+pub const DEFAULT_SHUTDOWN_DEADLINE_SECS: u64 = 10;
 /// Default idempotency window: 24 hours.
 pub const DEFAULT_IDEMPOTENCY_WINDOW_HOURS: f64 = 24.0;
 /// The SQLite file inside the data directory.
@@ -130,6 +138,24 @@ pub struct ServeConfig {
         value_parser = parse_epoch_hours
     )]
     pub idempotency_window_hours: f64,
+    /// How long a client may take to send a request's headers, in seconds; a connection that
+    /// has not sent them in full by then is closed.
+    #[arg(long, env = "AUDITLEDGER_HEADER_TIMEOUT_SECS", default_value_t = DEFAULT_HEADER_TIMEOUT_SECS)]
+    pub header_timeout_secs: u64,
+    /// How long a client may take to send a request's body in full, in seconds (a total, not
+    /// an idle timeout: a trickle is cut off too). The request is answered 408 and nothing of
+    /// it is written.
+    #[arg(long, env = "AUDITLEDGER_BODY_TIMEOUT_SECS", default_value_t = DEFAULT_BODY_TIMEOUT_SECS)]
+    pub body_timeout_secs: u64,
+    /// Most connections open at once. Beyond it, new connections wait in the listen backlog
+    /// until one closes.
+    #[arg(long, env = "AUDITLEDGER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// On SIGTERM or Ctrl-C, how long requests in progress may take to finish, in seconds.
+    /// After it, the ones still running are dropped, never acknowledged (their appends are
+    /// committed or not, as the writer got to them), and the process exits.
+    #[arg(long, env = "AUDITLEDGER_SHUTDOWN_DEADLINE_SECS", default_value_t = DEFAULT_SHUTDOWN_DEADLINE_SECS)]
+    pub shutdown_deadline_secs: u64,
 }
 
 /// A length in hours (a KEK epoch, the idempotency window): above 0, at most ten years.
@@ -177,6 +203,10 @@ impl ServeConfig {
             kek_epoch_hours: crate::epochs::DEFAULT_EPOCH_HOURS,
             kek_rewrap_batch: DEFAULT_KEK_REWRAP_BATCH,
             idempotency_window_hours: DEFAULT_IDEMPOTENCY_WINDOW_HOURS,
+            header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
+            body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_deadline_secs: DEFAULT_SHUTDOWN_DEADLINE_SECS,
         }
     }
 }

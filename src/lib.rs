@@ -41,6 +41,8 @@ pub mod lockfile;
 #[cfg(feature = "server")]
 pub mod rotate;
 #[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]
 pub mod telemetry;

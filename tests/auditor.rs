@@ -286,7 +286,7 @@ async fn an_erasure_receipt_carries_a_checkpoint_that_proves_the_erasure_entry(b
     fill(&s, 6).await;
     s.append(
         "c",
-        &json!({"events": [{"type": "T", "subject": "dora", "data": 1}]}),
+        &json!({"events": [{"type": "T", "subject": "dora", "data": {"n": 1}}]}),
     )
     .await;
     let (status, r) = s
@@ -557,7 +557,7 @@ async fn tamper_suite_each_attack_is_detected_and_located() {
     fill(&s, 4).await;
     s.append(
         "c",
-        &json!({"events": [{"type": "T", "subject": "fred", "data": 1}]}),
+        &json!({"events": [{"type": "T", "subject": "fred", "data": {"n": 1}}]}),
     )
     .await;
     let db = raw_db(dir.path()).await;

@@ -88,7 +88,7 @@ async fn two_instances_on_one_database_keep_one_chain_even_when_one_is_killed() 
     // A restarted instance continues the same chain.
     let a = env.serve(&[]).await;
     let (status, body) = a
-        .append("after", &common::one_event("AfterKill", json!(1)))
+        .append("after", &common::one_event("AfterKill", json!({"n": 1})))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(body["first_seq"].as_u64().unwrap() >= events.len() as u64);
@@ -143,7 +143,7 @@ async fn tampering_with_the_postgres_tables_is_found_and_located() {
     }
     s.append(
         "t",
-        &json!({"events": [{"type": "T", "subject": "hugo", "data": 1}]}),
+        &json!({"events": [{"type": "T", "subject": "hugo", "data": {"n": 1}}]}),
     )
     .await;
     s.post_raw(
@@ -225,7 +225,7 @@ async fn an_instance_whose_connections_are_cut_mid_load_loses_no_acknowledged_ev
         "the service to recover after its connections were cut",
         Duration::from_secs(10),
         async || {
-            s.append("after-cut", &common::one_event("After", json!(1)))
+            s.append("after-cut", &common::one_event("After", json!({"n": 1})))
                 .await
                 .0
                 == StatusCode::CREATED

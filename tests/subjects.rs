@@ -355,13 +355,13 @@ async fn bad_subject_requests_are_refused_and_write_nothing(b: Backend) {
         ),
         (
             "/v1/streams/x/events",
-            json!({"events": [{"type": "A", "subject": "", "data": 1}]}).to_string(),
+            json!({"events": [{"type": "A", "subject": "", "data": {}}]}).to_string(),
             StatusCode::UNPROCESSABLE_ENTITY,
             "events[0].subject",
         ),
         (
             "/v1/streams/auditledger:subject-erasures/events",
-            json!({"events": [{"type": "SubjectErased", "data": 1}]}).to_string(),
+            json!({"events": [{"type": "SubjectErased", "data": {}}]}).to_string(),
             StatusCode::BAD_REQUEST,
             "stream_id",
         ),
@@ -563,7 +563,7 @@ async fn kek_rotation_rewraps_every_key_resumably_and_the_old_kek_can_be_deleted
     let env = Env::new(b).await;
     let s = env.serve(&[]).await;
     for i in 0..7 {
-        s.append("r", &json!({"events": [subject_event(&format!("subject-{i}"), json!({"i": i})), {"type": "Plain", "data": i}]})).await;
+        s.append("r", &json!({"events": [subject_event(&format!("subject-{i}"), json!({"i": i})), {"type": "Plain", "data": {"i": i}}]})).await;
     }
     erase(&s, "subject-3", "DSR-3").await;
     let before = s.all_events().await;

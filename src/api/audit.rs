@@ -211,8 +211,9 @@ pub async fn verify(
     ))]
 pub async fn job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<JobOut>, ApiError> {
+    let Path(id) = path?;
     let job = state
         .0
         .jobs

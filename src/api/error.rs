@@ -38,6 +38,15 @@ pub enum ApiError {
     /// Wrong method for the path.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A body that is not declared `application/json`.
+    #[error(
+        "the request body must be sent as Content-Type: application/json \
+         (optionally with charset=utf-8)"
+    )]
+    UnsupportedMediaType,
+    /// The body did not arrive in full within the body deadline.
+    #[error("the request body did not arrive within {} s", .0.as_secs_f64())]
+    BodyTimeout(std::time::Duration),
     /// Optimistic-concurrency conflict.
     #[error("version conflict")]
     VersionConflict {
@@ -111,6 +120,16 @@ impl ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
                 "Method not allowed",
+            ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body timeout",
             ),
             ApiError::VersionConflict { .. } => {
                 (StatusCode::CONFLICT, "version-conflict", "Version conflict")
@@ -188,6 +207,22 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         response
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(r: axum::extract::rejection::PathRejection) -> ApiError {
+        // Not `body_text`: it may quote the client's path segment.
+        use axum::extract::rejection::PathRejection;
+        match r {
+            PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+                axum::extract::path::ErrorKind::InvalidUtf8InPathParam { key } => {
+                    ApiError::BadRequest(format!("path segment {key} is not valid UTF-8"))
+                }
+                _ => ApiError::BadRequest("a path segment is not of the expected form".to_owned()),
+            },
+            _ => ApiError::BadRequest("the path could not be read".to_owned()),
+        }
     }
 }
 

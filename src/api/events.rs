@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::de::{self, Deserializer, Visitor};
@@ -15,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::AppState;
 use super::error::ApiError;
-use super::json;
+use super::json::{self, JsonBody};
 use crate::entry::{
     EventType, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, Seq, StreamId,
 };
@@ -111,7 +110,9 @@ pub struct EventIn {
     /// normalisation and case folding.
     #[serde(default)]
     subject: Option<String>,
-    /// Event data, any JSON value; encrypted at rest.
+    /// Event data: a JSON object (any members), encrypted at rest. Numbers must be exact as
+    /// sent: integers within 64 bits, other numbers with at most 17 significant digits
+    /// (send larger or more precise values as strings); otherwise 422.
     #[schema(value_type = Object)]
     data: serde_json::Value,
     /// Plaintext metadata, kept for ever (no personal data): an object of string values.
@@ -163,8 +164,9 @@ pub struct EventOut {
     pub recorded_at: String,
     /// Plaintext metadata.
     pub metadata: BTreeMap<String, String>,
-    /// Decrypted event data; null when erased.
-    #[schema(value_type = Object)]
+    /// Decrypted event data (a JSON object; that of a legacy event may be any JSON value);
+    /// null when erased.
+    #[schema(value_type = Option<Object>, nullable)]
     pub data: serde_json::Value,
     /// True when the data's key was destroyed (crypto-shredded).
     pub erased: bool,
@@ -321,6 +323,12 @@ fn parse_append(
                 )));
             }
         }
+        if !ev.data.is_object() {
+            return Err(ApiError::Invalid(format!(
+                "{} must be a JSON object",
+                field("data")
+            )));
+        }
         let data = Zeroizing::new(
             serde_json::to_vec(&ev.data).map_err(|e| ApiError::Internal(e.to_string()))?,
         );
@@ -430,17 +438,17 @@ const IDEMPOTENCY_REPLAYED: &str = "idempotency-replayed";
 )]
 pub async fn append(
     State(state): State<AppState>,
-    Path(stream_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: axum::http::HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, axum::http::HeaderMap, Json<AppendResponse>), ApiError> {
+    let Path(stream_id) = path?;
     let stream = parse_stream_id(&stream_id)?;
     if stream.as_str().starts_with(SYSTEM_STREAM_PREFIX) {
         return Err(ApiError::BadRequest(format!(
             "stream_id: streams starting with {SYSTEM_STREAM_PREFIX} are the ledger's own"
         )));
     }
-    let body = json::body(body, state.0.limits.max_request_bytes)?;
     let idempotency = headers
         .get(IDEMPOTENCY_KEY)
         .map(|v| IdempotencyKey::parse(v.as_bytes()))
@@ -486,9 +494,10 @@ pub async fn append(
 )]
 pub async fn read_stream(
     State(state): State<AppState>,
-    Path(stream_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Json<StreamPage>, ApiError> {
+    let Path(stream_id) = path?;
     let stream = parse_stream_id(&stream_id)?;
     let Query(q) = query?;
     let limit = check_limit(q.limit)?;

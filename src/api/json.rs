@@ -1,30 +1,210 @@
-//! Request bodies: size limit, JSON parsing with the failing field's path in the message.
+//! Request bodies, taken exactly as sent: `application/json` only (415), within the size limit
+//! (413) and the body deadline (408), one JSON object and nothing after it (400 / 422), and
+//! every number representable exactly (422), so that what is sealed and signed is what the
+//! client sent. Parse errors name the failing field, never its content.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
-use serde::de::DeserializeOwned;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
+use super::AppState;
 use super::error::ApiError;
+use super::numbers::first_inexact_number;
 
-/// The body, or 413 over the limit / 400 if it could not be read.
-pub fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(format!("request body exceeds {limit} bytes"))
-        } else {
-            ApiError::BadRequest(r.body_text())
+/// A request body that is declared `application/json`, read in full within the size limit
+/// and the body deadline.
+pub struct JsonBody(pub Bytes);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<JsonBody, ApiError> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::UnsupportedMediaType);
         }
+        let limits = state.0.limits;
+        let read = Bytes::from_request(req, state);
+        let body = tokio::time::timeout(limits.body_timeout, read)
+            .await
+            .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))?;
+        body.map(JsonBody).map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(format!(
+                    "request body exceeds {} bytes",
+                    limits.max_request_bytes
+                ))
+            } else {
+                ApiError::BadRequest(r.body_text())
+            }
+        })
+    }
+}
+
+/// `application/json`, with at most a `charset=utf-8` parameter (JSON is UTF-8, RFC 8259).
+/// Anything else, a form or `text/plain` above all, is refused: a browser sends those across
+/// sites without asking, so accepting them would let any web page append or erase.
+fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(Ok(text)) = value.map(axum::http::HeaderValue::to_str) else {
+        return false;
+    };
+    let mut parts = text.split(';').map(str::trim);
+    if !parts
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
+    {
+        return false;
+    }
+    parts.all(|p| {
+        p.split_once('=').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("charset")
+                && v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        })
     })
 }
 
-/// Parses JSON into `T`: 400 if it is not JSON, 422 naming the field if it is the wrong shape.
+/// Parses a request body into `T`: 400 if it is not one JSON value and nothing else, 422 if it
+/// is not an object (nor, in an append, each of its `events`), if a number in it cannot be
+/// kept exactly, or naming the field if it is the wrong shape.
 ///
 /// Messages never quote what the client sent, so an identifier in a body cannot leak into a
 /// reply: serde's own messages do (`invalid type: string "…"`, ``unknown field `…` ``), and
 /// the path of a failing value includes the client's map keys (`metadata.<key>`), so both are
 /// rewritten by [`safe_path`] and [`safe_message`].
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    check_shape(bytes)?;
+    if let Some(offset) = first_inexact_number(bytes) {
+        return Err(ApiError::Invalid(format!(
+            "the number at byte {offset} cannot be kept exactly: integers must fit in 64 bits \
+             (-9223372036854775808 to 18446744073709551615) and other numbers must be exact \
+             as IEEE 754 doubles print them (at most 17 significant digits); send larger or \
+             more precise values as strings"
+        )));
+    }
+    from_slice(bytes)
+}
+
+/// The request's shape before its fields: one object, nothing after it, and (for an append)
+/// each element of `events` an object. serde would otherwise accept an array in place of an
+/// object (a struct's fields in order) and ignore whatever follows the first value.
+fn check_shape(bytes: &[u8]) -> Result<(), ApiError> {
+    let syntax = |inner: &serde_json::Error| {
+        let what = if inner.to_string().starts_with("trailing characters") {
+            "there is data after the JSON value"
+        } else {
+            "it is not valid JSON"
+        };
+        ApiError::BadRequest(format!(
+            "request body: {what} (at line {} column {})",
+            inner.line(),
+            inner.column()
+        ))
+    };
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    if let Err(e) = serde_path_to_error::deserialize::<_, Shape>(&mut *de) {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        return Err(if inner.is_syntax() || inner.is_eof() {
+            syntax(&inner)
+        } else if path == "." || path.is_empty() {
+            ApiError::Invalid("the request body must be a JSON object".to_owned())
+        } else {
+            ApiError::Invalid(format!("{path} must be a JSON object"))
+        });
+    }
+    de.end().map_err(|e| syntax(&e))
+}
+
+/// A body's required shape: an object whose `events`, if an array, holds only objects.
+struct Shape;
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Shape, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Shape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "events" {
+                        map.next_value::<Events>()?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Shape)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `events`: if an array, of objects (any other type is left to the field's own check).
+struct Events;
+
+impl<'de> Deserialize<'de> for Events {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Events, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Events;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("events")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events, A::Error> {
+                while seq.next_element::<AnObject>()?.is_some() {}
+                Ok(Events)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Events, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Events)
+            }
+            fn visit_unit<E>(self) -> Result<Events, E> {
+                Ok(Events)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Events, E> {
+                Ok(Events)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Events, E> {
+                Ok(Events)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Events, E> {
+                Ok(Events)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Events, E> {
+                Ok(Events)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Events, E> {
+                Ok(Events)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Any JSON object, skipped.
+struct AnObject;
+
+impl<'de> Deserialize<'de> for AnObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AnObject, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnObject, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AnObject)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let inner_text = e.inner().to_string();

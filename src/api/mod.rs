@@ -6,6 +6,7 @@ pub mod checkpoints;
 pub mod error;
 pub mod events;
 pub mod json;
+mod numbers;
 pub mod ops;
 pub mod subjects;
 
@@ -28,6 +29,8 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// Largest request body, in bytes.
     pub max_request_bytes: usize,
+    /// How long a request body may take to arrive in full.
+    pub body_timeout: std::time::Duration,
 }
 
 /// What every handler shares.

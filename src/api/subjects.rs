@@ -2,8 +2,7 @@
 //! request bodies, never in a URL, so no access log or proxy keeps it.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -12,7 +11,7 @@ use zeroize::Zeroizing;
 use super::AppState;
 use super::error::ApiError;
 use super::events::{EventOut, MAX_READ_LIMIT, MAX_SUBJECT_BYTES};
-use super::json;
+use super::json::{self, JsonBody};
 use crate::checkpoint::CheckpointJson;
 use crate::entry::Seq;
 use crate::identifiers::Identifiers;
@@ -248,9 +247,8 @@ pub async fn erasures(
 )]
 pub async fn erase(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<ReceiptOut>, ApiError> {
-    let body = json::body(body, state.0.limits.max_request_bytes)?;
     let parsed: EraseBody = json::parse(&body)?;
     let subject = Zeroizing::new(parsed.subject);
     json::check_text("subject", &subject, MAX_SUBJECT_BYTES)?;
@@ -299,9 +297,8 @@ pub async fn erase(
 )]
 pub async fn export(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<SubjectExport>, ApiError> {
-    let body = json::body(body, state.0.limits.max_request_bytes)?;
     let parsed: ExportBody = json::parse(&body)?;
     let subject = Zeroizing::new(parsed.subject);
     json::check_text("subject", &subject, MAX_SUBJECT_BYTES)?;
