@@ -95,7 +95,9 @@ async fn sigkill_during_a_write_load_loses_no_acknowledged_event(b: Backend) {
     // Acknowledged events are a subset; whatever else committed before the kill is whole.
     assert!(events.len() >= acked.len());
     // The chain continues after the crash.
-    let (status, body) = s.append("after", &one_event("AfterCrash", json!({"n": 1}))).await;
+    let (status, body) = s
+        .append("after", &one_event("AfterCrash", json!({"n": 1})))
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(body["first_seq"], events.len() as u64);
     s.terminate().await;

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
+use super::params::Position;
 use crate::audit::{AuditError, BeyondHead, Snapshot, verify_snapshot};
 use crate::entry::Seq;
 use crate::report::SignedReport;
@@ -52,12 +53,13 @@ fn lock_result(job: &Job) -> std::sync::MutexGuard<'_, Option<Result<SignedRepor
 
 /// Query of a verification.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyQuery {
     /// First seq (default 0).
-    from_seq: Option<u64>,
+    from_seq: Option<Position>,
     /// Last seq, inclusive (default: the head when the run starts).
-    to_seq: Option<u64>,
+    to_seq: Option<Position>,
     /// Run as a job even if the range is small.
     #[serde(rename = "async")]
     run_async: Option<bool>,
@@ -152,7 +154,7 @@ pub async fn verify(
     query: Result<Query<VerifyQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
-    let (from, to) = seq_range(q.from_seq, q.to_seq)?;
+    let (from, to) = seq_range(q.from_seq.map(|p| p.0), q.to_seq.map(|p| p.0))?;
     let store = Arc::clone(state.0.ledger.store());
     // The job verifies this snapshot, so a range that is valid now stays valid for it.
     let snapshot = Snapshot::take(store.as_ref()).await?;
@@ -220,23 +222,24 @@ pub async fn job(
         .lock()
         .get(&id)
         .cloned()
-        .ok_or_else(|| ApiError::NotFound(format!("no verification job {id}")))?;
+        .ok_or_else(|| ApiError::NotFound("no verification job has this id".to_owned()))?;
     Ok(Json(job_out(&id, &job)))
 }
 
 /// Query of an export.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// First seq (default 0).
-    from_seq: Option<u64>,
+    from_seq: Option<Position>,
     /// Last seq, inclusive (default: the head).
-    to_seq: Option<u64>,
+    to_seq: Option<Position>,
 }
 
 /// Stream an export bundle (NDJSON; docs/FORMAT.md): entries with sealed payloads (never
 /// decrypted), the checkpoints they complete, the public keys.
-#[utoipa::path(get, path = "/v1/export", tag = "audit", params(ExportQuery),
+#[utoipa::path(get, path = "/v1/export", tag = "audit", operation_id = "export_bundle", params(ExportQuery),
     responses(
         (status = 200, description = "The bundle, one JSON object per line", content_type = "application/x-ndjson"),
         (status = 400, description = "Bad range: to_seq below from_seq, or from_seq beyond the head (more than the number of entries)", content_type = "application/problem+json"),
@@ -246,7 +249,7 @@ pub async fn export(
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
-    let (from, to) = seq_range(q.from_seq, q.to_seq)?;
+    let (from, to) = seq_range(q.from_seq.map(|p| p.0), q.to_seq.map(|p| p.0))?;
     let store = Arc::clone(state.0.ledger.store());
     // Refused before the 200 is sent: the ledger only grows, so the export's own check
     // (which would end the body without a footer) does not fail on an intact ledger.

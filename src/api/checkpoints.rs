@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
+use super::params::Position;
 use crate::checkpoint::CheckpointJson;
 use crate::entry::Seq;
 use crate::ledger::ProofRequestError;
@@ -61,11 +62,13 @@ pub async fn create(State(state): State<AppState>) -> Result<Json<CheckpointJson
 
 /// Query of the checkpoint list.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Smallest tree size to return (default 0).
-    from: Option<u64>,
+    from: Option<Position>,
     /// Most checkpoints to return, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -96,7 +99,7 @@ pub async fn list(
         .0
         .ledger
         .store()
-        .checkpoints(q.from.unwrap_or(0), u64::MAX >> 1, limit)
+        .checkpoints(q.from.map_or(0, |p| p.0), u64::MAX >> 1, limit)
         .await?;
     let next_from = (cps.len() == limit as usize)
         .then(|| cps.last().map(|c| c.tree_size + 1))
@@ -112,12 +115,13 @@ pub async fn list(
 
 /// Query of an inclusion proof.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InclusionQuery {
     /// The entry to prove.
-    seq: u64,
+    seq: Position,
     /// Tree size to prove against (default: the current size).
-    tree_size: Option<u64>,
+    tree_size: Option<Position>,
 }
 
 /// An inclusion proof.
@@ -156,7 +160,7 @@ pub async fn inclusion(
     let p = state
         .0
         .ledger
-        .inclusion_proof(Seq(q.seq), q.tree_size)
+        .inclusion_proof(Seq(q.seq.0), q.tree_size.map(|p| p.0))
         .await?;
     Ok(Json(InclusionOut {
         seq: p.seq.0,
@@ -170,12 +174,14 @@ pub async fn inclusion(
 
 /// Query of a consistency proof.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
     /// Older tree size (at least 1).
-    from_size: u64,
+    #[param(schema_with = crate::api::params::size_schema)]
+    from_size: Position,
     /// Newer tree size.
-    to_size: u64,
+    to_size: Position,
 }
 
 /// A consistency proof.
@@ -208,7 +214,7 @@ pub async fn consistency(
     let p = state
         .0
         .ledger
-        .consistency_proof(q.from_size, q.to_size)
+        .consistency_proof(q.from_size.0, q.to_size.0)
         .await?;
     Ok(Json(ConsistencyOut {
         from_size: p.from_size,

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use super::AppState;
 use super::error::ApiError;
 use super::json::{self, JsonBody};
+use super::params::{Count, MAX_POSITION, Position};
 use crate::entry::{
     EventType, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, Seq, StreamId,
 };
@@ -44,7 +45,28 @@ impl<'de> Deserialize<'de> for ExpectedVersionIn {
                 f.write_str(r#"a non-negative integer, "any" or "no_stream""#)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                if v > MAX_POSITION {
+                    return Err(E::custom(format!("must be at most {MAX_POSITION}")));
+                }
                 Ok(ExpectedVersionIn(ExpectedVersion::Exact(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("must not be negative"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss,
+                reason = "only a whole number within range is converted, and then exactly"
+            )]
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                // JSON Schema's `integer` includes 1.0.
+                if v.fract() != 0.0 || v < 0.0 || v > MAX_POSITION as f64 {
+                    return Err(E::invalid_value(de::Unexpected::Float(v), &self));
+                }
+                self.visit_u64(v as u64)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 match v {
@@ -65,6 +87,7 @@ fn expected_version_schema() -> utoipa::openapi::schema::Schema {
             ObjectBuilder::new()
                 .schema_type(Type::Integer)
                 .minimum(Some(0))
+                .maximum(Some(MAX_POSITION))
                 .description(Some("the stream's last event must have this version")),
         )
         .item(
@@ -77,6 +100,40 @@ fn expected_version_schema() -> utoipa::openapi::schema::Schema {
         .into()
 }
 
+fn schema_version_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(u32::MAX))
+        .default(Some(1.into()))
+        .into()
+}
+
+fn metadata_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .max_properties(Some(MAX_METADATA_PAIRS))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_NAME_BYTES)),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_METADATA_VALUE_BYTES))
+                .into(),
+        )))
+        .build()
+        .into()
+}
+
 /// Body of an append.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -85,12 +142,13 @@ pub struct AppendBody {
     #[serde(default)]
     #[schema(schema_with = expected_version_schema)]
     expected_version: ExpectedVersionIn,
-    /// One or more events, committed together or not at all.
+    /// One or more events (at most 10,000), committed together or not at all.
+    #[schema(min_items = 1, max_items = 10_000)]
     events: Vec<EventIn>,
 }
 
-fn one() -> u32 {
-    1
+fn one() -> Count {
+    Count(1)
 }
 
 /// One event to append.
@@ -101,24 +159,28 @@ pub struct EventIn {
     /// for ever: must not name a person (refused with 422 if it contains a `subject` of the
     /// request, in any case or width).
     #[serde(rename = "type")]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]+$", min_length = 1, max_length = 128)]
     event_type: String,
     /// Schema version of the event type, from 1; default 1.
     #[serde(default = "one")]
-    schema_version: u32,
+    #[schema(schema_with = schema_version_schema)]
+    schema_version: Count,
     /// The data subject's own identifier (e.g. a customer id, an e-mail address): the only
     /// field where it may appear. Never stored. At least 3 characters after Unicode NFKC
     /// normalisation and case folding.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     subject: Option<String>,
     /// Event data: a JSON object (any members), encrypted at rest. Numbers must be exact as
     /// sent: integers within 64 bits, other numbers with at most 17 significant digits
     /// (send larger or more precise values as strings); otherwise 422.
     #[schema(value_type = Object)]
     data: serde_json::Value,
-    /// Plaintext metadata, kept for ever (no personal data): an object of string values.
-    /// Refused with 422 if a key or value contains a `subject` of the request, in any case or
-    /// width.
+    /// Plaintext metadata, kept for ever (no personal data): an object of at most 64 string
+    /// values of at most 1024 characters, under keys of 1 to 128 characters. Refused with 422
+    /// if a key or value contains a `subject` of the request, in any case or width.
     #[serde(default)]
+    #[schema(schema_with = metadata_schema)]
     metadata: Option<BTreeMap<String, String>>,
 }
 
@@ -228,21 +290,25 @@ pub struct LogPage {
 
 /// Query of a stream read.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// First stream version to return (default 0).
-    from_version: Option<u64>,
+    from_version: Option<Position>,
     /// Most events to return, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
 /// Query of a global read.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// First seq to return (default 0).
-    from_seq: Option<u64>,
+    from_seq: Option<Position>,
     /// Most events to return, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -286,7 +352,7 @@ fn parse_append(
         let field = |name: &str| format!("events[{i}].{name}");
         let event_type = EventType::parse(&ev.event_type)
             .map_err(|e| ApiError::Invalid(format!("{} {e}", field("type"))))?;
-        if ev.schema_version == 0 {
+        if ev.schema_version.0 == 0 {
             return Err(ApiError::Invalid(format!(
                 "{} must be at least 1",
                 field("schema_version")
@@ -308,16 +374,16 @@ fn parse_append(
         // Keys are named by their position, never quoted: a key is the client's text and could
         // be an identifier.
         for (j, (k, v)) in metadata.iter().enumerate() {
-            if k.is_empty() || k.len() > MAX_NAME_BYTES {
+            if k.is_empty() || k.chars().count() > MAX_NAME_BYTES {
                 return Err(ApiError::Invalid(format!(
-                    "{}: keys must be 1 to {MAX_NAME_BYTES} bytes (key {} in sorted order is not)",
+                    "{}: keys must be 1 to {MAX_NAME_BYTES} characters (key {} in sorted order is not)",
                     field("metadata"),
                     j + 1
                 )));
             }
-            if v.len() > MAX_METADATA_VALUE_BYTES {
+            if v.chars().count() > MAX_METADATA_VALUE_BYTES {
                 return Err(ApiError::Invalid(format!(
-                    "{}: the value of key {} in sorted order is longer than {MAX_METADATA_VALUE_BYTES} bytes",
+                    "{}: the value of key {} in sorted order is longer than {MAX_METADATA_VALUE_BYTES} characters",
                     field("metadata"),
                     j + 1
                 )));
@@ -342,7 +408,7 @@ fn parse_append(
         events.push(NewEvent {
             subject,
             event_type,
-            schema_version: ev.schema_version,
+            schema_version: ev.schema_version.0,
             data,
             metadata,
         });
@@ -409,11 +475,11 @@ const IDEMPOTENCY_REPLAYED: &str = "idempotency-replayed";
 /// Append events to a stream.
 #[utoipa::path(
     post, path = "/v1/streams/{stream_id}/events", tag = "events",
-    params(("stream_id" = String, Path, description = "1-128 chars of A-Z a-z 0-9 _ - . :. \
+    params(("stream_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]+$", min_length = 1, max_length = 128, description = "1-128 chars of A-Z a-z 0-9 _ - . :. \
         Kept for ever in plaintext, so pseudonymous: your own surrogate key (`customer-7f3a9c`), \
         never an e-mail address or a customer number people know; refused with 422 if it \
         contains a `subject` of the request"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII \
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]+$", min_length = 1, max_length = 255, description = "1-255 visible ASCII \
         characters chosen by the client, unique per intended append (a UUID). A request with a \
         key already recorded (within the idempotency window, 24 hours by default) gets the \
         original 201 with `Idempotency-Replayed: true` and writes nothing; the same key with \
@@ -486,7 +552,7 @@ pub async fn append(
 /// Read a stream's events, decrypted.
 #[utoipa::path(
     get, path = "/v1/streams/{stream_id}/events", tag = "events",
-    params(("stream_id" = String, Path, description = "The stream"), StreamQuery),
+    params(("stream_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]+$", min_length = 1, max_length = 128, description = "The stream"), StreamQuery),
     responses(
         (status = 200, description = "A page of the stream", body = StreamPage),
         (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
@@ -501,7 +567,7 @@ pub async fn read_stream(
     let stream = parse_stream_id(&stream_id)?;
     let Query(q) = query?;
     let limit = check_limit(q.limit)?;
-    let from = q.from_version.unwrap_or(0);
+    let from = q.from_version.map_or(0, |p| p.0);
     let events = state.0.ledger.read_stream(&stream, from, limit).await?;
     let next_from_version = (events.len() == limit as usize)
         .then(|| {
@@ -532,7 +598,7 @@ pub async fn read_global(
 ) -> Result<Json<LogPage>, ApiError> {
     let Query(q) = query?;
     let limit = check_limit(q.limit)?;
-    let from = Seq(q.from_seq.unwrap_or(0));
+    let from = Seq(q.from_seq.map_or(0, |p| p.0));
     let events = state.0.ledger.read_global(from, limit).await?;
     let next_from_seq = (events.len() == limit as usize)
         .then(|| events.last().map(|e| e.record.entry.header.seq.0 + 1))

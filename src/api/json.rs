@@ -302,14 +302,15 @@ fn safe_message(text: &str) -> String {
     }
 }
 
-/// Checks a free-text field's length in bytes.
+/// Checks a free-text field's length in characters (Unicode scalar values, as JSON Schema's
+/// `maxLength` counts them, so that the OpenAPI document states the rule exactly).
 pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.is_empty() {
         return Err(ApiError::Invalid(format!("{field} must not be empty")));
     }
-    if value.len() > max {
+    if value.chars().count() > max {
         return Err(ApiError::Invalid(format!(
-            "{field} must be at most {max} bytes"
+            "{field} must be at most {max} characters"
         )));
     }
     Ok(())

@@ -7,7 +7,9 @@ pub mod error;
 pub mod events;
 pub mod json;
 mod numbers;
+pub mod openapi;
 pub mod ops;
+pub mod params;
 pub mod subjects;
 
 use std::sync::Arc;
@@ -17,7 +19,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
 
 use crate::ledger::Ledger;
 use error::ApiError;
@@ -71,31 +72,8 @@ impl App {
 #[derive(Clone, Debug)]
 pub struct AppState(pub Arc<App>);
 
-/// The OpenAPI document.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "auditledger", description = "Tamper-evident, crypto-shredding audit ledger"),
-    paths(
-        events::append, events::read_stream, events::read_global,
-        subjects::erase, subjects::export, subjects::erasure, subjects::erasures,
-        checkpoints::latest, checkpoints::create, checkpoints::list,
-        checkpoints::inclusion, checkpoints::consistency,
-        audit::verify, audit::job, audit::export,
-        ops::keys, ops::healthz, ops::readyz, ops::metrics,
-    ),
-    tags(
-        (name = "events", description = "Append and read events"),
-        (name = "subjects", description = "Erasure and access requests of data subjects"),
-        (name = "checkpoints", description = "Signed tree heads and Merkle proofs"),
-        (name = "audit", description = "Verification reports and export bundles"),
-        (name = "keys", description = "Public signing keys"),
-        (name = "operations", description = "Health and readiness"),
-    )
-)]
-pub struct ApiDoc;
-
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    Json(openapi::document())
 }
 
 async fn not_found() -> ApiError {

@@ -12,6 +12,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::events::{EventOut, MAX_READ_LIMIT, MAX_SUBJECT_BYTES};
 use super::json::{self, JsonBody};
+use super::params::{Count, Position};
 use crate::checkpoint::CheckpointJson;
 use crate::entry::Seq;
 use crate::identifiers::Identifiers;
@@ -28,12 +29,15 @@ pub const MAX_REQUEST_REF_BYTES: usize = 200;
 #[serde(deny_unknown_fields)]
 pub struct EraseBody {
     /// The subject's own identifier, as given when its events were appended.
+    #[schema(min_length = 1, max_length = 256)]
     subject: String,
     /// Why, e.g. `GDPR Art. 17(1)(a)`. Chained in plaintext and kept for ever: no personal data;
     /// refused (422) if it contains the identifier in any case, width or accent.
+    #[schema(min_length = 1, max_length = 1000)]
     reason: String,
     /// Your reference for the request (ticket number). Chained in plaintext and kept for ever:
     /// no personal data; refused (422) if it contains the identifier.
+    #[schema(min_length = 1, max_length = 200)]
     request_ref: String,
 }
 
@@ -42,13 +46,15 @@ pub struct EraseBody {
 #[serde(deny_unknown_fields)]
 pub struct ExportBody {
     /// The subject's own identifier.
+    #[schema(min_length = 1, max_length = 256)]
     subject: String,
     /// First seq to return (default 0).
     #[serde(default)]
-    from_seq: u64,
+    from_seq: Position,
     /// Most events to return, 1 to 1000 (default 1000).
     #[serde(default)]
-    limit: Option<u32>,
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<Count>,
 }
 
 /// A signed erasure receipt.
@@ -180,9 +186,11 @@ impl From<ErasureView> for ErasureOut {
 
 /// Query of `GET /v1/subjects/erasures`.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ErasureQuery {
     /// The request reference given when erasing.
+    #[param(min_length = 1, max_length = 200)]
     request_ref: String,
 }
 
@@ -227,7 +235,9 @@ pub async fn erasures(
     let Query(q) = query.map_err(|_| {
         ApiError::BadRequest("expected exactly one query parameter, request_ref".to_owned())
     })?;
-    json::check_text("request_ref", &q.request_ref, MAX_REQUEST_REF_BYTES)?;
+    // A query parameter out of shape is a malformed request (400), like one that is missing.
+    json::check_text("request_ref", &q.request_ref, MAX_REQUEST_REF_BYTES)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let list = state.0.ledger.erasures_by_ref(&q.request_ref).await?;
     Ok(Json(ErasureList {
         erasures: list.into_iter().map(ErasureOut::from).collect(),
@@ -288,7 +298,7 @@ pub async fn erase(
 
 /// Export every event of a subject, decrypted (subject access request).
 #[utoipa::path(
-    post, path = "/v1/subjects/export", tag = "subjects",
+    post, path = "/v1/subjects/export", tag = "subjects", operation_id = "export_subject",
     request_body = ExportBody,
     responses(
         (status = 200, description = "The subject's events", body = SubjectExport),
@@ -302,7 +312,7 @@ pub async fn export(
     let parsed: ExportBody = json::parse(&body)?;
     let subject = Zeroizing::new(parsed.subject);
     json::check_text("subject", &subject, MAX_SUBJECT_BYTES)?;
-    let limit = parsed.limit.unwrap_or(MAX_READ_LIMIT);
+    let limit = parsed.limit.map_or(MAX_READ_LIMIT, |c| c.0);
     if limit == 0 || limit > MAX_READ_LIMIT {
         return Err(ApiError::Invalid(format!(
             "limit must be between 1 and {MAX_READ_LIMIT}"
@@ -311,7 +321,7 @@ pub async fn export(
     let Some((handle, events)) = state
         .0
         .ledger
-        .export_subject(&subject, Seq(parsed.from_seq), limit)
+        .export_subject(&subject, Seq(parsed.from_seq.0), limit)
         .await?
     else {
         return Err(unknown_subject());
