@@ -76,7 +76,8 @@ enum Command {
     Export {
         #[command(flatten)]
         dirs: Dirs,
-        /// The bundle file to write.
+        /// The bundle file to write; `-` writes it to standard output (and the summary to
+        /// standard error).
         #[arg(long)]
         out: PathBuf,
         /// First seq to export.
@@ -241,7 +242,10 @@ impl Service {
     /// Opens keys and database (creating them on first start) and starts listening.
     pub async fn start(config: &ServeConfig) -> anyhow::Result<Service> {
         crate::telemetry::install();
-        let dirs = &config.dirs;
+        let dirs = &Dirs {
+            sqlite_max_db_mib: config.sqlite_max_db_mib,
+            ..config.dirs.clone()
+        };
         let keys = load_keys_to_serve(dirs)?;
         let (shared, lock) = crate::backend::open(dirs, crate::backend::Access::Serve).await?;
         let store = Arc::clone(&shared);
@@ -765,8 +769,13 @@ async fn export(dirs: &Dirs, out: &Path, from: u64, to: Option<u64>) -> anyhow::
         return Err(anyhow::Error::new(e).context("nothing exported"));
     }
     let total = snapshot.range_len(Seq(from), to.map(Seq));
-    let file = fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut writer = std::io::BufWriter::new(file);
+    let to_stdout = out.as_os_str() == "-";
+    let target: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?)
+    };
+    let mut writer = std::io::BufWriter::new(target);
     let (sender, mut receiver) = tokio::sync::mpsc::channel(256);
     let producer = {
         let store = Arc::clone(&store);
@@ -787,15 +796,28 @@ async fn export(dirs: &Dirs, out: &Path, from: u64, to: Option<u64>) -> anyhow::
     }
     let footer = producer.await.context("export task failed")??;
     writer.flush()?;
-    writer.get_ref().sync_all()?;
+    drop(writer);
+    if !to_stdout {
+        // The file is complete on disk before this says so.
+        fs::File::open(out)?.sync_all()?;
+    }
     bar.finish_and_clear();
     store.close().await;
-    println!(
+    let summary = format!(
         "exported {} and {} to {}",
         count(footer.entries, "entry", "entries"),
         count(footer.checkpoints, "checkpoint", "checkpoints"),
-        out.display()
+        if to_stdout {
+            "standard output".to_owned()
+        } else {
+            out.display().to_string()
+        }
     );
+    if to_stdout {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

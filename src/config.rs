@@ -37,7 +37,7 @@ pub const DATABASE_FILE: &str = "ledger.db";
 /// Where keys and data live.
 #[derive(Args, Clone, Debug)]
 pub struct Dirs {
-    /// Directory of the SQLite database (created on first start).
+    /// Directory of the SQLite database (ignored with --database-url).
     #[arg(long, env = "AUDITLEDGER_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Directory of the signing key, key-encryption key and index key.
@@ -49,9 +49,8 @@ pub struct Dirs {
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "AUDITLEDGER_DATABASE_POOL_SIZE", default_value_t = DEFAULT_DATABASE_POOL_SIZE)]
     pub database_pool_size: u32,
-    /// SQLite only: a quota on the database file, in MiB. Writes that would grow it further
-    /// fail as on a full disk (503; `/readyz` not ready) until space is freed inside it.
-    #[arg(long, env = "AUDITLEDGER_SQLITE_MAX_DB_MIB")]
+    /// The SQLite quota in MiB (`serve --sqlite-max-db-mib`); not a flag of the other commands.
+    #[arg(skip)]
     pub sqlite_max_db_mib: Option<u64>,
 }
 
@@ -156,6 +155,10 @@ pub struct ServeConfig {
     /// committed or not, as the writer got to them), and the process exits.
     #[arg(long, env = "AUDITLEDGER_SHUTDOWN_DEADLINE_SECS", default_value_t = DEFAULT_SHUTDOWN_DEADLINE_SECS)]
     pub shutdown_deadline_secs: u64,
+    /// SQLite only: a quota on the database file, in MiB. Writes that would grow it further
+    /// fail as on a full disk (503; `/readyz` not ready) until space is freed inside it.
+    #[arg(long, env = "AUDITLEDGER_SQLITE_MAX_DB_MIB")]
+    pub sqlite_max_db_mib: Option<u64>,
 }
 
 /// A length in hours (a KEK epoch, the idempotency window): above 0, at most ten years.
@@ -207,6 +210,7 @@ impl ServeConfig {
             body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_deadline_secs: DEFAULT_SHUTDOWN_DEADLINE_SECS,
+            sqlite_max_db_mib: None,
         }
     }
 }

@@ -14,17 +14,23 @@ use utoipa::{PartialSchema, ToSchema};
 /// Largest position: `i64::MAX`.
 pub const MAX_POSITION: u64 = i64::MAX as u64;
 
-/// A position: a seq, a stream version, a tree size; 0 to 2^63−1.
+/// A position in a query string: a seq, a stream version, a tree size; 0 to 2^63−1.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Position(pub u64);
 
-/// A count or version number that fits 32 bits: 0 to 2^32−1.
+/// A position in a JSON body: a JSON number, never a string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BodyPosition(pub u64);
+
+/// A count or version number in a JSON body that fits 32 bits: 0 to 2^32−1.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Count(pub u32);
 
 struct Whole {
     max: u64,
     what: &'static str,
+    /// Whether digits in a string count (query strings have nothing else).
+    strings: bool,
 }
 
 impl Visitor<'_> for Whole {
@@ -64,7 +70,10 @@ impl Visitor<'_> for Whole {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-        // Query strings: digits only.
+        // Query strings: digits only. In a JSON body a string is not a number.
+        if !self.strings {
+            return Err(E::invalid_type(de::Unexpected::Str(v), &self));
+        }
         if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
             return Err(E::custom(format!(
                 "must be a whole number from 0 to {}",
@@ -82,8 +91,20 @@ impl<'de> Deserialize<'de> for Position {
         d.deserialize_any(Whole {
             max: MAX_POSITION,
             what: "a position",
+            strings: true,
         })
         .map(Position)
+    }
+}
+
+impl<'de> Deserialize<'de> for BodyPosition {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BodyPosition, D::Error> {
+        d.deserialize_any(Whole {
+            max: MAX_POSITION,
+            what: "a position",
+            strings: false,
+        })
+        .map(BodyPosition)
     }
 }
 
@@ -92,6 +113,7 @@ impl<'de> Deserialize<'de> for Count {
         d.deserialize_any(Whole {
             max: u64::from(u32::MAX),
             what: "a whole number",
+            strings: false,
         })
         .map(|v| Count(u32::try_from(v).unwrap_or(u32::MAX)))
     }
@@ -123,6 +145,14 @@ impl PartialSchema for Position {
 
 impl ToSchema for Position {}
 
+impl PartialSchema for BodyPosition {
+    fn schema() -> RefOr<Schema> {
+        integer(MAX_POSITION)
+    }
+}
+
+impl ToSchema for BodyPosition {}
+
 impl PartialSchema for Count {
     fn schema() -> RefOr<Schema> {
         integer(u64::from(u32::MAX))
@@ -149,5 +179,7 @@ mod tests {
         assert_eq!(c("4294967295").unwrap(), u32::MAX);
         assert_eq!(c("446.0").unwrap(), 446);
         assert!(c("4294967296").is_err());
+        assert!(c("\"2\"").is_err(), "a string is not a number in a body");
+        assert!(serde_json::from_str::<BodyPosition>("\"2\"").is_err());
     }
 }

@@ -12,7 +12,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::events::{EventOut, MAX_READ_LIMIT, MAX_SUBJECT_BYTES};
 use super::json::{self, JsonBody};
-use super::params::{Count, Position};
+use super::params::{BodyPosition, Count};
 use crate::checkpoint::CheckpointJson;
 use crate::entry::Seq;
 use crate::identifiers::Identifiers;
@@ -50,7 +50,7 @@ pub struct ExportBody {
     subject: String,
     /// First seq to return (default 0).
     #[serde(default)]
-    from_seq: Position,
+    from_seq: BodyPosition,
     /// Most events to return, 1 to 1000 (default 1000).
     #[serde(default)]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000)]
