@@ -139,7 +139,7 @@ async fn verify_runs_beside_a_server_that_is_appending(b: Backend) {
     let env = Env::new(b).await;
     let s = Arc::new(env.serve(&[]).await);
     for i in 0..20 {
-        s.append("pre", &one_event("Pre", json!(i))).await;
+        s.append("pre", &one_event("Pre", json!({"i": i}))).await;
     }
     let loader = tokio::spawn(common::load(
         Arc::clone(&s),
@@ -168,7 +168,7 @@ async fn a_missing_merkle_tree_is_rebuilt_at_start_with_the_same_roots(b: Backen
     let env = Env::new(b).await;
     let s = env.serve(&["--checkpoint-every", "5"]).await;
     for i in 0..23 {
-        s.append("t", &one_event("E", json!(i))).await;
+        s.append("t", &one_event("E", json!({"i": i}))).await;
     }
     let (_, cp) = s.post_raw("/v1/checkpoints", "").await;
     let (_, _, proof) = s.get("/v1/proofs/inclusion?seq=7&tree_size=23").await;

@@ -176,7 +176,7 @@ async fn a_long_sqlite_reader_neither_stalls_appends_nor_keeps_the_key_once_it_e
     for i in 0..5 {
         let started = Instant::now();
         let (status, _) = s
-            .append("after", &common::one_event("After", json!(i)))
+            .append("after", &common::one_event("After", json!({"i": i})))
             .await;
         let took = started.elapsed();
         assert_eq!(status, StatusCode::CREATED);

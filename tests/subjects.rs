@@ -272,8 +272,11 @@ async fn erasure_forgets_the_subject_everywhere_while_the_chain_still_verifies()
 async fn erasing_again_returns_the_first_receipt_and_appends_nothing(b: Backend) {
     let env = Env::new(b).await;
     let s = env.serve(&[]).await;
-    s.append("c", &json!({"events": [subject_event(BOB, json!(1))]}))
-        .await;
+    s.append(
+        "c",
+        &json!({"events": [subject_event(BOB, json!({"n": 1}))]}),
+    )
+    .await;
     let (s1, first) = erase(&s, BOB, "DSR-1").await;
     assert_eq!(s1, StatusCode::OK);
     let count = s.all_events().await.len();
@@ -295,8 +298,11 @@ async fn erasing_again_returns_the_first_receipt_and_appends_nothing(b: Backend)
 async fn without_tombstones_a_repeated_erasure_is_an_unknown_subject(b: Backend) {
     let env = Env::new(b).await;
     let s = env.serve(&["--erasure-tombstone-hours", "0"]).await;
-    s.append("c", &json!({"events": [subject_event(BOB, json!(1))]}))
-        .await;
+    s.append(
+        "c",
+        &json!({"events": [subject_event(BOB, json!({"n": 1}))]}),
+    )
+    .await;
     assert_eq!(erase(&s, BOB, "DSR-1").await.0, StatusCode::OK);
     assert_eq!(erase(&s, BOB, "DSR-1").await.0, StatusCode::NOT_FOUND);
     assert_eq!(
@@ -310,9 +316,12 @@ async fn without_tombstones_a_repeated_erasure_is_an_unknown_subject(b: Backend)
 async fn bad_subject_requests_are_refused_and_write_nothing(b: Backend) {
     let env = Env::new(b).await;
     let s = env.serve(&[]).await;
-    s.append("c", &json!({"events": [subject_event(BOB, json!(1))]}))
-        .await;
-    let mut leaky = subject_event(BOB, json!(1));
+    s.append(
+        "c",
+        &json!({"events": [subject_event(BOB, json!({"n": 1}))]}),
+    )
+    .await;
+    let mut leaky = subject_event(BOB, json!({"n": 1}));
     leaky["metadata"] = json!({"email": BOB});
     let leaky_metadata = json!({"events": [leaky]});
     let cases = [

@@ -8,7 +8,7 @@ use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{audit, checkpoints, events, ops, subjects};
+use super::{audit, checkpoints, events, ops, params, subjects};
 
 /// An RFC 9457 problem, as every error is reported.
 #[derive(serde::Serialize, ToSchema)]
@@ -41,7 +41,7 @@ pub fn document() -> Document {
         audit::verify, audit::job, audit::export,
         ops::keys, ops::healthz, ops::readyz, ops::metrics,
     ),
-    components(schemas(Problem)),
+    components(schemas(Problem, params::Position, params::BodyPosition, params::Count)),
     modifiers(&CommonAnswers),
     tags(
         (name = "events", description = "Append and read events"),

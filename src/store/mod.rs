@@ -144,7 +144,7 @@ pub struct SigningKeyRow {
 }
 
 /// Raw column values of one `entries` row, before decoding.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct EntryRow {
     seq: i64,
     stream_id: String,
@@ -162,6 +162,86 @@ pub struct EntryRow {
     key_id: String,
     ledger_id: Option<Vec<u8>>,
     erased: bool,
+}
+
+/// Decodes rows by column name, on either backend (by hand rather than with sqlx's derive,
+/// which would compile sqlx and SQLite a second time, for the macro).
+macro_rules! from_row {
+    ($ty:ident { $($field:ident: $t:ty),* $(,)? }) => {
+        impl<'r, R> sqlx::FromRow<'r, R> for $ty
+        where
+            R: sqlx::Row,
+            &'static str: sqlx::ColumnIndex<R>,
+            $($t: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,)*
+        {
+            fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+                Ok($ty { $($field: row.try_get(stringify!($field))?,)* })
+            }
+        }
+    };
+}
+pub(crate) use from_row;
+
+from_row!(EntryRow {
+    seq: i64,
+    stream_id: String,
+    stream_version: i64,
+    event_type: String,
+    schema_version: i64,
+    subject: Option<Vec<u8>>,
+    recorded_at: i64,
+    metadata: String,
+    payload: Option<Vec<u8>>,
+    payload_digest: Vec<u8>,
+    prev_hash: Vec<u8>,
+    entry_hash: Vec<u8>,
+    signature: Vec<u8>,
+    key_id: String,
+    ledger_id: Option<Vec<u8>>,
+    erased: bool,
+});
+
+from_row!(CheckpointRow {
+    tree_size: i64,
+    root_hash: Vec<u8>,
+    last_entry_hash: Vec<u8>,
+    timestamp: i64,
+    key_id: String,
+    signature: Vec<u8>,
+    ledger_id: Option<Vec<u8>>,
+    previous_tree_size: Option<i64>,
+});
+
+/// Migrations compiled into the binary: `(version, description, SQL)`, as sqlx's `migrate!`
+/// would embed them (same checksums, so databases migrated by earlier builds agree).
+#[derive(Debug)]
+pub(crate) struct Embedded(pub &'static [(i64, &'static str, &'static str)]);
+
+impl sqlx::migrate::MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+                > + Send,
+        >,
+    > {
+        let migrations = self
+            .0
+            .iter()
+            .map(|(version, description, sql)| {
+                sqlx::migrate::Migration::new(
+                    *version,
+                    std::borrow::Cow::Borrowed(*description),
+                    sqlx::migrate::MigrationType::Simple,
+                    std::borrow::Cow::Borrowed(*sql),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(async move { Ok(migrations) })
+    }
 }
 
 /// Columns of `entries`, in `EntryRow` order.
@@ -625,7 +705,7 @@ pub trait AppendTx: Send {
 }
 
 /// Raw columns of a `checkpoints` row.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct CheckpointRow {
     tree_size: i64,
     root_hash: Vec<u8>,
@@ -762,5 +842,40 @@ pub(crate) fn insert_error(e: sqlx::Error) -> StoreError {
         StoreError::Conflict(e.to_string())
     } else {
         StoreError::Database(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// Every file in `migrations/<backend>/` is embedded, in order, under the version and
+    /// description sqlx's `migrate!` would give it.
+    #[test]
+    fn every_migration_file_is_embedded() {
+        for (backend, embedded) in [
+            ("sqlite", super::sqlite::MIGRATIONS),
+            ("postgres", super::postgres::MIGRATIONS),
+        ] {
+            let dir = format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR"));
+            let mut files: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), embedded.len(), "{backend}: {files:?}");
+            for (file, (version, description, sql)) in files.iter().zip(embedded) {
+                let (v, rest) = file.split_once('_').unwrap();
+                assert_eq!(v.parse::<i64>().unwrap(), *version, "{file}");
+                assert_eq!(
+                    rest.trim_end_matches(".sql").replace('_', " "),
+                    *description
+                );
+                assert_eq!(
+                    std::fs::read_to_string(format!("{dir}/{file}")).unwrap(),
+                    *sql
+                );
+            }
+        }
     }
 }

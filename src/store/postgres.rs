@@ -46,6 +46,45 @@ const ERASURE_CHANNEL: &str = "auditledger_erasures";
 /// the ones that exist in this schema version are vacuumed.
 const ERASED_ROW_TABLES: [&str; 3] = ["data_keys", "subject_index", "subject_links"];
 
+/// `migrations/postgres/*.sql`, in order; a new migration is added here too.
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "ledger",
+        include_str!("../../migrations/postgres/0001_ledger.sql"),
+    ),
+    (
+        2,
+        "subjects",
+        include_str!("../../migrations/postgres/0002_subjects.sql"),
+    ),
+    (
+        3,
+        "merkle",
+        include_str!("../../migrations/postgres/0003_merkle.sql"),
+    ),
+    (
+        4,
+        "identity",
+        include_str!("../../migrations/postgres/0004_identity.sql"),
+    ),
+    (
+        5,
+        "epochs",
+        include_str!("../../migrations/postgres/0005_epochs.sql"),
+    ),
+    (
+        6,
+        "cleanup",
+        include_str!("../../migrations/postgres/0006_cleanup.sql"),
+    ),
+    (
+        7,
+        "idempotency",
+        include_str!("../../migrations/postgres/0007_idempotency.sql"),
+    ),
+];
+
 /// The PostgreSQL store.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
@@ -68,7 +107,10 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        sqlx::migrate::Migrator::new(super::Embedded(MIGRATIONS))
+            .await?
+            .run(&pool)
+            .await?;
         Ok(PostgresStore { pool })
     }
 
@@ -629,7 +671,6 @@ struct HorizonHolder {
 }
 
 /// A `pg_stat_activity` row holding a snapshot or a transaction id.
-#[derive(sqlx::FromRow)]
 struct SessionRow {
     pid: i32,
     backend_type: Option<String>,
@@ -640,8 +681,17 @@ struct SessionRow {
     transaction_secs: Option<i64>,
 }
 
+super::from_row!(SessionRow {
+    pid: i32,
+    backend_type: Option<String>,
+    xmin: Option<i64>,
+    xid: Option<i64>,
+    xmin_age: Option<i32>,
+    xid_age: Option<i32>,
+    transaction_secs: Option<i64>,
+});
+
 /// A `pg_replication_slots` row.
-#[derive(sqlx::FromRow)]
 struct SlotRow {
     name: String,
     xmin: Option<i64>,
@@ -649,6 +699,14 @@ struct SlotRow {
     catalog_xmin: Option<i64>,
     catalog_age: Option<i32>,
 }
+
+super::from_row!(SlotRow {
+    name: String,
+    xmin: Option<i64>,
+    xmin_age: Option<i32>,
+    catalog_xmin: Option<i64>,
+    catalog_age: Option<i32>,
+});
 
 /// Sessions of this database (and WAL senders, whose standbys may feed back their snapshots),
 /// replication slots and prepared transactions, each with the oldest transaction id it holds.

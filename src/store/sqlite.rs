@@ -38,6 +38,45 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// blocked attempt is retried later instead.
 const CLEANUP_BUSY_TIMEOUT: Duration = Duration::from_millis(5);
 
+/// `migrations/sqlite/*.sql`, in order; a new migration is added here too.
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "ledger",
+        include_str!("../../migrations/sqlite/0001_ledger.sql"),
+    ),
+    (
+        2,
+        "subjects",
+        include_str!("../../migrations/sqlite/0002_subjects.sql"),
+    ),
+    (
+        3,
+        "merkle",
+        include_str!("../../migrations/sqlite/0003_merkle.sql"),
+    ),
+    (
+        4,
+        "identity",
+        include_str!("../../migrations/sqlite/0004_identity.sql"),
+    ),
+    (
+        5,
+        "epochs",
+        include_str!("../../migrations/sqlite/0005_epochs.sql"),
+    ),
+    (
+        6,
+        "cleanup",
+        include_str!("../../migrations/sqlite/0006_cleanup.sql"),
+    ),
+    (
+        7,
+        "idempotency",
+        include_str!("../../migrations/sqlite/0007_idempotency.sql"),
+    ),
+];
+
 /// The SQLite store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -77,7 +116,10 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(write_options)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        sqlx::migrate::Migrator::new(super::Embedded(MIGRATIONS))
+            .await?
+            .run(&write)
+            .await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options(path))
