@@ -112,14 +112,26 @@ enum Command {
     },
 }
 
-/// Sets up logging to stderr; `RUST_LOG` overrides the default `info`.
+/// Sets up logging to stderr; `RUST_LOG` overrides the default `info,sqlx=warn`. It is a
+/// comma-separated list of levels, each for all targets (`debug`) or for one target and its
+/// children (`auditledger::api=debug`); one that does not parse leaves the default.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default = || {
+        "info,sqlx=warn"
+            .parse::<tracing_subscriber::filter::Targets>()
+            .unwrap_or_default()
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(default);
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        .finish()
+        .with(filter)
         .init();
 }
 
