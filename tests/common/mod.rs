@@ -92,8 +92,11 @@ impl Server {
             base: format!("http://{addr}"),
             dir: dir.to_owned(),
             // A server that stops answering fails the test instead of stalling CI.
+            // Idle connections are dropped before the server's header deadline (10 s) closes
+            // them, as a well-behaved client does, so no request races a closing connection.
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
         }
