@@ -140,3 +140,37 @@ async fn shutdown_does_not_wait_for_a_slow_upload() {
     let answer = read_to_close(&mut c, Duration::from_secs(2)).await;
     assert!(!answer.contains("201"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_long_export_read_slowly_is_not_cut_off() {
+    let dir = workdir();
+    let s = Server::start(
+        dir.path(),
+        &["--header-timeout-secs", "1", "--body-timeout-secs", "1"],
+    )
+    .await;
+    // About a megabyte of bundle: more than the socket buffers hold, so the server is still
+    // writing while the client dawdles.
+    let events: Vec<serde_json::Value> = (0..100)
+        .map(|i| json!({"type": "Bulk", "data": {"i": i, "pad": "x".repeat(8000)}}))
+        .collect();
+    for _ in 0..2 {
+        let (status, body) = s.append("bulk", &json!({ "events": events })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let mut response = s.client.get(s.url("/v1/export")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut bundle = Vec::new();
+    bundle.extend_from_slice(&response.chunk().await.unwrap().unwrap());
+    // Longer than both request deadlines together.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        bundle.extend_from_slice(&chunk);
+    }
+    let bundle = String::from_utf8(bundle).unwrap();
+    let footer: serde_json::Value = serde_json::from_str(bundle.lines().last().unwrap()).unwrap();
+    assert_eq!(footer["kind"], "footer");
+    assert_eq!(footer["entries"], 200);
+    assert!(bundle.len() > 1_000_000, "{}", bundle.len());
+    assert!(s.terminate().await.success());
+}
