@@ -125,6 +125,23 @@ async fn a_body_is_one_object_and_nothing_else() {
             "must be a JSON object",
         ),
         (String::new(), StatusCode::BAD_REQUEST, "not valid JSON"),
+        // serde_json keeps the last of two equal keys: what is sealed would not be what was sent.
+        (
+            r#"{"events": [{"type": "Paid", "data": {"amount": 1, "amount": 1000}}]}"#.to_owned(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "same key twice",
+        ),
+        (
+            r#"{"events": [{"type": "Paid", "data": {"l": [{"k": 1, "k": 2}]}}]}"#.to_owned(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "same key twice",
+        ),
+        (
+            r#"{"events": [{"type": "Paid", "data": {}, "metadata": {"m": "a", "m": "b"}}]}"#
+                .to_owned(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "same key twice",
+        ),
     ];
     for (body, status, says) in cases {
         let (st, ct, v) = post(&s, path, Some("application/json"), &body).await;

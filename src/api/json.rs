@@ -6,7 +6,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
-use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeOwned, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::AppState;
@@ -107,6 +107,14 @@ fn check_shape(bytes: &[u8]) -> Result<(), ApiError> {
         let inner = e.into_inner();
         return Err(if inner.is_syntax() || inner.is_eof() {
             syntax(&inner)
+        } else if inner.to_string().starts_with(DUPLICATE_KEY) {
+            // The key is the client's text: only its position is given.
+            ApiError::Invalid(format!(
+                "{DUPLICATE_KEY} (at line {} column {}): keys must be unique, or the value \
+                 kept would not be the one sent",
+                inner.line(),
+                inner.column()
+            ))
         } else if path == "." || path.is_empty() {
             ApiError::Invalid("the request body must be a JSON object".to_owned())
         } else {
@@ -128,11 +136,15 @@ impl<'de> Deserialize<'de> for Shape {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                let mut keys = std::collections::HashSet::new();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if !keys.insert(key.clone()) {
+                        return Err(de::Error::custom(DUPLICATE_KEY));
+                    }
                     if key == "events" {
                         map.next_value::<Events>()?;
                     } else {
-                        map.next_value::<IgnoredAny>()?;
+                        map.next_value::<Unique>()?;
                     }
                 }
                 Ok(Shape)
@@ -157,8 +169,8 @@ impl<'de> Deserialize<'de> for Events {
                 while seq.next_element::<AnObject>()?.is_some() {}
                 Ok(Events)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Events, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Events, A::Error> {
+                unique_entries(map)?;
                 Ok(Events)
             }
             fn visit_unit<E>(self) -> Result<Events, E> {
@@ -195,12 +207,70 @@ impl<'de> Deserialize<'de> for AnObject {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnObject, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AnObject, A::Error> {
+                unique_entries(map)?;
                 Ok(AnObject)
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// The message of a duplicate key, told apart from serde's own errors.
+const DUPLICATE_KEY: &str = "an object has the same key twice";
+
+/// Skips a map's entries, refusing a key that repeats.
+fn unique_entries<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    let mut keys = std::collections::HashSet::new();
+    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        if !keys.insert(key) {
+            return Err(de::Error::custom(DUPLICATE_KEY));
+        }
+        map.next_value::<Unique>()?;
+    }
+    Ok(())
+}
+
+/// Any JSON value, skipped, whose objects have no key twice: serde_json keeps the last of
+/// two equal keys, so the data sealed and signed would silently differ from what was sent.
+struct Unique;
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Unique;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Unique, A::Error> {
+                unique_entries(map)?;
+                Ok(Unique)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+                while seq.next_element::<Unique>()?.is_some() {}
+                Ok(Unique)
+            }
+            fn visit_unit<E>(self) -> Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+                Ok(Unique)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
