@@ -45,6 +45,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let config = ServeConfig {
         checkpoint_interval_secs: 3600,
+        insecure_no_auth: true,
         ..ServeConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             dir.path().join("data"),

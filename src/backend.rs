@@ -5,6 +5,7 @@
 //! | serve       | creates the data dir; exclusive file lock | shared advisory lock, held while serving |
 //! | maintenance | exclusive file lock (no server running)   | exclusive advisory lock (no instance up) |
 //! | read-only   | no lock (WAL readers beside the server)   | no lock                                  |
+//! | admin       | no lock (token table, beside the server)  | no lock                                  |
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -25,6 +26,9 @@ pub enum Access {
     Maintenance,
     /// `verify`, `export`: read only, beside running servers.
     ReadOnly,
+    /// `token`: small writes to tables the ledger's chain does not cover, beside running
+    /// servers (SQLite's busy timeout queues them behind the server's writer).
+    Admin,
 }
 
 /// Held for as long as the command runs.
@@ -120,7 +124,7 @@ pub async fn open(dirs: &Dirs, access: Access) -> anyhow::Result<(Arc<dyn Store>
                     "an auditledger server is running on this database; stop every instance first"
                 ),
             },
-            Access::ReadOnly => OwnerLock::None,
+            Access::ReadOnly | Access::Admin => OwnerLock::None,
         };
         return Ok((Arc::new(store), lock));
     }
@@ -153,6 +157,21 @@ pub async fn open(dirs: &Dirs, access: Access) -> anyhow::Result<(Arc<dyn Store>
                 .await
                 .with_context(|| format!("cannot open database {}", db.display()))?;
             Ok((Arc::new(store), OwnerLock::File(lock)))
+        }
+        Access::Admin => {
+            // The first admin token may be made before the first start: the database is
+            // created as `serve` would create it (the service records the token at its start).
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dirs.data_dir)
+                .with_context(|| {
+                    format!("cannot create data directory {}", dirs.data_dir.display())
+                })?;
+            let store = SqliteStore::open(&db, None)
+                .await
+                .with_context(|| format!("cannot open database {}", db.display()))?;
+            Ok((Arc::new(store), OwnerLock::None))
         }
         Access::ReadOnly => {
             if !db.exists() {

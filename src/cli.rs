@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod token;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
@@ -61,6 +63,12 @@ enum Command {
         /// Stop after this many batches, as an interruption would (for testing resumption).
         #[arg(long, hide = true)]
         stop_after_batches: Option<u64>,
+    },
+    /// Create, list and revoke API tokens. Works beside the running service (a revocation
+    /// holds at once on every instance) and with none.
+    Token {
+        #[command(subcommand)]
+        action: token::TokenAction,
     },
     /// Hand signing over to a new Ed25519 key, recorded in the chain (an entry signed by the old
     /// key and countersigned by the new one). Works while the service runs (every instance that
@@ -150,6 +158,7 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(config) => runtime.block_on(serve(config)).map(|()| ExitCode::SUCCESS),
+        Command::Token { action } => runtime.block_on(token::run(action)),
         Command::Keygen { keys_dir } => keygen(&keys_dir).map(|()| ExitCode::SUCCESS),
         Command::Verify { dirs, public_keys } => runtime.block_on(verify(&dirs, &public_keys)),
         Command::Export {
@@ -242,6 +251,8 @@ pub struct Service {
     server: JoinHandle<std::io::Result<()>>,
     store: Arc<dyn Store>,
     lock: crate::backend::OwnerLock,
+    /// Appends the access entries of token changes made with the command line.
+    recorder: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Service {
@@ -326,7 +337,10 @@ impl Service {
             jobs: crate::api::audit::Jobs::default(),
             trust,
             keys_dir: Some(dirs.keys_dir.clone()),
+            auth: auth_mode(config),
+            access_entries: !config.benchmark_without_access_entries,
         });
+        prepare_access_control(config, &app).await?;
         let (addr, stop, server) = listen(config, &app).await?;
         // Never print the database URL: it may carry a password.
         let data = if dirs.database_url.is_some() {
@@ -339,6 +353,7 @@ impl Service {
             dirs.keys_dir.display(),
         );
         let _ = std::io::stdout().flush();
+        let recorder = tokio::spawn(record_token_changes(Arc::clone(&app)));
         Ok(Service {
             addr,
             app,
@@ -346,18 +361,85 @@ impl Service {
             server,
             store,
             lock,
+            recorder,
         })
     }
 
     /// Stops listening, lets in-flight requests finish, commits every queued append, closes
     /// the database.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.recorder.abort();
+        let _ = self.recorder.await;
         self.stop.cancel();
         self.server.await.context("server task failed")??;
         self.app.ledger.shutdown().await;
         crate::backend::close(self.store.as_ref(), self.lock).await;
         Ok(())
     }
+}
+
+/// How often token changes made with the command line are looked for.
+const TOKEN_RECORD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Appends an access entry for every token created or revoked with the command line (or
+/// through an instance that failed to record it), now and every second.
+async fn record_token_changes(app: Arc<App>) {
+    if !app.access_entries {
+        return;
+    }
+    let mut every = tokio::time::interval(TOKEN_RECORD_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match app.ledger.record_token_changes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "token changes recorded in the ledger"),
+            Err(e) => tracing::warn!(error = %e, "cannot record token changes yet"),
+        }
+    }
+}
+
+fn auth_mode(config: &ServeConfig) -> crate::api::auth::AuthMode {
+    if config.insecure_no_auth {
+        crate::api::auth::AuthMode::Insecure
+    } else {
+        crate::api::auth::AuthMode::Tokens
+    }
+}
+
+/// Says how the API is protected, and records the token changes made while the service was
+/// stopped before the first request is taken.
+async fn prepare_access_control(config: &ServeConfig, app: &App) -> anyhow::Result<()> {
+    announce_access_control(config, app.ledger.store().as_ref()).await?;
+    if app.access_entries {
+        app.ledger
+            .record_token_changes()
+            .await
+            .context("cannot record token changes in the ledger")?;
+    }
+    Ok(())
+}
+
+/// Says, at every start, how the API is protected: a warning without authentication, and how
+/// to make the first admin token while there is none.
+async fn announce_access_control(config: &ServeConfig, store: &dyn Store) -> anyhow::Result<()> {
+    if config.insecure_no_auth {
+        tracing::warn!(
+            "--insecure-no-auth: every /v1 endpoint is open to anyone who reaches the port, \
+             with every role; never run like this outside a local trial"
+        );
+        println!("WARNING: --insecure-no-auth: the API requires no token");
+        return Ok(());
+    }
+    if store.tokens().await?.is_empty() {
+        println!(
+            "no API token exists yet; every /v1 request will be refused until you create one.\n\
+             Create the first admin token (it is shown once) with:\n    \
+             auditledger token create --role admin --name first-admin\n\
+             run beside this service with the same --data-dir / --database-url."
+        );
+    }
+    Ok(())
 }
 
 /// Binds the listener and starts the server loop with the configured limits.

@@ -159,6 +159,14 @@ pub struct ServeConfig {
     /// fail as on a full disk (503; `/readyz` not ready) until space is freed inside it.
     #[arg(long, env = "AUDITLEDGER_SQLITE_MAX_DB_MIB")]
     pub sqlite_max_db_mib: Option<u64>,
+    /// Serve every `/v1` endpoint without a token, to anyone who reaches the port, with every
+    /// role. For a local trial only; a warning is logged at every start.
+    #[arg(long, env = "AUDITLEDGER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Do not append access entries. Only for measuring what they cost (docs/PERFORMANCE.md):
+    /// without them the service cannot show who read personal data.
+    #[arg(long, hide = true)]
+    pub benchmark_without_access_entries: bool,
 }
 
 /// A length in hours (a KEK epoch, the idempotency window): above 0, at most ten years.
@@ -211,6 +219,8 @@ impl ServeConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_deadline_secs: DEFAULT_SHUTDOWN_DEADLINE_SECS,
             sqlite_max_db_mib: None,
+            insecure_no_auth: false,
+            benchmark_without_access_entries: false,
         }
     }
 }

@@ -5,8 +5,10 @@
 //! made of. Everything else (storage, the append pipeline, HTTP, the command line) sits behind
 //! the `server` feature.
 
+pub mod access;
 pub mod bundle;
 pub mod checkpoint;
+pub mod compliance;
 pub mod crypto;
 pub mod entry;
 pub mod identifiers;
@@ -46,6 +48,8 @@ pub mod server;
 pub mod store;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod tokens;
 #[cfg(feature = "server")]
 pub mod vault;
 #[cfg(feature = "server")]

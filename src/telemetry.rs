@@ -78,6 +78,12 @@ pub const KEK_EPOCHS_DESTROYED: &str = "auditledger_kek_epochs_destroyed_total";
 pub const ERASURE_CLEANUP_PENDING: &str = "auditledger_erasure_cleanup_pending";
 /// Cleanup attempts that something blocked.
 pub const ERASURE_CLEANUP_BLOCKED: &str = "auditledger_erasure_cleanup_blocked_total";
+/// Requests refused by access control, by `status` (401, 403) and `reason`.
+pub const AUTH_REFUSALS: &str = "auditledger_auth_refusals_total";
+/// Access entries appended, by `action` and `outcome`.
+pub const ACCESS_ENTRIES: &str = "auditledger_access_entries_total";
+/// Erasures refused because the subject is under a legal hold.
+pub const ERASURES_HELD: &str = "auditledger_erasures_refused_hold_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -369,6 +369,8 @@ async fn start_instance(dir: &Path, database_url: &str) -> auditledger::cli::Ser
         dir.join("keys"),
     );
     config.dirs.database_url = Some(database_url.to_owned());
+    // In-process instances: no token to make beside them; this test is about key caches.
+    config.insecure_no_auth = true;
     auditledger::cli::Service::start(&config).await.unwrap()
 }
 
@@ -384,10 +386,7 @@ async fn every_postgres_instance_drops_an_erased_key_within_the_stated_bound() {
         &second_dir.path().join("keys"),
     );
     let second = start_instance(second_dir.path(), &pg.url).await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = common::client_with(None);
 
     let bound = Duration::from_millis(auditledger::ledger::CACHES_CLEARED_WITHIN_MS);
     for (round, subject) in ["xena@example.com", "yves@example.com"]

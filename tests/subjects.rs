@@ -144,7 +144,8 @@ async fn erasure_forgets_the_subject_everywhere_while_the_chain_still_verifies()
     let (status, receipt) = erase(&s, ALICE, "DSR-2026-0042").await;
     assert_eq!(status, StatusCode::OK, "{receipt}");
     assert_eq!(receipt["subject_handle"], alice_handle);
-    assert_eq!(receipt["erasure_seq"], 3);
+    // Seqs 0-2 are the appends, 3 the access entry of the read above.
+    assert_eq!(receipt["erasure_seq"], 4);
     assert_eq!(receipt["request_ref"], "DSR-2026-0042");
     assert!(!receipt.to_string().contains(ALICE));
 
@@ -164,7 +165,7 @@ async fn erasure_forgets_the_subject_everywhere_while_the_chain_still_verifies()
             receipt["erased_at"].as_str().unwrap(),
         )
         .unwrap(),
-        erasure_seq: Seq(3),
+        erasure_seq: Seq(4),
         erasure_entry_hash: EntryHash::from_hex(receipt["erasure_entry_hash"].as_str().unwrap())
             .unwrap(),
         request_ref: "DSR-2026-0042".to_owned(),
@@ -500,7 +501,7 @@ async fn appends_racing_an_erasure_are_either_erased_or_under_a_fresh_handle_and
     }
     let erasure_seq = receipt["erasure_seq"].as_u64().unwrap();
     let old = receipt["subject_handle"].clone();
-    let events = s.all_events().await;
+    let events = s.all_entries().await;
     let acked_before = acked.iter().filter(|s| **s < erasure_seq).count();
     for seq in acked {
         let e = &events[seq as usize];

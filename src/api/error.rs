@@ -77,6 +77,29 @@ pub enum ApiError {
         /// Where.
         seq: u64,
     },
+    /// No valid token: missing, malformed, unknown, revoked or expired (one answer for all).
+    #[error(
+        "a valid token is required: send Authorization: Bearer <token> \
+         (tokens are made with `auditledger token create`)"
+    )]
+    Unauthorized,
+    /// The token is valid but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A rule of the ledger refuses the request as it stands (e.g. a hold already placed).
+    #[error("{0}")]
+    Conflict(String),
+    /// An erasure refused because the subject is under a legal hold (GDPR Art. 17(3)).
+    #[error(
+        "the subject is under a legal hold (reference {reference}, placed by the entry at seq \
+         {hold_seq}); it cannot be erased until the hold is released"
+    )]
+    Held {
+        /// Seq of the hold's entry.
+        hold_seq: u64,
+        /// The hold's case reference.
+        reference: String,
+    },
     /// Anything else; the cause is logged, not shown.
     #[error("internal error")]
     Internal(String),
@@ -154,6 +177,14 @@ impl ApiError {
                 "integrity-failure",
                 "Ledger integrity failure",
             ),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::Held { .. } => (
+                StatusCode::CONFLICT,
+                "subject-under-legal-hold",
+                "Subject under legal hold",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -188,6 +219,14 @@ impl IntoResponse for ApiError {
                     "the entry at seq {seq} failed an integrity check; run `auditledger verify`"
                 )
             }
+            ApiError::Held {
+                hold_seq,
+                reference,
+            } => {
+                extra.insert("hold_seq".into(), Value::from(*hold_seq));
+                extra.insert("hold_reference".into(), Value::from(reference.as_str()));
+                self.to_string()
+            }
             ApiError::Internal(cause) => {
                 tracing::error!(cause = %cause, "internal error");
                 "the server failed to handle the request; the cause has been logged".to_owned()
@@ -206,6 +245,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"auditledger\""),
+            );
+        }
         response
     }
 }

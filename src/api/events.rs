@@ -13,9 +13,12 @@ use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
 use super::AppState;
+use super::audited;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::json::{self, JsonBody};
 use super::params::{Count, MAX_POSITION, Position};
+use crate::access::record::AccessAction;
 use crate::entry::{
     EventType, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, Seq, StreamId,
 };
@@ -24,6 +27,7 @@ use crate::ledger::{
     AppendRequest, ExpectedVersion, IdempotencyKey, NewEvent, ReadEvent, SYSTEM_STREAM_PREFIX,
 };
 use crate::timefmt::format_micros;
+use axum::Extension;
 
 /// Most events returned by one read.
 pub const MAX_READ_LIMIT: u32 = 1000;
@@ -504,6 +508,7 @@ const IDEMPOTENCY_REPLAYED: &str = "idempotency-replayed";
 )]
 pub async fn append(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody,
@@ -515,6 +520,7 @@ pub async fn append(
             "stream_id: streams starting with {SYSTEM_STREAM_PREFIX} are the ledger's own"
         )));
     }
+    caller.require_stream(stream.as_str())?;
     let idempotency = headers
         .get(IDEMPOTENCY_KEY)
         .map(|v| IdempotencyKey::parse(v.as_bytes()))
@@ -560,15 +566,25 @@ pub async fn append(
 )]
 pub async fn read_stream(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Json<StreamPage>, ApiError> {
     let Path(stream_id) = path?;
     let stream = parse_stream_id(&stream_id)?;
+    caller.require_stream(stream.as_str())?;
     let Query(q) = query?;
     let limit = check_limit(q.limit)?;
     let from = q.from_version.map_or(0, |p| p.0);
-    let events = state.0.ledger.read_stream(&stream, from, limit).await?;
+    let rows = state.0.ledger.stream_rows(&stream, from, limit).await?;
+    let events = audited::open_recorded(
+        &state,
+        &caller,
+        AccessAction::ReadStream,
+        Some(stream.as_str()),
+        rows,
+    )
+    .await?;
     let next_from_version = (events.len() == limit as usize)
         .then(|| {
             events
@@ -594,12 +610,15 @@ pub async fn read_stream(
 )]
 pub async fn read_global(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<LogPage>, ApiError> {
     let Query(q) = query?;
     let limit = check_limit(q.limit)?;
     let from = Seq(q.from_seq.map_or(0, |p| p.0));
-    let events = state.0.ledger.read_global(from, limit).await?;
+    let rows = state.0.ledger.global_rows(from, limit).await?;
+    let events =
+        audited::open_recorded(&state, &caller, AccessAction::ReadLog, None, rows).await?;
     let next_from_seq = (events.len() == limit as usize)
         .then(|| events.last().map(|e| e.record.entry.header.seq.0 + 1))
         .flatten();

@@ -1,7 +1,10 @@
 //! The HTTP API (v1): one route table, one error policy, the OpenAPI document generated from
 //! the handlers. Only this module knows HTTP.
 
+pub mod admin;
 pub mod audit;
+pub mod audited;
+pub mod auth;
 pub mod checkpoints;
 pub mod error;
 pub mod events;
@@ -10,6 +13,7 @@ mod numbers;
 pub mod openapi;
 pub mod ops;
 pub mod params;
+pub mod reports;
 pub mod subjects;
 
 use std::sync::Arc;
@@ -49,6 +53,10 @@ pub struct App {
     /// The keys directory, re-read for each verification: a rotation (by this instance or
     /// another sharing the directory) retires a key there and names the new one.
     pub keys_dir: Option<std::path::PathBuf>,
+    /// Whether `/v1` needs tokens.
+    pub auth: auth::AuthMode,
+    /// Whether audited requests append access entries (always, but for measuring their cost).
+    pub access_entries: bool,
 }
 
 impl App {
@@ -95,12 +103,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::read_global))
         .route("/v1/subjects/erase", post(subjects::erase))
         .route("/v1/subjects/export", post(subjects::export))
+        .route("/v1/subjects/hold", post(subjects::hold))
+        .route("/v1/subjects/release", post(subjects::release))
         .route("/v1/subjects/erasures", get(subjects::erasures))
         .route(
             "/v1/subjects/erasures/{erasure_seq}",
             get(subjects::erasure),
         )
         .route("/v1/keys", get(ops::keys))
+        .route("/v1/keys/rotate", post(admin::rotate_key))
+        .route(
+            "/v1/tokens",
+            get(admin::list_tokens).post(admin::create_token),
+        )
+        .route("/v1/tokens/{token_id}/revoke", post(admin::revoke_token))
+        .route("/v1/policies", get(admin::list_policies))
+        .route(
+            "/v1/policies/{event_type}",
+            axum::routing::put(admin::set_policy),
+        )
         .route("/v1/checkpoints/latest", get(checkpoints::latest))
         .route(
             "/v1/checkpoints",
@@ -111,12 +132,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/audit/verify/jobs/{job_id}", get(audit::job))
         .route("/v1/export", get(audit::export))
+        .route("/v1/audit/reports/{kind}", get(reports::report))
+        .route(
+            "/v1/audit/reports/signed/{sha256}",
+            get(reports::signed_report),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -5,10 +5,11 @@
 
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{audit, checkpoints, events, ops, params, subjects};
+use super::{admin, audit, checkpoints, events, ops, params, subjects};
 
 /// An RFC 9457 problem, as every error is reported.
 #[derive(serde::Serialize, ToSchema)]
@@ -36,6 +37,10 @@ pub fn document() -> Document {
     paths(
         events::append, events::read_stream, events::read_global,
         subjects::erase, subjects::export, subjects::erasure, subjects::erasures,
+        subjects::hold, subjects::release,
+        admin::list_tokens, admin::create_token, admin::revoke_token,
+        admin::list_policies, admin::set_policy, admin::rotate_key,
+        super::reports::report, super::reports::signed_report,
         checkpoints::latest, checkpoints::create, checkpoints::list,
         checkpoints::inclusion, checkpoints::consistency,
         audit::verify, audit::job, audit::export,
@@ -50,6 +55,8 @@ pub fn document() -> Document {
         (name = "audit", description = "Verification reports and export bundles"),
         (name = "keys", description = "Public signing keys"),
         (name = "operations", description = "Health and readiness"),
+        (name = "admin", description = "Tokens, retention policies, signing-key rotation"),
+        (name = "reports", description = "Signed compliance reports"),
     )
 )]
 struct ApiDoc;
@@ -59,21 +66,64 @@ struct CommonAnswers;
 
 impl Modify for CommonAnswers {
     fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `auditledger token create` or POST /v1/tokens \
+                         (`alt1_...`). The scopes listed on each operation are the roles \
+                         that may run it; a token needs one of them.",
+                    ))
+                    .build(),
+            ),
+        );
         for (path, item) in &mut doc.paths.paths {
             let versioned = path.starts_with("/v1/");
             let operations = [
-                (&mut item.get, false),
-                (&mut item.post, true),
-                (&mut item.put, true),
-                (&mut item.delete, false),
+                (&mut item.get, "GET", false),
+                (&mut item.post, "POST", true),
+                (&mut item.put, "PUT", true),
+                (&mut item.delete, "DELETE", false),
             ];
-            for (operation, writes) in operations {
+            for (operation, method, writes) in operations {
                 if let Some(op) = operation.as_mut() {
                     complete(op, versioned, writes);
+                    if versioned {
+                        secure(op, method, path);
+                    }
                 }
             }
         }
     }
+}
+
+/// Declares the bearer scheme and the roles (as scopes) that may run a `/v1` operation, from
+/// the one table the service enforces (`access::policy::ROUTES`).
+fn secure(op: &mut Operation, method: &str, path: &str) {
+    let Some(operation) = crate::access::Operation::route(method, path) else {
+        return;
+    };
+    let roles: Vec<&str> = operation.roles().iter().map(|r| r.as_str()).collect();
+    op.security = Some(vec![SecurityRequirement::new("bearer", roles.clone())]);
+    let note = format!("\n\nRoles: {}.", roles.join(", "));
+    op.description = Some(op.description.take().unwrap_or_default() + &note);
+    let mut add = |status: &str, description: &str| {
+        op.responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| problem(description));
+    };
+    add(
+        "401",
+        "No valid token (missing, malformed, unknown, revoked or expired)",
+    );
+    add(
+        "403",
+        "The token lacks the role, or is limited to other streams",
+    );
 }
 
 fn complete(op: &mut Operation, versioned: bool, writes: bool) {

@@ -8,15 +8,24 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
 
+use std::collections::BTreeSet;
+
+use axum::Extension;
+use axum::http::StatusCode;
+
 use super::AppState;
+use super::audited;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::events::{EventOut, MAX_READ_LIMIT, MAX_SUBJECT_BYTES};
 use super::json::{self, JsonBody};
 use super::params::{BodyPosition, Count};
+use crate::access::record::{AccessAction, AccessOutcome};
 use crate::checkpoint::CheckpointJson;
 use crate::entry::Seq;
 use crate::identifiers::Identifiers;
 use crate::ledger::{EraseError, EraseRequest, ErasureState, ErasureView};
+use crate::ledger::{HoldError, HoldRequest};
 use crate::receipt::ReceiptJson;
 
 /// Longest erasure reason, in bytes.
@@ -251,12 +260,14 @@ pub async fn erasures(
     responses(
         (status = 200, description = "Erased (or erased before: the first receipt)", body = ReceiptOut),
         (status = 404, description = "Unknown subject", content_type = "application/problem+json"),
+        (status = 409, description = "The subject is under a legal hold (hold_seq and hold_reference name it); nothing was erased", content_type = "application/problem+json"),
         (status = 422, description = "Invalid request, or the identifier in reason or request_ref \
             (the reply names the field, never its content)", content_type = "application/problem+json"),
     )
 )]
 pub async fn erase(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<ReceiptOut>, ApiError> {
     let parsed: EraseBody = json::parse(&body)?;
@@ -267,11 +278,57 @@ pub async fn erase(
     // Any identifier is accepted here, however short (one appended before the length rule
     // must stay erasable), and every one is checked: reason and reference are chained in
     // plaintext and kept for ever. The reply names the field, never its content.
-    let identifier = Identifiers::new([subject.as_str()]);
-    for (field, text) in [
-        ("reason", &parsed.reason),
-        ("request_ref", &parsed.request_ref),
-    ] {
+    refuse_identifier_in(
+        &subject,
+        &[
+            ("reason", &parsed.reason),
+            ("request_ref", &parsed.request_ref),
+        ],
+    )?;
+    let request_ref = parsed.request_ref.clone();
+    let request = EraseRequest {
+        subject,
+        reason: parsed.reason,
+        request_ref: parsed.request_ref,
+        actor: Some(caller.actor()),
+    };
+    let result = state.0.ledger.erase(request).await;
+    // An erasure done (now, or earlier: a repeated request) is recorded by its own
+    // `SubjectErased` entry, which names the token; a refused or unknown one by an access entry.
+    let (outcome, handle, target) = match &result {
+        Err(EraseError::UnknownSubject) => (AccessOutcome::NotFound, None, None),
+        Err(EraseError::Held(h, hold)) => (AccessOutcome::Refused, Some(*h), Some(hold.hold_seq.0)),
+        Ok(_) | Err(EraseError::Unavailable | EraseError::ShuttingDown) => {
+            (AccessOutcome::Failed, None, None)
+        }
+    };
+    if outcome != AccessOutcome::Failed {
+        let mut record = audited::about(&caller, AccessAction::EraseSubject, outcome, handle);
+        record.target = target.map(|s| s.to_string());
+        record.reference = Some(request_ref);
+        audited::record_entry(&state, record, &BTreeSet::new()).await?;
+    }
+    match result {
+        Ok(receipt) => Ok(Json(receipt.into())),
+        Err(EraseError::UnknownSubject) => Err(unknown_subject()),
+        Err(EraseError::Held(_, hold)) => Err(ApiError::Held {
+            hold_seq: hold.hold_seq.0,
+            reference: hold.reference,
+        }),
+        Err(EraseError::Unavailable) => Err(ApiError::Unavailable(
+            "the erasure could not be committed; nothing was changed, retry".to_owned(),
+        )),
+        Err(EraseError::ShuttingDown) => Err(ApiError::Unavailable(
+            "the service is shutting down; retry".to_owned(),
+        )),
+    }
+}
+
+/// Refuses (422) a text field that contains the subject's identifier: such fields are chained
+/// in plaintext and kept for ever. Names the field, never its content.
+fn refuse_identifier_in(subject: &str, fields: &[(&str, &str)]) -> Result<(), ApiError> {
+    let identifier = Identifiers::new([subject]);
+    for (field, text) in fields {
         if identifier.appear_in(text) {
             return Err(ApiError::Invalid(format!(
                 "{field} contains the subject identifier (compared without regard to case, \
@@ -279,18 +336,163 @@ pub async fn erase(
             )));
         }
     }
-    let request = EraseRequest {
-        subject,
-        reason: parsed.reason,
-        request_ref: parsed.request_ref,
+    Ok(())
+}
+
+/// Body of a legal hold or its release.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldBody {
+    /// The subject's own identifier.
+    #[schema(min_length = 1, max_length = 256)]
+    subject: String,
+    /// Placing: the case reference (litigation, investigation, regulator's request). Chained
+    /// in plaintext and kept for ever: no personal data. Ignored when releasing (the hold's
+    /// own reference is recorded).
+    #[schema(min_length = 1, max_length = 200)]
+    reference: Option<String>,
+    /// Why, e.g. `GDPR Art. 17(3)(e)`. Chained in plaintext: no personal data.
+    #[schema(min_length = 1, max_length = 1000)]
+    reason: String,
+}
+
+/// A legal hold placed or released.
+#[derive(Serialize, ToSchema)]
+pub struct HoldOut {
+    /// The subject's handle.
+    subject_handle: String,
+    /// Seq of the `LegalHoldPlaced` entry.
+    hold_seq: u64,
+    /// The hold's case reference.
+    reference: String,
+    /// Seq of the `LegalHoldReleased` entry, when released.
+    release_seq: Option<u64>,
+}
+
+/// Put a subject under a legal hold: its erasure is refused (409) until the hold is released.
+#[utoipa::path(
+    post, path = "/v1/subjects/hold", tag = "subjects", operation_id = "place_hold",
+    request_body = HoldBody,
+    responses(
+        (status = 201, description = "Placed", body = HoldOut),
+        (status = 404, description = "Unknown subject", content_type = "application/problem+json"),
+        (status = 409, description = "Already under hold", content_type = "application/problem+json"),
+    )
+)]
+pub async fn hold(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<HoldOut>), ApiError> {
+    change_hold(state, caller, body, true)
+        .await
+        .map(|out| (StatusCode::CREATED, out))
+}
+
+/// Release a subject's legal hold.
+#[utoipa::path(
+    post, path = "/v1/subjects/release", tag = "subjects", operation_id = "release_hold",
+    request_body = HoldBody,
+    responses(
+        (status = 200, description = "Released", body = HoldOut),
+        (status = 404, description = "Unknown subject", content_type = "application/problem+json"),
+        (status = 409, description = "Not under hold", content_type = "application/problem+json"),
+    )
+)]
+pub async fn release(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<HoldOut>, ApiError> {
+    change_hold(state, caller, body, false).await
+}
+
+async fn change_hold(
+    state: AppState,
+    caller: Caller,
+    body: axum::body::Bytes,
+    place: bool,
+) -> Result<Json<HoldOut>, ApiError> {
+    let parsed: HoldBody = json::parse(&body)?;
+    let subject = Zeroizing::new(parsed.subject);
+    json::check_text("subject", &subject, MAX_SUBJECT_BYTES)?;
+    json::check_text("reason", &parsed.reason, MAX_REASON_BYTES)?;
+    let reference = match (place, parsed.reference) {
+        (true, None) => {
+            return Err(ApiError::Invalid(
+                "reference: a hold needs its case reference".to_owned(),
+            ));
+        }
+        (_, Some(r)) => {
+            json::check_text("reference", &r, MAX_REQUEST_REF_BYTES)?;
+            r
+        }
+        (false, None) => String::new(),
     };
-    match state.0.ledger.erase(request).await {
-        Ok(receipt) => Ok(Json(receipt.into())),
-        Err(EraseError::UnknownSubject) => Err(unknown_subject()),
-        Err(EraseError::Unavailable) => Err(ApiError::Unavailable(
-            "the erasure could not be committed; nothing was changed, retry".to_owned(),
+    refuse_identifier_in(
+        &subject,
+        &[("reason", &parsed.reason), ("reference", &reference)],
+    )?;
+    let result = state
+        .0
+        .ledger
+        .hold(HoldRequest {
+            subject,
+            reference,
+            reason: parsed.reason,
+            actor: caller.actor(),
+            place,
+        })
+        .await;
+    let action = if place {
+        AccessAction::PlaceHold
+    } else {
+        AccessAction::ReleaseHold
+    };
+    let (outcome, handle, target, reference) = match &result {
+        Ok(d) => (
+            AccessOutcome::Ok,
+            Some(d.subject),
+            Some(d.seq.0),
+            Some(d.reference.clone()),
+        ),
+        Err(HoldError::UnknownSubject) => (AccessOutcome::NotFound, None, None, None),
+        Err(HoldError::AlreadyHeld(h, row)) => (
+            AccessOutcome::Refused,
+            Some(*h),
+            Some(row.hold_seq.0),
+            Some(row.reference.clone()),
+        ),
+        Err(HoldError::NotHeld(h)) => (AccessOutcome::Refused, Some(*h), None, None),
+        Err(HoldError::Unavailable | HoldError::ShuttingDown) => {
+            (AccessOutcome::Failed, None, None, None)
+        }
+    };
+    if outcome != AccessOutcome::Failed {
+        let mut record = audited::about(&caller, action, outcome, handle);
+        record.target = target.map(|s| s.to_string());
+        record.reference = reference;
+        audited::record_entry(&state, record, &BTreeSet::new()).await?;
+    }
+    match result {
+        Ok(d) => Ok(Json(HoldOut {
+            subject_handle: d.subject.to_hex(),
+            hold_seq: d.hold_seq.0,
+            reference: d.reference,
+            release_seq: (!place).then_some(d.seq.0),
+        })),
+        Err(HoldError::UnknownSubject) => Err(unknown_subject()),
+        Err(HoldError::AlreadyHeld(_, row)) => Err(ApiError::Conflict(format!(
+            "the subject is already under a legal hold (reference {}, placed by the entry at seq {})",
+            row.reference, row.hold_seq
+        ))),
+        Err(HoldError::NotHeld(_)) => Err(ApiError::Conflict(
+            "the subject is not under a legal hold".to_owned(),
         )),
-        Err(EraseError::ShuttingDown) => Err(ApiError::Unavailable(
+        Err(HoldError::Unavailable) => Err(ApiError::Unavailable(
+            "the hold could not be committed; nothing was changed, retry".to_owned(),
+        )),
+        Err(HoldError::ShuttingDown) => Err(ApiError::Unavailable(
             "the service is shutting down; retry".to_owned(),
         )),
     }
@@ -307,6 +509,7 @@ pub async fn erase(
 )]
 pub async fn export(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<SubjectExport>, ApiError> {
     let parsed: ExportBody = json::parse(&body)?;
@@ -324,8 +527,25 @@ pub async fn export(
         .export_subject(&subject, Seq(parsed.from_seq.0), limit)
         .await?
     else {
+        let record = audited::about(
+            &caller,
+            AccessAction::ExportSubject,
+            AccessOutcome::NotFound,
+            None,
+        );
+        audited::record_entry(&state, record, &BTreeSet::new()).await?;
         return Err(unknown_subject());
     };
+    let disclosed = audited::disclosure(&events);
+    let mut record = audited::about(
+        &caller,
+        AccessAction::ExportSubject,
+        AccessOutcome::Ok,
+        Some(handle),
+    );
+    record.range = disclosed.range;
+    record.events = disclosed.events;
+    audited::record_entry(&state, record, &disclosed.subjects).await?;
     let next_from_seq = (events.len() == limit as usize)
         .then(|| events.last().map(|e| e.record.entry.header.seq.0 + 1))
         .flatten();

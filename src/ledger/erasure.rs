@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use super::writer::{Draft, WriteError, Writer, extend_tree, load_tree, next_position};
 use crate::crypto::KeyRef;
-use crate::entry::{EventType, Metadata, StreamId};
+use crate::entry::{EventType, Metadata, StreamId, SubjectHandle};
 use crate::receipt::{ReceiptFacts, ReceiptJson};
 use crate::store::{ErasureRecord, Tombstone};
 use crate::timefmt::format_micros;
@@ -35,6 +35,9 @@ pub struct EraseRequest {
     pub reason: String,
     /// The caller's reference for the request (a ticket number).
     pub request_ref: String,
+    /// Who asks: recorded in the `SubjectErased` entry's metadata (`token_id`, `role`), which
+    /// is the erasure's access record.
+    pub actor: Option<crate::access::record::Actor>,
 }
 
 /// Why an erasure did not happen. In every case nothing was written.
@@ -50,11 +53,15 @@ pub enum EraseError {
     /// The service is shutting down.
     #[error("the ledger is shutting down")]
     ShuttingDown,
+    /// The subject is under a legal hold (GDPR Art. 17(3)).
+    #[error("the subject is under a legal hold")]
+    Held(SubjectHandle, crate::store::HoldRow),
 }
 
 enum Outcome {
     Receipt(Box<ReceiptJson>),
     Unknown,
+    Held(SubjectHandle, crate::store::HoldRow),
 }
 
 impl Writer {
@@ -120,6 +127,10 @@ impl Writer {
         match result {
             Ok(Outcome::Receipt(r)) => Ok(*r),
             Ok(Outcome::Unknown) => Err(EraseError::UnknownSubject),
+            Ok(Outcome::Held(handle, hold)) => {
+                metrics::counter!(crate::telemetry::ERASURES_HELD).increment(1);
+                Err(EraseError::Held(handle, hold))
+            }
             Err(err) => {
                 tracing::error!(error = %err, "erasure rolled back");
                 Err(EraseError::Unavailable)
@@ -131,14 +142,18 @@ impl Writer {
         let mut tx = self.store.begin_append().await?;
         let now = crate::timefmt::now_micros();
         let tombstone_mac = self.index.tombstone(&request.subject);
-        // A live subject is always erased, even if this identifier was erased before and has
-        // since been used again (a fresh subject): only with no live subject does a
-        // tombstone answer for a repeated request.
+        // A live subject is always erased (even a fresh one under an identifier erased
+        // before): only with none does a tombstone answer for a repeated request.
         let index_mac = self.index.index(&request.subject);
         let Some(link) = tx.subject_link(&index_mac).await? else {
             return self.repeated(tx.as_mut(), &tombstone_mac, now).await;
         };
         let handle = self.vault.open_link(&link).await?;
+        // Under the writer's lock: a hold placed by any instance before is seen.
+        if let Some(hold) = tx.legal_hold(&handle).await? {
+            tx.rollback().await;
+            return Ok(Outcome::Held(handle, hold));
+        }
         // The epoch read inside the transaction: it cannot end before this erasure commits, and
         // its promised end is when the subject is forgotten in every copy.
         let epoch_row = tx
@@ -154,13 +169,6 @@ impl Writer {
         let stream = StreamId::parse(ERASURE_STREAM)
             .map_err(|e| WriteError::Internal(format!("erasure stream id: {e}")))?;
         let stream_version = tx.stream_version(&stream).await?.map_or(0, |v| v + 1);
-        let data = json!({
-            "subject_handle": handle.to_hex(),
-            "reason": request.reason,
-            "request_ref": request.request_ref,
-            "epoch": epoch.epoch,
-            "forgotten_by": format_micros(forgotten_by),
-        });
         let (system_ref, system_key) = self.vault.system_key();
         let draft = Draft {
             header: crate::entry::EntryHeader {
@@ -173,9 +181,9 @@ impl Writer {
                 schema_version: 1,
                 subject: Some(handle),
                 recorded_at_micros: recorded_at,
-                metadata: Metadata::new(),
+                metadata: actor_metadata(request.actor.as_ref()),
             },
-            data: Zeroizing::new(serde_json::to_vec(&data).unwrap_or_default()),
+            data: erasure_payload(&handle, request, epoch.epoch, forgotten_by),
             key_ref: system_ref,
             key: Arc::clone(&system_key),
         };
@@ -234,6 +242,35 @@ impl Writer {
         tracing::info!(subject = %handle.to_hex(), seq = seq.0, "subject erased");
         Ok(Outcome::Receipt(Box::new(receipt)))
     }
+}
+
+/// The erasure entry's payload: handle, reason, reference, epoch, promise; never the identifier.
+fn erasure_payload(
+    handle: &SubjectHandle,
+    request: &EraseRequest,
+    epoch: u32,
+    forgotten_by: i64,
+) -> Zeroizing<Vec<u8>> {
+    let data = json!({
+        "subject_handle": handle.to_hex(),
+        "reason": request.reason,
+        "request_ref": request.request_ref,
+        "epoch": epoch,
+        "forgotten_by": format_micros(forgotten_by),
+    });
+    Zeroizing::new(serde_json::to_vec(&data).unwrap_or_default())
+}
+
+/// The erasure entry's metadata: who asked (its access record).
+fn actor_metadata(actor: Option<&crate::access::record::Actor>) -> Metadata {
+    actor
+        .map(|a| {
+            Metadata::from([
+                ("token_id".to_owned(), a.token_id.clone()),
+                ("role".to_owned(), a.role.clone()),
+            ])
+        })
+        .unwrap_or_default()
 }
 
 /// What a tombstone seals: the receipt and when it stops being given again (sealed, because an

@@ -5,9 +5,11 @@ mod cleaner;
 mod erasure;
 mod erasures;
 mod health;
+mod holds;
 mod idempotency;
 mod proofs;
 mod rotation;
+mod system;
 mod writer;
 
 use std::sync::Arc;
@@ -32,6 +34,7 @@ pub use cleaner::{CACHES_CLEARED_WITHIN_MS, FORGET_POLL_INTERVAL, FORGET_QUERY_T
 pub use erasure::{ERASURE_STREAM, EraseError, EraseRequest, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
 pub use erasures::{ErasureState, ErasureStatus, ErasureView};
 pub use health::WriteHealth;
+pub use holds::{HoldDone, HoldError, HoldRequest};
 pub use idempotency::{BadIdempotencyKey, IdempotencyKey, MAX_KEY_CHARS, request_digest};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
 
@@ -581,6 +584,21 @@ impl Ledger {
         self.open_rows(rows).await
     }
 
+    /// Up to `limit` rows of the global log from `from`, not yet opened ([`Ledger::open_rows`]).
+    pub async fn global_rows(&self, from: Seq, limit: u32) -> Result<Vec<EntryRow>, ReadError> {
+        Ok(self.store.read_global(from, None, limit).await?)
+    }
+
+    /// Up to `limit` rows of one stream from `from_version`, not yet opened.
+    pub async fn stream_rows(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: u32,
+    ) -> Result<Vec<EntryRow>, ReadError> {
+        Ok(self.store.read_stream(stream, from_version, limit).await?)
+    }
+
     /// Up to `limit` events of one stream from `from_version`.
     pub async fn read_stream(
         &self,
@@ -592,7 +610,8 @@ impl Ledger {
         self.open_rows(rows).await
     }
 
-    async fn open_rows(&self, rows: Vec<EntryRow>) -> Result<Vec<ReadEvent>, ReadError> {
+    /// Decodes rows and opens their payloads (erased ones read as erased).
+    pub async fn open_rows(&self, rows: Vec<EntryRow>) -> Result<Vec<ReadEvent>, ReadError> {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let erased = row.erased();

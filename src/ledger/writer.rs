@@ -49,6 +49,8 @@ pub(super) enum WriterMsg {
     Rotate(Box<super::rotation::PendingRotate>),
     /// Try a small write: whether the database takes writes again after a failure.
     Probe(oneshot::Sender<bool>),
+    /// Place or release a legal hold.
+    Hold(super::holds::PendingHold),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -58,6 +60,7 @@ enum Solo {
     Rotate(Box<super::rotation::PendingRotate>),
     Checkpoint(Option<oneshot::Sender<Result<Option<Checkpoint>, ()>>>),
     Probe(oneshot::Sender<bool>),
+    Hold(super::holds::PendingHold),
 }
 
 /// An append's idempotency key (hashed) and the digest of its request (see `idempotency`).
@@ -200,6 +203,10 @@ impl Writer {
                         solo = Some(Solo::Probe(reply));
                         break;
                     }
+                    WriterMsg::Hold(h) => {
+                        solo = Some(Solo::Hold(h));
+                        break;
+                    }
                     WriterMsg::Shutdown(ack) => {
                         // Refuse new sends; what is already queued still gets committed.
                         receiver.close();
@@ -217,6 +224,10 @@ impl Writer {
                 Some(Solo::Erase(e)) => {
                     let result = self.erase(e.request).await;
                     let _ = e.reply.send(result);
+                }
+                Some(Solo::Hold(h)) => {
+                    let result = self.hold(h.request).await;
+                    let _ = h.reply.send(result);
                 }
                 Some(Solo::Rotate(r)) => {
                     let result = self.rotate(r.new_key).await;
@@ -544,7 +555,7 @@ impl Writer {
 
     /// Inserts records and the tree nodes they complete; signs and inserts a checkpoint if one
     /// is due.
-    async fn insert_records(
+    pub(super) async fn insert_records(
         &self,
         tx: &mut dyn AppendTx,
         head: Option<ChainHead>,

@@ -1,6 +1,7 @@
 //! Storage: the [`Store`] trait the rest of the service talks to, and one implementation per
 //! backend. Only this module knows SQL.
 
+pub mod access;
 mod epochs;
 mod postgres;
 mod sqlite;
@@ -19,6 +20,7 @@ use crate::entry::{
 use crate::merkle::{MerkleHash, NodeId};
 use crate::record::Record;
 
+pub use access::{AccessStore, HoldRow, TokenRow};
 pub use epochs::{EpochRow, EpochStore, ErasureRecord, ErasureRow, LinkRow};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -263,6 +265,19 @@ impl EntryRow {
         self.erased
     }
 
+    /// Its seq, stream and subject as stored (before decoding, which checks them): what an
+    /// access entry counts before the payload is opened.
+    #[must_use]
+    pub fn disclosure_fields(&self) -> (u64, &str, Option<SubjectHandle>) {
+        (
+            to_u64(self.seq),
+            &self.stream_id,
+            self.subject
+                .as_deref()
+                .and_then(|s| SubjectHandle::from_slice(s).ok()),
+        )
+    }
+
     /// Decodes the row; any column out of shape is reported with the row's seq.
     pub fn into_record(self) -> Result<Record, MalformedRow> {
         let seq = Seq(u64::try_from(self.seq).unwrap_or(u64::MAX));
@@ -460,7 +475,7 @@ pub trait ErasureNotices: Send {
 
 /// Storage of the ledger. One implementation per database backend.
 #[async_trait]
-pub trait Store: EpochStore + Send + Sync + 'static {
+pub trait Store: EpochStore + AccessStore + Send + Sync + 'static {
     /// Opens a write transaction that holds the ledger head: no other writer can append until
     /// it commits or is dropped (which rolls it back).
     async fn begin_append(&self) -> Result<Box<dyn AppendTx>, StoreError>;
@@ -693,6 +708,15 @@ pub trait AppendTx: Send {
     /// A small write that touches no ledger table (inserted and deleted again): whether the
     /// database takes writes again after a failure.
     async fn write_probe(&mut self) -> Result<(), StoreError>;
+
+    /// The legal hold on `subject`, if any.
+    async fn legal_hold(&mut self, subject: &SubjectHandle) -> Result<Option<HoldRow>, StoreError>;
+
+    /// Places a legal hold.
+    async fn insert_legal_hold(&mut self, hold: &HoldRow) -> Result<(), StoreError>;
+
+    /// Ends the legal hold on `subject`.
+    async fn delete_legal_hold(&mut self, subject: &SubjectHandle) -> Result<(), StoreError>;
 
     /// Commits durably; only after this returns may any caller be acknowledged. On an error
     /// the outcome may be unknown (the connection failed after COMMIT was sent): the

@@ -46,6 +46,8 @@ const ERASURE_CHANNEL: &str = "auditledger_erasures";
 /// the ones that exist in this schema version are vacuumed.
 const ERASED_ROW_TABLES: [&str; 3] = ["data_keys", "subject_index", "subject_links"];
 
+super::access::impl_access_store!(PostgresStore, pool, pool);
+
 /// `migrations/postgres/*.sql`, in order; a new migration is added here too.
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -82,6 +84,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "idempotency",
         include_str!("../../migrations/postgres/0007_idempotency.sql"),
+    ),
+    (
+        8,
+        "access",
+        include_str!("../../migrations/postgres/0008_access.sql"),
     ),
 ];
 
@@ -1115,6 +1122,41 @@ impl AppendTx for PgAppendTx {
                 .await?;
         row.map(|(s, h)| entry_hash_row(s, &h).map(|(_, h)| h))
             .transpose()
+    }
+
+    async fn legal_hold(
+        &mut self,
+        subject: &SubjectHandle,
+    ) -> Result<Option<super::HoldRow>, StoreError> {
+        let row: Option<(Vec<u8>, i64, String, i64)> = sqlx::query_as(
+            "SELECT subject, hold_seq, reference, placed_at FROM legal_holds WHERE subject = $1",
+        )
+        .bind(subject.0.to_vec())
+        .fetch_optional(self.tx.conn())
+        .await?;
+        row.map(|(s, q, r, p)| super::HoldRow::decode(&s, q, r, p))
+            .transpose()
+    }
+
+    async fn insert_legal_hold(&mut self, hold: &super::HoldRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO legal_holds (subject, hold_seq, reference, placed_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hold.subject.0.to_vec())
+        .bind(to_i64(hold.hold_seq.0))
+        .bind(&hold.reference)
+        .bind(hold.placed_at)
+        .execute(self.tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_legal_hold(&mut self, subject: &SubjectHandle) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM legal_holds WHERE subject = $1")
+            .bind(subject.0.to_vec())
+            .execute(self.tx.conn())
+            .await?;
+        Ok(())
     }
 
     async fn write_probe(&mut self) -> Result<(), StoreError> {

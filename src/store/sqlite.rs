@@ -38,6 +38,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// blocked attempt is retried later instead.
 const CLEANUP_BUSY_TIMEOUT: Duration = Duration::from_millis(5);
 
+super::access::impl_access_store!(SqliteStore, read, write);
+
 /// `migrations/sqlite/*.sql`, in order; a new migration is added here too.
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -74,6 +76,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "idempotency",
         include_str!("../../migrations/sqlite/0007_idempotency.sql"),
+    ),
+    (
+        8,
+        "access",
+        include_str!("../../migrations/sqlite/0008_access.sql"),
     ),
 ];
 
@@ -900,6 +907,41 @@ impl AppendTx for SqliteAppendTx {
                 .await?;
         row.map(|(s, h)| entry_hash_row(s, &h).map(|(_, h)| h))
             .transpose()
+    }
+
+    async fn legal_hold(
+        &mut self,
+        subject: &SubjectHandle,
+    ) -> Result<Option<super::HoldRow>, StoreError> {
+        let row: Option<(Vec<u8>, i64, String, i64)> = sqlx::query_as(
+            "SELECT subject, hold_seq, reference, placed_at FROM legal_holds WHERE subject = $1",
+        )
+        .bind(subject.0.to_vec())
+        .fetch_optional(self.tx.conn())
+        .await?;
+        row.map(|(s, q, r, p)| super::HoldRow::decode(&s, q, r, p))
+            .transpose()
+    }
+
+    async fn insert_legal_hold(&mut self, hold: &super::HoldRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO legal_holds (subject, hold_seq, reference, placed_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hold.subject.0.to_vec())
+        .bind(to_i64(hold.hold_seq.0))
+        .bind(&hold.reference)
+        .bind(hold.placed_at)
+        .execute(self.tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_legal_hold(&mut self, subject: &SubjectHandle) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM legal_holds WHERE subject = $1")
+            .bind(subject.0.to_vec())
+            .execute(self.tx.conn())
+            .await?;
+        Ok(())
     }
 
     async fn write_probe(&mut self) -> Result<(), StoreError> {

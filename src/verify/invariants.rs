@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use super::{Failure, FailureKind};
+use crate::access::record;
 use crate::crypto::{KeyRef, SealedPayload};
 use crate::entry::{EntryHeader, Seq, SubjectHandle};
 use crate::record::Record;
@@ -27,6 +28,10 @@ pub const SUBJECT_ERASED: &str = "SubjectErased";
 pub const SYSTEM_ENTRY_TYPES: &[(&str, &str)] = &[
     (ERASURE_STREAM, SUBJECT_ERASED),
     (KEYS_STREAM, SIGNING_KEY_ROTATED),
+    (record::ACCESS_STREAM, record::ACCESS_RECORDED),
+    (record::HOLDS_STREAM, record::HOLD_PLACED),
+    (record::HOLDS_STREAM, record::HOLD_RELEASED),
+    (record::POLICIES_STREAM, record::POLICY_SET),
 ];
 
 /// Whether `header` is an erasure entry.

@@ -22,6 +22,8 @@ work=$(mktemp -d)
 cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 cd "$work"
+# One token with every role, made before the service starts (as an operator would).
+token=$("$bin" token create --role writer,reader,auditor,privacy_officer,admin --name api-schema)
 "$bin" serve --bind 127.0.0.1:0 > serve.out 2> serve.log &
 pid=$!
 for _ in $(seq 1 300); do
@@ -31,6 +33,10 @@ for _ in $(seq 1 300); do
 done
 [ -n "$base" ] || { echo "the service did not start:" >&2; cat serve.log >&2; exit 1; }
 
-"$venv/bin/python" "$here/validate.py" "$base"
+"$venv/bin/python" "$here/validate.py" "$base" "$token"
 "$venv/bin/st" --config-file "$here/schemathesis.toml" run "$base/openapi.json" \
-  --checks all --no-color --seed 1
+  --checks all --no-color --seed 1 -H "Authorization: Bearer $token" \
+  --exclude-path '/v1/tokens/{token_id}/revoke' --exclude-path '/v1/keys/rotate'
+# Excluded from schemathesis (validate.py calls both): its stateful phase follows the token ids
+# GET /v1/tokens lists into the revocation of its own token, which ends the run, and rotating
+# the signing key dozens of times only slows every verification after it.

@@ -11,6 +11,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 base = sys.argv[1]
+token = sys.argv[2]
 
 
 def call(method, path, body=None, headers=None):
@@ -18,8 +19,10 @@ def call(method, path, body=None, headers=None):
     req = urllib.request.Request(base + path, data=data, method=method)
     if body is not None:
         req.add_header("Content-Type", "application/json")
-    for k, v in (headers or {}).items():
-        req.add_header(k, v)
+    headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+    for k, v in headers.items():
+        if v is not None:
+            req.add_header(k, v)
     try:
         with urllib.request.urlopen(req) as r:
             return r.status, r.headers.get("Content-Type", ""), r.read()
@@ -47,7 +50,41 @@ status, _, raw = call("POST", "/v1/streams/acct-2/events", {"events": [
     {"type": "Opened", "subject": "bob@example.com", "data": {"name": "Bob"}}]})
 assert status == 201, raw
 
+# A writer-only token, to be refused (403) and then revoked.
+status, _, raw = call("POST", "/v1/tokens", {"roles": ["writer"], "name": "schema-check"})
+assert status == 201, raw
+writer = json.loads(raw)
+writer_auth = {"Authorization": f"Bearer {writer['token']}"}
+
 requests = [
+    ("GET", "/v1/keys", "/v1/keys", None, {"Authorization": None}),
+    ("GET", "/v1/keys", "/v1/keys", None, writer_auth),
+    ("GET", "/v1/tokens", "/v1/tokens", None, None),
+    ("POST", "/v1/tokens", "/v1/tokens", {"roles": ["auditor"], "name": "a", "expires": "1d"}, None),
+    ("POST", "/v1/tokens", "/v1/tokens", {"roles": ["root"]}, None),
+    ("POST", "/v1/tokens/{token_id}/revoke", f"/v1/tokens/{writer['id']}/revoke", None, None),
+    ("POST", "/v1/tokens/{token_id}/revoke", f"/v1/tokens/{writer['id']}/revoke", None, None),
+    ("POST", "/v1/subjects/hold", "/v1/subjects/hold",
+     {"subject": "bob@example.com", "reference": "CASE-1", "reason": "GDPR Art. 17(3)(e)"}, None),
+    ("POST", "/v1/subjects/hold", "/v1/subjects/hold",
+     {"subject": "bob@example.com", "reference": "CASE-1", "reason": "GDPR Art. 17(3)(e)"}, None),
+    ("POST", "/v1/subjects/erase", "/v1/subjects/erase",
+     {"subject": "bob@example.com", "reason": "GDPR Art. 17", "request_ref": "DSR-2"}, None),
+    ("POST", "/v1/subjects/release", "/v1/subjects/release",
+     {"subject": "bob@example.com", "reason": "case closed"}, None),
+    ("POST", "/v1/subjects/release", "/v1/subjects/release",
+     {"subject": "bob@example.com", "reason": "case closed"}, None),
+    ("PUT", "/v1/policies/{event_type}", "/v1/policies/Opened",
+     {"retention_days": 2190, "purpose": "account management", "legal_basis": "GDPR Art. 6(1)(b)"}, None),
+    ("GET", "/v1/policies", "/v1/policies", None, None),
+    ("POST", "/v1/keys/rotate", "/v1/keys/rotate", None, None),
+    ("GET", "/v1/audit/reports/{kind}", "/v1/audit/reports/integrity", None, None),
+    ("GET", "/v1/audit/reports/{kind}", "/v1/audit/reports/erasures?format=csv", None, None),
+    ("GET", "/v1/audit/reports/{kind}", "/v1/audit/reports/access?format=html", None, None),
+    ("GET", "/v1/audit/reports/{kind}", "/v1/audit/reports/activity?from=2020-01-01&to=2100-01-01", None, None),
+    ("GET", "/v1/audit/reports/{kind}", "/v1/audit/reports/retention", None, None),
+    ("GET", "/v1/audit/reports/{kind}", "/v1/audit/reports/processing", None, None),
+    ("GET", "/v1/audit/reports/{kind}", "/v1/audit/reports/nonsense", None, None),
     ("POST", "/v1/streams/{stream_id}/events", "/v1/streams/acct-3/events",
      {"expected_version": "no_stream", "events": [{"type": "Paid", "data": {"cents": 100}}]}, {"Idempotency-Key": "k-1"}),
     ("POST", "/v1/streams/{stream_id}/events", "/v1/streams/acct-3/events",
@@ -95,6 +132,9 @@ for method, template, path, body, headers in requests:
         assert not errors, f"{method} {path}: {status} does not match its schema: {errors[0].message}"
     seen.add((method, template))
     print(f"{method} {path}: {status} {media} matches its declaration")
+    if template == "/v1/audit/reports/{kind}" and path.endswith("/retention"):
+        sha = json.loads(raw)["report_sha256"]
+        requests.append(("GET", "/v1/audit/reports/signed/{sha256}", f"/v1/audit/reports/signed/{sha}", None, None))
     if template == "/v1/audit/verify" and status == 202:
         job = json.loads(raw)["job_id"]
         requests.append(("GET", "/v1/audit/verify/jobs/{job_id}", f"/v1/audit/verify/jobs/{job}", None, None))

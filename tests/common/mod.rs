@@ -19,7 +19,90 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub dir: PathBuf,
+    /// Sends the harness's token (every role) with every request, unless the server runs with
+    /// `--insecure-no-auth`.
     pub client: reqwest::Client,
+    /// That token.
+    pub token: Option<String>,
+}
+
+/// Every role: what the harness's own token holds.
+pub const ALL_ROLES: &str = "writer,reader,auditor,privacy_officer,admin";
+
+/// A token made with `auditledger token create` beside the running server in `dir` (same
+/// `--data-dir` and database as `extra` and `database_url` name).
+pub fn create_token(
+    dir: &Path,
+    extra: &[&str],
+    database_url: Option<&str>,
+    roles: &str,
+    more: &[&str],
+) -> String {
+    let mut args = vec!["token", "create", "--role", roles];
+    if let Some(i) = extra.iter().position(|a| *a == "--data-dir") {
+        args.extend(["--data-dir", extra[i + 1]]);
+    }
+    args.extend(more);
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(&args)
+        .current_dir(dir)
+        .env_remove("AUDITLEDGER_DATA_DIR")
+        .env_remove("DATABASE_URL");
+    if let Some(url) = database_url {
+        command.env("DATABASE_URL", url);
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The harness's all-roles token for the ledger in `dir`, made once and kept in the
+/// directory (a restarted server, or a second instance on the same database, reuses it).
+fn harness_token(dir: &Path, extra: &[&str], database_url: Option<&str>) -> String {
+    let file = dir.join(match database_url {
+        Some(url) => format!(
+            "harness-{}.token",
+            url.len() + url.bytes().map(usize::from).sum::<usize>()
+        ),
+        None => "harness.token".to_owned(),
+    });
+    if let Ok(t) = std::fs::read_to_string(&file) {
+        return t;
+    }
+    let token = create_token(
+        dir,
+        extra,
+        database_url,
+        ALL_ROLES,
+        &["--name", "test-harness"],
+    );
+    std::fs::write(&file, &token).unwrap();
+    token
+}
+
+/// A client that sends `token` with every request.
+pub fn client_with(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+    }
+    // A server that stops answering fails the test instead of stalling CI.
+    // Idle connections are dropped before the server's header deadline (10 s) closes
+    // them, as a well-behaved client does, so no request races a closing connection.
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_idle_timeout(Duration::from_secs(5))
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// A fresh working directory for one test.
@@ -48,11 +131,25 @@ impl Server {
         level: &str,
         database_url: Option<&str>,
     ) -> Server {
+        // Tests of access control pass `--auth`: the server then requires tokens, and the
+        // harness makes one with every role. Every other test is about the ledger itself and
+        // runs with `--insecure-no-auth` (whose access entries name `anonymous`), so that its
+        // seqs are those of its own requests.
+        let secured = extra.contains(&"--auth");
+        let mut flags: Vec<&str> = extra.iter().copied().filter(|a| *a != "--auth").collect();
+        if !secured {
+            flags.push("--insecure-no-auth");
+        }
+        let extra = &flags[..];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("server.log"))
             .unwrap();
+        // The harness's token is made before the server starts, so that the server records
+        // its creation at start-up (seq 0 of a new ledger), never in the middle of a test.
+        let token = (!extra.contains(&"--insecure-no-auth"))
+            .then(|| harness_token(dir, extra, database_url));
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -91,14 +188,8 @@ impl Server {
             child,
             base: format!("http://{addr}"),
             dir: dir.to_owned(),
-            // A server that stops answering fails the test instead of stalling CI.
-            // Idle connections are dropped before the server's header deadline (10 s) closes
-            // them, as a well-behaved client does, so no request races a closing connection.
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .pool_idle_timeout(Duration::from_secs(5))
-                .build()
-                .unwrap(),
+            client: client_with(token.as_deref()),
+            token,
         }
     }
 
@@ -142,8 +233,19 @@ impl Server {
         (status, ct, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Every event of the global log, paging through it.
+    /// Every event of the global log, paging through it, but the access entries (which
+    /// reading personal data itself appends, so that two reads of the same ledger would
+    /// otherwise differ).
     pub async fn all_events(&self) -> Vec<Value> {
+        self.all_entries()
+            .await
+            .into_iter()
+            .filter(|e| e["stream_id"] != "auditledger:access")
+            .collect()
+    }
+
+    /// Every entry of the global log, access entries included.
+    pub async fn all_entries(&self) -> Vec<Value> {
         let mut out = Vec::new();
         let mut from = 0;
         loop {
@@ -375,7 +477,7 @@ impl Env {
         self.dir.path()
     }
 
-    fn database_url(&self) -> Option<&str> {
+    pub fn database_url(&self) -> Option<&str> {
         self.pg.as_ref().map(|p| p.url.as_str())
     }
 
@@ -413,6 +515,34 @@ impl Env {
                 conn.close().await.unwrap();
             }
         }
+    }
+
+    /// The metadata of the ledger's access entries, in seq order.
+    pub async fn access_entries(&self) -> Vec<Value> {
+        let q = "SELECT metadata FROM entries WHERE stream_id = 'auditledger:access' ORDER BY seq";
+        let rows: Vec<String> = match &self.pg {
+            None => {
+                let db = raw_db(self.path()).await;
+                let r = sqlx::query_scalar(q).fetch_all(&db).await.unwrap();
+                db.close().await;
+                r
+            }
+            Some(pg) => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+                let r = sqlx::query_scalar(q).fetch_all(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                r
+            }
+        };
+        rows.iter()
+            .map(|m| serde_json::from_str(m).unwrap())
+            .collect()
+    }
+
+    /// A token with `roles` (comma-separated), made with the CLI beside the running server.
+    pub fn token(&self, roles: &str, more: &[&str]) -> String {
+        create_token(self.path(), &[], self.database_url(), roles, more)
     }
 
     /// One integer from SQL.
