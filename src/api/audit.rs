@@ -147,7 +147,7 @@ fn audit_error(e: AuditError) -> ApiError {
         (status = 200, description = "Signed verification report", body = SignedReport),
         (status = 202, description = "Started as a job; poll it", body = JobOut),
         (status = 400, description = "Bad range: to_seq below from_seq, or from_seq beyond the head (more than the number of entries)", content_type = "application/problem+json"),
-        (status = 503, description = "Too many verification jobs running", content_type = "application/problem+json"),
+        (status = 429, description = "Too many verification jobs running; retry after the Retry-After seconds", content_type = "application/problem+json"),
     ))]
 pub async fn verify(
     State(state): State<AppState>,
@@ -182,7 +182,7 @@ pub async fn verify(
         let mut jobs = state.0.jobs.lock();
         let running = jobs.values().filter(|j| lock_result(j).is_none()).count();
         if running >= MAX_RUNNING_JOBS {
-            return Err(ApiError::Unavailable(format!(
+            return Err(ApiError::Busy(format!(
                 "{running} verification jobs are running; poll them or retry later"
             )));
         }

@@ -58,6 +58,10 @@ pub enum ApiError {
     /// Temporarily unable to serve (shutting down, database unavailable); safe to retry.
     #[error("{0}")]
     Unavailable(String),
+    /// A bounded resource the client competes for is full (running verification jobs): the
+    /// client's own load, so a 429 with `Retry-After`, not a fault of the service.
+    #[error("{0}")]
+    Busy(String),
     /// A commit's answer was lost and its outcome could not be found out.
     #[error(
         "the append was sent to the database but its answer was lost, and the service could not \
@@ -162,6 +166,11 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            ApiError::Busy(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+            ),
             ApiError::OutcomeUnknown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "append-outcome-unknown",
@@ -245,6 +254,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
