@@ -617,8 +617,7 @@ pub async fn read_global(
     let limit = check_limit(q.limit)?;
     let from = Seq(q.from_seq.map_or(0, |p| p.0));
     let rows = state.0.ledger.global_rows(from, limit).await?;
-    let events =
-        audited::open_recorded(&state, &caller, AccessAction::ReadLog, None, rows).await?;
+    let events = audited::open_recorded(&state, &caller, AccessAction::ReadLog, None, rows).await?;
     let next_from_seq = (events.len() == limit as usize)
         .then(|| events.last().map(|e| e.record.entry.header.seq.0 + 1))
         .flatten();

@@ -135,6 +135,74 @@ impl Scan {
         }
     }
 
+    /// Counts an access entry of the period.
+    fn add_access(&mut self, seq: u64, at: i64, r: AccessRecord) {
+        if r.action == AccessAction::EraseSubject && r.outcome == AccessOutcome::Refused {
+            let subject = r.subject.map(|s| s.to_hex()).unwrap_or_default();
+            // Entries come in seq order: the hold that refused it is in force here.
+            let hold_reference = self
+                .holds
+                .get(&subject)
+                .map(|h| h.record.reference.clone())
+                .unwrap_or_default();
+            self.erasures.push(ErasureFact {
+                seq,
+                at,
+                subject,
+                refused: Some([
+                    r.target.clone().unwrap_or_default(),
+                    hold_reference,
+                    r.reference.clone().unwrap_or_default(),
+                    r.actor.token_id.clone(),
+                ]),
+            });
+        }
+        let s = self
+            .access
+            .entry((r.actor.token_id, r.actor.role, r.action, r.outcome))
+            .or_default();
+        s.requests += 1;
+        s.events += r.events;
+        s.subjects += r.subjects;
+        s.first.get_or_insert(at);
+        s.last = Some(at);
+    }
+
+    /// Counts an erasure; one erasing a subject under hold is an anomaly, in or out of the
+    /// period.
+    fn add_erasure(&mut self, h: &EntryHeader, in_period: bool) {
+        let (seq, at, m) = (h.seq.0, h.recorded_at_micros, &h.metadata);
+        let subject = h.subject.map(|s| s.to_hex()).unwrap_or_default();
+        if self.holds.remove(&subject).is_some() {
+            self.erased_under_hold.push(seq);
+        }
+        if !in_period {
+            return;
+        }
+        // The erasure entry is its own access record: it names the token that asked.
+        if let (Some(token), Some(role)) = (m.get("token_id"), m.get("role")) {
+            let s = self
+                .access
+                .entry((
+                    token.clone(),
+                    role.clone(),
+                    AccessAction::EraseSubject,
+                    AccessOutcome::Ok,
+                ))
+                .or_default();
+            s.requests += 1;
+            s.subjects += 1;
+            s.first.get_or_insert(at);
+            s.last = Some(at);
+        }
+        self.erasures.push(ErasureFact {
+            seq,
+            at,
+            subject: h.subject.map(|s| s.to_hex()).unwrap_or_default(),
+            refused: None,
+        });
+    }
+
     /// Counts one entry. Entries come in seq order.
     pub fn add(&mut self, h: &EntryHeader) {
         self.entries += 1;
@@ -152,73 +220,11 @@ impl Scan {
         let m = &h.metadata;
         match (stream, h.event_type.as_str()) {
             (ACCESS_STREAM, _) => {
-                let Some(r) = AccessRecord::from_metadata(m) else {
-                    return;
-                };
-                if !in_period {
-                    return;
+                if in_period && let Some(r) = AccessRecord::from_metadata(m) {
+                    self.add_access(seq, at, r);
                 }
-                if r.action == AccessAction::EraseSubject && r.outcome == AccessOutcome::Refused {
-                    let subject = r.subject.map(|s| s.to_hex()).unwrap_or_default();
-                    // Entries come in seq order: the hold that refused it is in force here.
-                    let hold_reference = self
-                        .holds
-                        .get(&subject)
-                        .map(|h| h.record.reference.clone())
-                        .unwrap_or_default();
-                    self.erasures.push(ErasureFact {
-                        seq,
-                        at,
-                        subject,
-                        refused: Some([
-                            r.target.clone().unwrap_or_default(),
-                            hold_reference,
-                            r.reference.clone().unwrap_or_default(),
-                            r.actor.token_id.clone(),
-                        ]),
-                    });
-                }
-                let s = self
-                    .access
-                    .entry((r.actor.token_id, r.actor.role, r.action, r.outcome))
-                    .or_default();
-                s.requests += 1;
-                s.events += r.events;
-                s.subjects += r.subjects;
-                s.first.get_or_insert(at);
-                s.last = Some(at);
             }
-            (ERASURE_STREAM, SUBJECT_ERASED) => {
-                let subject = h.subject.map(|s| s.to_hex()).unwrap_or_default();
-                if self.holds.remove(&subject).is_some() {
-                    self.erased_under_hold.push(seq);
-                }
-                if !in_period {
-                    return;
-                }
-                // The erasure entry is its own access record: it names the token that asked.
-                if let (Some(token), Some(role)) = (m.get("token_id"), m.get("role")) {
-                    let s = self
-                        .access
-                        .entry((
-                            token.clone(),
-                            role.clone(),
-                            AccessAction::EraseSubject,
-                            AccessOutcome::Ok,
-                        ))
-                        .or_default();
-                    s.requests += 1;
-                    s.subjects += 1;
-                    s.first.get_or_insert(at);
-                    s.last = Some(at);
-                }
-                self.erasures.push(ErasureFact {
-                    seq,
-                    at,
-                    subject: h.subject.map(|s| s.to_hex()).unwrap_or_default(),
-                    refused: None,
-                });
-            }
+            (ERASURE_STREAM, SUBJECT_ERASED) => self.add_erasure(h, in_period),
             (HOLDS_STREAM, t @ (HOLD_PLACED | HOLD_RELEASED)) => {
                 let Some(record) = HoldRecord::from_metadata(m) else {
                     return;
