@@ -20,13 +20,14 @@ use super::json::{self, JsonBody};
 use super::params::{Count, MAX_POSITION, Position};
 use crate::access::record::AccessAction;
 use crate::entry::{
-    EventType, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, Seq, StreamId,
+    EventType, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, StreamId,
 };
 use crate::identifiers::{self, Identifiers};
 use crate::ledger::{
-    AppendRequest, ExpectedVersion, IdempotencyKey, NewEvent, ReadEvent, SYSTEM_STREAM_PREFIX,
+    AppendRequest, AsOf, Direction, ExpectedVersion, IdempotencyKey, NewEvent, ReadEvent,
+    RowFilter, SYSTEM_STREAM_PREFIX, SeqRange, next_cursor,
 };
-use crate::timefmt::format_micros;
+use crate::timefmt::{format_micros, parse_rfc3339};
 use axum::Extension;
 
 /// Most events returned by one read.
@@ -277,19 +278,32 @@ impl From<ReadEvent> for EventOut {
 pub struct StreamPage {
     /// The stream.
     stream_id: String,
-    /// Events in stream order.
+    /// Events in stream order (newest first with `direction=backward`).
     events: Vec<EventOut>,
-    /// `from_version` for the next page, or null at the end.
+    /// `from_version` for the next page in the same direction (pass the same filters), or null
+    /// at the end.
     next_from_version: Option<u64>,
 }
 
 /// A page of the global log.
 #[derive(Serialize, ToSchema)]
 pub struct LogPage {
-    /// Events in seq order.
+    /// Events in seq order (newest first with `direction=backward`).
     events: Vec<EventOut>,
-    /// `from_seq` for the next page, or null at the end.
+    /// `from_seq` for the next page in the same direction (pass the same filters), or null at
+    /// the end.
     next_from_seq: Option<u64>,
+}
+
+/// Which way a page runs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectionIn {
+    /// Oldest first (the default).
+    #[default]
+    Forward,
+    /// Newest first: "the last N events".
+    Backward,
 }
 
 /// Query of a stream read.
@@ -297,11 +311,26 @@ pub struct LogPage {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
-    /// First stream version to return (default 0).
+    /// First stream version to return (default 0; with `direction=backward`, the newest
+    /// version to return, default the stream's last).
     from_version: Option<Position>,
     /// Most events to return, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Time travel: the stream as it stood right after this seq was appended (a whole number),
+    /// or at this time (RFC 3339, inclusive).
+    as_of: Option<String>,
+    /// Only events of this type.
+    #[serde(rename = "type")]
+    #[param(rename = "type", pattern = "^[A-Za-z0-9_.:-]+$", min_length = 1, max_length = 128)]
+    event_type: Option<String>,
+    /// Only events recorded at or after this time (RFC 3339).
+    from_time: Option<String>,
+    /// Only events recorded before this time (RFC 3339, exclusive).
+    to_time: Option<String>,
+    /// `forward` (default) or `backward`.
+    #[param(inline)]
+    direction: Option<DirectionIn>,
 }
 
 /// Query of a global read.
@@ -309,11 +338,93 @@ pub struct StreamQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
-    /// First seq to return (default 0).
+    /// First seq to return (default 0; with `direction=backward`, the newest seq to return,
+    /// default the last).
     from_seq: Option<Position>,
     /// Most events to return, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Time travel: the log as it stood right after this seq was appended (a whole number), or
+    /// at this time (RFC 3339, inclusive).
+    as_of: Option<String>,
+    /// Only events of this type.
+    #[serde(rename = "type")]
+    #[param(rename = "type", pattern = "^[A-Za-z0-9_.:-]+$", min_length = 1, max_length = 128)]
+    event_type: Option<String>,
+    /// Only events recorded at or after this time (RFC 3339).
+    from_time: Option<String>,
+    /// Only events recorded before this time (RFC 3339, exclusive).
+    to_time: Option<String>,
+    /// `forward` (default) or `backward`.
+    #[param(inline)]
+    direction: Option<DirectionIn>,
+}
+
+/// The filters a read shares between a stream and the log, checked.
+struct Filters {
+    range: SeqRange,
+    event_type: Option<EventType>,
+    direction: Direction,
+}
+
+fn parse_time(name: &str, raw: &str) -> Result<i64, ApiError> {
+    parse_rfc3339(raw).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z"
+        ))
+    })
+}
+
+fn parse_as_of(raw: &str) -> Result<AsOf, ApiError> {
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s <= MAX_POSITION)
+            .map(AsOf::Seq)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("as_of: a seq must be at most {MAX_POSITION}"))
+            });
+    }
+    parse_time("as_of", raw).map(AsOf::Time).map_err(|_| {
+        ApiError::BadRequest(
+            "as_of must be a seq (a whole number) or an RFC 3339 time such as \
+             2026-01-31T12:00:00Z"
+                .to_owned(),
+        )
+    })
+}
+
+async fn filters(
+    state: &AppState,
+    as_of: Option<&str>,
+    event_type: Option<&str>,
+    from_time: Option<&str>,
+    to_time: Option<&str>,
+    direction: Option<DirectionIn>,
+) -> Result<Filters, ApiError> {
+    let as_of = as_of.map(parse_as_of).transpose()?;
+    let event_type = event_type
+        .map(|t| EventType::parse(t).map_err(|e| ApiError::BadRequest(format!("type {e}"))))
+        .transpose()?;
+    let from_time = from_time.map(|t| parse_time("from_time", t)).transpose()?;
+    let to_time = to_time.map(|t| parse_time("to_time", t)).transpose()?;
+    if let (Some(f), Some(t)) = (from_time, to_time)
+        && f > t
+    {
+        return Err(ApiError::BadRequest(
+            "from_time must not be after to_time".to_owned(),
+        ));
+    }
+    let range = state.0.ledger.read_range(as_of, from_time, to_time).await?;
+    Ok(Filters {
+        range,
+        event_type,
+        direction: match direction.unwrap_or_default() {
+            DirectionIn::Forward => Direction::Forward,
+            DirectionIn::Backward => Direction::Backward,
+        },
+    })
 }
 
 fn parse_stream_id(raw: &str) -> Result<StreamId, ApiError> {
@@ -575,8 +686,24 @@ pub async fn read_stream(
     caller.require_stream(stream.as_str())?;
     let Query(q) = query?;
     let limit = check_limit(q.limit)?;
-    let from = q.from_version.map_or(0, |p| p.0);
-    let rows = state.0.ledger.stream_rows(&stream, from, limit).await?;
+    let f = filters(
+        &state,
+        q.as_of.as_deref(),
+        q.event_type.as_deref(),
+        q.from_time.as_deref(),
+        q.to_time.as_deref(),
+        q.direction,
+    )
+    .await?;
+    let filter = RowFilter {
+        stream: Some(stream.clone()),
+        event_type: f.event_type,
+        seqs: f.range,
+        from: q.from_version.map(|p| p.0),
+        direction: f.direction,
+        limit,
+    };
+    let rows = state.0.ledger.filtered_rows(&filter).await?;
     let events = audited::open_recorded(
         &state,
         &caller,
@@ -585,13 +712,11 @@ pub async fn read_stream(
         rows,
     )
     .await?;
-    let next_from_version = (events.len() == limit as usize)
-        .then(|| {
-            events
-                .last()
-                .map(|e| e.record.entry.header.stream_version + 1)
-        })
-        .flatten();
+    let next_from_version = next_cursor(
+        f.direction,
+        events.last().map(|e| e.record.entry.header.stream_version),
+        events.len() == limit as usize,
+    );
     Ok(Json(StreamPage {
         stream_id: stream.to_string(),
         events: events.into_iter().map(EventOut::from).collect(),
@@ -615,12 +740,30 @@ pub async fn read_global(
 ) -> Result<Json<LogPage>, ApiError> {
     let Query(q) = query?;
     let limit = check_limit(q.limit)?;
-    let from = Seq(q.from_seq.map_or(0, |p| p.0));
-    let rows = state.0.ledger.global_rows(from, limit).await?;
+    let f = filters(
+        &state,
+        q.as_of.as_deref(),
+        q.event_type.as_deref(),
+        q.from_time.as_deref(),
+        q.to_time.as_deref(),
+        q.direction,
+    )
+    .await?;
+    let filter = RowFilter {
+        stream: None,
+        event_type: f.event_type,
+        seqs: f.range,
+        from: q.from_seq.map(|p| p.0),
+        direction: f.direction,
+        limit,
+    };
+    let rows = state.0.ledger.filtered_rows(&filter).await?;
     let events = audited::open_recorded(&state, &caller, AccessAction::ReadLog, None, rows).await?;
-    let next_from_seq = (events.len() == limit as usize)
-        .then(|| events.last().map(|e| e.record.entry.header.seq.0 + 1))
-        .flatten();
+    let next_from_seq = next_cursor(
+        f.direction,
+        events.last().map(|e| e.record.entry.header.seq.0),
+        events.len() == limit as usize,
+    );
     Ok(Json(LogPage {
         events: events.into_iter().map(EventOut::from).collect(),
         next_from_seq,

@@ -10,6 +10,7 @@ mod idempotency;
 mod proofs;
 mod rotation;
 mod system;
+mod window;
 mod writer;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub use erasures::{ErasureState, ErasureStatus, ErasureView};
 pub use health::WriteHealth;
 pub use holds::{HoldDone, HoldError, HoldRequest};
 pub use idempotency::{BadIdempotencyKey, IdempotencyKey, MAX_KEY_CHARS, request_digest};
+pub use window::{AsOf, Direction, RowFilter, SeqRange, TimeSeqs, next_cursor, seq_range};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
 
 /// Requests waiting for the writer before senders are made to wait.
@@ -587,6 +589,41 @@ impl Ledger {
     /// Up to `limit` rows of the global log from `from`, not yet opened ([`Ledger::open_rows`]).
     pub async fn global_rows(&self, from: Seq, limit: u32) -> Result<Vec<EntryRow>, ReadError> {
         Ok(self.store.read_global(from, None, limit).await?)
+    }
+
+    /// The seqs a read with `as_of` and `[from_time, to_time)` may return: the times are
+    /// looked up in the log, the rule is `window::seq_range`.
+    pub async fn read_range(
+        &self,
+        as_of: Option<AsOf>,
+        from_time: Option<i64>,
+        to_time: Option<i64>,
+    ) -> Result<SeqRange, ReadError> {
+        let at = |t: i64| self.store.seq_recorded_from(t);
+        let times = TimeSeqs {
+            // As of TIME includes what was recorded at TIME: the first seq after it.
+            as_of: match as_of {
+                Some(AsOf::Time(t)) => Some(at(t.saturating_add(1)).await?),
+                _ => None,
+            },
+            from_time: match from_time {
+                Some(t) => Some(at(t).await?),
+                None => None,
+            },
+            to_time: match to_time {
+                Some(t) => Some(at(t).await?),
+                None => None,
+            },
+        };
+        Ok(seq_range(as_of, times))
+    }
+
+    /// The rows `filter` admits, not yet opened.
+    pub async fn filtered_rows(&self, filter: &RowFilter) -> Result<Vec<EntryRow>, ReadError> {
+        if filter.seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.store.read_filtered(filter).await?)
     }
 
     /// Up to `limit` rows of one stream from `from_version`, not yet opened.

@@ -17,6 +17,7 @@ use crate::entry::{
     Entry, EntryHash, EntryHeader, EventType, LedgerId, Metadata, PayloadDigest, Seq, StreamId,
     SubjectHandle,
 };
+use crate::ledger::RowFilter;
 use crate::merkle::{MerkleHash, NodeId};
 use crate::record::Record;
 
@@ -508,6 +509,14 @@ pub trait Store: EpochStore + AccessStore + Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<EntryRow>, StoreError>;
 
+    /// The rows `filter` admits, in its direction (time travel, type and time filters,
+    /// backward pages; `ledger::window` says which rows those are).
+    async fn read_filtered(&self, filter: &RowFilter) -> Result<Vec<EntryRow>, StoreError>;
+
+    /// The first seq recorded at or after `micros`, or the log's size if there is none (sound
+    /// because `recorded_at` never decreases along the chain).
+    async fn seq_recorded_from(&self, micros: i64) -> Result<u64, StoreError>;
+
     /// The wrapped data key for `key_ref`, if the vault holds it.
     async fn vault_key(&self, key_ref: &KeyRef) -> Result<Option<VaultRow>, StoreError>;
 
@@ -783,6 +792,62 @@ impl CheckpointRow {
 // Decoding shared by both backends: the SQL differs per backend, what comes back does not.
 
 /// A `u64` position as the databases store it (signed 64-bit).
+/// A value bound to a filtered read's query.
+pub(crate) enum FilterBind {
+    Text(String),
+    Int(i64),
+}
+
+/// The SQL of a filtered read (after `SELECT {ENTRY_SELECT} FROM entries`), with placeholders
+/// made by `placeholder(n)` for n from 1, and the values to bind, in order. Shared by both
+/// backends so that they admit exactly the same rows.
+pub(crate) fn filtered_sql(
+    f: &RowFilter,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<FilterBind>) {
+    use crate::ledger::Direction;
+    let mut conds = Vec::new();
+    let mut binds = Vec::new();
+    let mut push = |cond: &str, bind: FilterBind| {
+        binds.push(bind);
+        conds.push(cond.replace('?', &placeholder(binds.len())));
+    };
+    push("seq >= ?", FilterBind::Int(to_i64(f.seqs.lo)));
+    push("seq < ?", FilterBind::Int(to_i64(f.seqs.hi)));
+    if let Some(stream) = &f.stream {
+        push("stream_id = ?", FilterBind::Text(stream.as_str().to_owned()));
+    }
+    if let Some(t) = &f.event_type {
+        push("event_type = ?", FilterBind::Text(t.as_str().to_owned()));
+    }
+    let position = if f.stream.is_some() {
+        "stream_version"
+    } else {
+        "seq"
+    };
+    let order = match (f.direction, f.from) {
+        (Direction::Forward, from) => {
+            push(
+                &format!("{position} >= ?"),
+                FilterBind::Int(to_i64(from.unwrap_or(0))),
+            );
+            "ASC"
+        }
+        (Direction::Backward, Some(from)) => {
+            push(&format!("{position} <= ?"), FilterBind::Int(to_i64(from)));
+            "DESC"
+        }
+        (Direction::Backward, None) => "DESC",
+    };
+    binds.push(FilterBind::Int(i64::from(f.limit)));
+    let sql = format!(
+        "WHERE {} ORDER BY {position} {order} LIMIT {}",
+        conds.join(" AND "),
+        placeholder(binds.len())
+    );
+    (sql, binds)
+}
+
 pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }

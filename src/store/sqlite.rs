@@ -16,7 +16,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::epochs::{epoch_row, link_row};
-use super::{
+use crate::ledger::RowFilter;
+use super::{FilterBind, 
     AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup, CleanupBlocker,
     ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, HEAD_SELECT, SigningKeyRow, Store,
     StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row, insert_error,
@@ -81,6 +82,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "access",
         include_str!("../../migrations/sqlite/0008_access.sql"),
+    ),
+    (
+        9,
+        "reads",
+        include_str!("../../migrations/sqlite/0009_reads.sql"),
     ),
 ];
 
@@ -263,6 +269,30 @@ impl Store for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.read)
             .await?)
+    }
+
+    async fn read_filtered(&self, filter: &RowFilter) -> Result<Vec<EntryRow>, StoreError> {
+        let (tail, binds) = super::filtered_sql(filter, |_| "?".to_owned());
+        let sql = format!("SELECT {ENTRY_SELECT} FROM entries {tail}");
+        let mut query = sqlx::query_as::<_, EntryRow>(&sql);
+        for b in binds {
+            query = match b {
+                FilterBind::Text(t) => query.bind(t),
+                FilterBind::Int(i) => query.bind(i),
+            };
+        }
+        Ok(query.fetch_all(&self.read).await?)
+    }
+
+    async fn seq_recorded_from(&self, micros: i64) -> Result<u64, StoreError> {
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM entries WHERE recorded_at >= ? \
+             ORDER BY recorded_at, seq LIMIT 1), (SELECT COALESCE(MAX(seq) + 1, 0) FROM entries))",
+        )
+        .bind(micros)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(to_u64(seq))
     }
 
     async fn vault_key(&self, key_ref: &KeyRef) -> Result<Option<VaultRow>, StoreError> {

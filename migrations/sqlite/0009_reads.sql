@@ -1,0 +1,5 @@
+-- Reads by time (time travel, `from_time`/`to_time`): `recorded_at` never decreases along the
+-- chain, so the first entry at or after a time is found by this index in one probe.
+CREATE INDEX entries_recorded_at ON entries (recorded_at);
+-- Reads of the global log by event type, in seq order (the rowid, seq, ends every index).
+CREATE INDEX entries_event_type ON entries (event_type);

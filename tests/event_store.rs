@@ -1,0 +1,240 @@
+//! The event-store side over HTTP, on both backends: time travel (`as_of`), reads by type and
+//! time range, backward reads, cursors that stay valid while appends continue.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::too_many_lines, reason = "test code")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Env, Server};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// `(seq, stream_version, type, recorded_at)` of each event of a page.
+fn rows(page: &Value) -> Vec<(u64, u64, String, String)> {
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["stream_version"].as_u64().unwrap(),
+                e["type"].as_str().unwrap().to_owned(),
+                e["recorded_at"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn versions(page: &Value) -> Vec<u64> {
+    rows(page).into_iter().map(|r| r.1).collect()
+}
+
+/// Client events only (access entries are the ledger's own).
+fn client_seqs(page: &Value) -> Vec<u64> {
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| !e["stream_id"].as_str().unwrap().starts_with("auditledger:"))
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+async fn ok(s: &Server, path: &str) -> Value {
+    let (status, _, body) = s.get(path).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    body
+}
+
+/// Appends `types` to `stream` in one request; returns their seqs.
+async fn append(s: &Server, stream: &str, types: &[&str]) -> Vec<u64> {
+    let events: Vec<Value> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"type": t, "data": {"i": i, "cents": 100 * i}}))
+        .collect();
+    let (status, body) = s.append(stream, &json!({ "events": events })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+fn enc(t: &str) -> String {
+    t.replace('+', "%2B").replace(':', "%3A")
+}
+
+async fn time_travel_and_filters(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    // Three batches, recorded at distinct times.
+    let b1 = append(&s, "acct-1", &["Opened", "Deposited"]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    append(&s, "other-1", &["Opened"]).await;
+    let b2 = append(&s, "acct-1", &["Deposited", "Withdrawn"]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let b3 = append(&s, "acct-1", &["Deposited", "Closed"]).await;
+
+    let all = ok(&s, "/v1/streams/acct-1/events").await;
+    assert_eq!(versions(&all), vec![0, 1, 2, 3, 4, 5]);
+    let at = |v: usize| rows(&all)[v].3.clone();
+
+    // as_of a seq: the stream right after that seq was appended, that seq included.
+    let p = ok(&s, &format!("/v1/streams/acct-1/events?as_of={}", b2[1])).await;
+    assert_eq!(versions(&p), vec![0, 1, 2, 3]);
+    let p = ok(&s, &format!("/v1/streams/acct-1/events?as_of={}", b2[0])).await;
+    assert_eq!(versions(&p), vec![0, 1, 2]);
+    let p = ok(&s, &format!("/v1/streams/acct-1/events?as_of={}", b1[0])).await;
+    assert_eq!(versions(&p), vec![0]);
+    // as_of a time: what was recorded at or before it.
+    let p = ok(&s, &format!("/v1/streams/acct-1/events?as_of={}", enc(&at(3)))).await;
+    assert_eq!(versions(&p), vec![0, 1, 2, 3]);
+    let p = ok(
+        &s,
+        &format!("/v1/streams/acct-1/events?as_of={}", enc("2001-01-01T00:00:00Z")),
+    )
+    .await;
+    assert!(versions(&p).is_empty());
+    assert!(p["next_from_version"].is_null());
+    // An offset spelling of the same instant answers the same.
+    let p = ok(
+        &s,
+        &format!("/v1/streams/acct-1/events?as_of={}", enc("2999-01-01T01:00:00+01:00")),
+    )
+    .await;
+    assert_eq!(versions(&p).len(), 6);
+
+    // The global log as of a seq and a time: client events up to it, nothing later.
+    let g = ok(&s, &format!("/v1/events?as_of={}&limit=1000", b2[1])).await;
+    let seqs = client_seqs(&g);
+    assert_eq!(seqs.last(), Some(&b2[1]));
+    assert_eq!(seqs.len(), 5);
+    let g = ok(&s, &format!("/v1/events?as_of={}&limit=1000", enc(&at(1)))).await;
+    assert_eq!(client_seqs(&g), b1);
+
+    // By type, on a stream and on the log.
+    let p = ok(&s, "/v1/streams/acct-1/events?type=Deposited").await;
+    assert_eq!(versions(&p), vec![1, 2, 4]);
+    let g = ok(&s, "/v1/events?type=Opened").await;
+    assert_eq!(client_seqs(&g).len(), 2);
+    assert!(rows(&g).iter().all(|r| r.2 == "Opened"));
+    let p = ok(
+        &s,
+        &format!("/v1/streams/acct-1/events?type=Deposited&as_of={}", b2[1]),
+    )
+    .await;
+    assert_eq!(versions(&p), vec![1, 2]);
+
+    // By time range: [from_time, to_time).
+    let p = ok(
+        &s,
+        &format!(
+            "/v1/streams/acct-1/events?from_time={}&to_time={}",
+            enc(&at(2)),
+            enc(&at(4))
+        ),
+    )
+    .await;
+    assert_eq!(versions(&p), vec![2, 3]);
+    let g = ok(
+        &s,
+        &format!("/v1/events?from_time={}&limit=1000", enc(&at(4))),
+    )
+    .await;
+    assert_eq!(&client_seqs(&g)[..], &b3[..]);
+
+    // Backward: the last N events, newest first, and the page before them.
+    let p = ok(&s, "/v1/streams/acct-1/events?direction=backward&limit=2").await;
+    assert_eq!(versions(&p), vec![5, 4]);
+    assert_eq!(p["next_from_version"], 3);
+    // Appends in between do not move a cursor.
+    append(&s, "acct-1", &["Reopened"]).await;
+    let p = ok(
+        &s,
+        "/v1/streams/acct-1/events?direction=backward&limit=2&from_version=3",
+    )
+    .await;
+    assert_eq!(versions(&p), vec![3, 2]);
+    let p = ok(
+        &s,
+        "/v1/streams/acct-1/events?direction=backward&limit=2&from_version=1",
+    )
+    .await;
+    assert_eq!(versions(&p), vec![1, 0]);
+    assert!(p["next_from_version"].is_null());
+    let p = ok(
+        &s,
+        &format!(
+            "/v1/streams/acct-1/events?direction=backward&limit=10&as_of={}",
+            b2[1]
+        ),
+    )
+    .await;
+    assert_eq!(versions(&p), vec![3, 2, 1, 0]);
+    let p = ok(
+        &s,
+        "/v1/streams/acct-1/events?direction=backward&type=Deposited&limit=2",
+    )
+    .await;
+    assert_eq!(versions(&p), vec![4, 2]);
+    let g = ok(&s, "/v1/events?direction=backward&limit=1&type=Reopened").await;
+    assert_eq!(rows(&g)[0].2, "Reopened");
+    let last = rows(&g)[0].0;
+    let g = ok(&s, &format!("/v1/events?direction=backward&limit=3&from_seq={last}")).await;
+    let seqs: Vec<u64> = rows(&g).iter().map(|r| r.0).collect();
+    assert_eq!(seqs, vec![last, last - 1, last - 2]);
+    assert_eq!(g["next_from_seq"], last - 3);
+
+    // Forward cursors stay valid while appends continue.
+    let p = ok(&s, "/v1/streams/acct-1/events?limit=4").await;
+    assert_eq!(p["next_from_version"], 4);
+    append(&s, "acct-1", &["Audited"]).await;
+    let p = ok(&s, "/v1/streams/acct-1/events?limit=4&from_version=4").await;
+    assert_eq!(versions(&p), vec![4, 5, 6, 7]);
+
+    // Bad input: a clear 400 that writes nothing (no access entry either).
+    let before = s.all_entries().await.len();
+    for bad in [
+        "/v1/streams/acct-1/events?as_of=yesterday",
+        "/v1/streams/acct-1/events?as_of=-1",
+        "/v1/streams/acct-1/events?as_of=99999999999999999999",
+        "/v1/streams/acct-1/events?type=has%20space",
+        "/v1/streams/acct-1/events?from_time=2026-13-01T00:00:00Z",
+        "/v1/streams/acct-1/events?direction=sideways",
+        "/v1/events?from_time=2026-02-01T00:00:00Z&to_time=2026-01-01T00:00:00Z",
+        "/v1/events?as_of=1.5",
+    ] {
+        let (status, ct, body) = s.get(bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(ct, "application/problem+json", "{bad}");
+        assert!(!body["detail"].as_str().unwrap().is_empty(), "{bad}");
+    }
+    // all_entries itself reads (and records) pages; compare client events only.
+    let after = s.all_entries().await;
+    let access_reads = after.len() - before;
+    assert!(
+        after
+            .iter()
+            .skip(before)
+            .all(|e| e["stream_id"] == "auditledger:access"),
+        "a refused read wrote an entry"
+    );
+    assert!(access_reads <= 2, "{access_reads}");
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn time_travel_type_time_and_backward_reads_on_sqlite() {
+    time_travel_and_filters(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn time_travel_type_time_and_backward_reads_on_postgres() {
+    time_travel_and_filters(Backend::Postgres).await;
+}
