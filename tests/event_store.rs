@@ -93,11 +93,18 @@ async fn time_travel_and_filters(backend: Backend) {
     let p = ok(&s, &format!("/v1/streams/acct-1/events?as_of={}", b1[0])).await;
     assert_eq!(versions(&p), vec![0]);
     // as_of a time: what was recorded at or before it.
-    let p = ok(&s, &format!("/v1/streams/acct-1/events?as_of={}", enc(&at(3)))).await;
+    let p = ok(
+        &s,
+        &format!("/v1/streams/acct-1/events?as_of={}", enc(&at(3))),
+    )
+    .await;
     assert_eq!(versions(&p), vec![0, 1, 2, 3]);
     let p = ok(
         &s,
-        &format!("/v1/streams/acct-1/events?as_of={}", enc("2001-01-01T00:00:00Z")),
+        &format!(
+            "/v1/streams/acct-1/events?as_of={}",
+            enc("2001-01-01T00:00:00Z")
+        ),
     )
     .await;
     assert!(versions(&p).is_empty());
@@ -105,7 +112,10 @@ async fn time_travel_and_filters(backend: Backend) {
     // An offset spelling of the same instant answers the same.
     let p = ok(
         &s,
-        &format!("/v1/streams/acct-1/events?as_of={}", enc("2999-01-01T01:00:00+01:00")),
+        &format!(
+            "/v1/streams/acct-1/events?as_of={}",
+            enc("2999-01-01T01:00:00+01:00")
+        ),
     )
     .await;
     assert_eq!(versions(&p).len(), 6);
@@ -186,7 +196,11 @@ async fn time_travel_and_filters(backend: Backend) {
     let g = ok(&s, "/v1/events?direction=backward&limit=1&type=Reopened").await;
     assert_eq!(rows(&g)[0].2, "Reopened");
     let last = rows(&g)[0].0;
-    let g = ok(&s, &format!("/v1/events?direction=backward&limit=3&from_seq={last}")).await;
+    let g = ok(
+        &s,
+        &format!("/v1/events?direction=backward&limit=3&from_seq={last}"),
+    )
+    .await;
     let seqs: Vec<u64> = rows(&g).iter().map(|r| r.0).collect();
     assert_eq!(seqs, vec![last, last - 1, last - 2]);
     assert_eq!(g["next_from_seq"], last - 3);
@@ -237,4 +251,136 @@ async fn time_travel_type_time_and_backward_reads_on_sqlite() {
 #[tokio::test]
 async fn time_travel_type_time_and_backward_reads_on_postgres() {
     time_travel_and_filters(Backend::Postgres).await;
+}
+
+async fn compensating_events(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    let opened = append(&s, "acct-9", &["Opened", "Charged"]).await;
+    let charged = opened[1];
+    let other = append(&s, "acct-10", &["Opened"]).await;
+    // A refund reverses the charge; an adjustment corrects it.
+    let (status, body) = s
+        .append(
+            "acct-9",
+            &json!({"events": [
+                {"type": "Refunded", "data": {"cents": 500}, "reverses": charged},
+                {"type": "ChargeAdjusted", "data": {"cents": 450}, "corrects": charged,
+                 "metadata": {"ticket": "T-17"}},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let refund = body["entries"][0]["seq"].as_u64().unwrap();
+    let adjust = body["entries"][1]["seq"].as_u64().unwrap();
+
+    // Returned on read, and chained: in the signed metadata under the reserved key.
+    let p = ok(&s, "/v1/streams/acct-9/events").await;
+    let ev = &p["events"];
+    assert_eq!(ev[2]["reverses"], charged);
+    assert!(ev[2]["corrects"].is_null());
+    assert_eq!(ev[3]["corrects"], charged);
+    assert_eq!(
+        ev[3]["metadata"]["auditledger:corrects"],
+        charged.to_string()
+    );
+    assert_eq!(ev[3]["metadata"]["ticket"], "T-17");
+    assert!(ev[1].get("corrected_by").is_none());
+    // A stream read shows each event with its corrections.
+    let p = ok(&s, "/v1/streams/acct-9/events?with_corrections=true").await;
+    assert_eq!(
+        p["events"][1]["corrected_by"],
+        json!([{"seq": refund, "kind": "reverses"}, {"seq": adjust, "kind": "corrects"}])
+    );
+    assert_eq!(p["events"][0]["corrected_by"], json!([]));
+    let p = ok(
+        &s,
+        "/v1/streams/acct-9/events?with_corrections=true&from_version=1&limit=1",
+    )
+    .await;
+    assert_eq!(p["events"][0]["corrected_by"].as_array().unwrap().len(), 2);
+
+    // Refused with 422, writing nothing: a missing target, another stream's, an erased one,
+    // both at once, a reserved metadata key.
+    let (status, erased_body) = s
+        .append(
+            "acct-9",
+            &json!({"events": [{"type": "Noted", "subject": "carol@example.com", "data": {"x": 1}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let carol = erased_body["first_seq"].as_u64().unwrap();
+    let (status, body) = s
+        .post_raw(
+            "/v1/subjects/erase",
+            json!({"subject": "carol@example.com", "reason": "Art. 17", "request_ref": "R-1"})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = ok(&s, "/v1/streams/acct-9/events").await["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    for (event, what) in [
+        (
+            json!({"type": "X", "data": {}, "corrects": 999_999}),
+            "does not exist",
+        ),
+        (
+            json!({"type": "X", "data": {}, "corrects": other[0]}),
+            "another stream",
+        ),
+        (
+            json!({"type": "X", "data": {}, "reverses": carol}),
+            "erased",
+        ),
+        (
+            json!({"type": "X", "data": {}, "corrects": charged, "reverses": charged}),
+            "not both",
+        ),
+        (
+            json!({"type": "X", "data": {}, "metadata": {"auditledger:corrects": "1"}}),
+            "ledger's own",
+        ),
+    ] {
+        let (status, body) = s.append("acct-9", &json!({ "events": [event] })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(what),
+            "{what}: {body}"
+        );
+    }
+    let after = ok(&s, "/v1/streams/acct-9/events").await["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
+    // There is no update or delete of events anywhere in the API.
+    for method in [
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+    ] {
+        let r = reqwest::Client::new()
+            .request(method.clone(), s.url("/v1/streams/acct-9/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+    }
+    // The chain still verifies with compensations in it.
+    let report = ok(&s, "/v1/audit/verify").await;
+    assert_eq!(report["ok"], true, "{report}");
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn compensating_events_on_sqlite() {
+    compensating_events(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn compensating_events_on_postgres() {
+    compensating_events(Backend::Postgres).await;
 }

@@ -17,12 +17,13 @@ use super::audited;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::json::{self, JsonBody};
-use super::params::{Count, MAX_POSITION, Position};
+use super::params::{BodyPosition, Count, MAX_POSITION, Position};
 use crate::access::record::AccessAction;
 use crate::entry::{
-    EventType, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, StreamId,
+    EventType, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_BYTES, MAX_NAME_BYTES, Seq, StreamId,
 };
 use crate::identifiers::{self, Identifiers};
+use crate::ledger::compensation::{self, Compensation, RESERVED_METADATA_PREFIX, Target};
 use crate::ledger::{
     AppendRequest, AsOf, Direction, ExpectedVersion, IdempotencyKey, NewEvent, ReadEvent,
     RowFilter, SYSTEM_STREAM_PREFIX, SeqRange, next_cursor,
@@ -187,6 +188,15 @@ pub struct EventIn {
     #[serde(default)]
     #[schema(schema_with = metadata_schema)]
     metadata: Option<BTreeMap<String, String>>,
+    /// A compensating event: the seq of an earlier event of the same stream that this one
+    /// corrects. It must exist and its subject must not be erased (422 otherwise). Kept in the
+    /// entry's metadata as `auditledger:corrects`, so it is chained and signed.
+    #[serde(default)]
+    corrects: Option<BodyPosition>,
+    /// Like `corrects`, for an event that reverses (undoes) an earlier one. At most one of the
+    /// two.
+    #[serde(default)]
+    reverses: Option<BodyPosition>,
 }
 
 /// Reply to a committed append.
@@ -247,13 +257,40 @@ pub struct EventOut {
     pub signature: String,
     /// Signing key id, hex.
     pub key_id: String,
+    /// The seq of the earlier event of the stream this one corrects, or null.
+    pub corrects: Option<u64>,
+    /// The seq of the earlier event of the stream this one reverses, or null.
+    pub reverses: Option<u64>,
+    /// With `with_corrections=true` on a stream read: the later events of the stream that
+    /// correct or reverse this one, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corrected_by: Option<Vec<CorrectionRef>>,
+}
+
+/// A later event that compensates an event.
+#[derive(Clone, Serialize, ToSchema)]
+pub struct CorrectionRef {
+    /// Its seq.
+    pub seq: u64,
+    /// `corrects` or `reverses`.
+    pub kind: String,
 }
 
 impl From<ReadEvent> for EventOut {
     fn from(e: ReadEvent) -> EventOut {
         let r = e.record;
         let h = r.entry.header;
+        let compensation = Compensation::read(&h.metadata);
         EventOut {
+            corrects: match compensation {
+                Some(Compensation::Corrects(s)) => Some(s),
+                _ => None,
+            },
+            reverses: match compensation {
+                Some(Compensation::Reverses(s)) => Some(s),
+                _ => None,
+            },
+            corrected_by: None,
             seq: h.seq.0,
             stream_id: h.stream_id.to_string(),
             stream_version: h.stream_version,
@@ -322,7 +359,12 @@ pub struct StreamQuery {
     as_of: Option<String>,
     /// Only events of this type.
     #[serde(rename = "type")]
-    #[param(rename = "type", pattern = "^[A-Za-z0-9_.:-]+$", min_length = 1, max_length = 128)]
+    #[param(
+        rename = "type",
+        pattern = "^[A-Za-z0-9_.:-]+$",
+        min_length = 1,
+        max_length = 128
+    )]
     event_type: Option<String>,
     /// Only events recorded at or after this time (RFC 3339).
     from_time: Option<String>,
@@ -331,6 +373,9 @@ pub struct StreamQuery {
     /// `forward` (default) or `backward`.
     #[param(inline)]
     direction: Option<DirectionIn>,
+    /// Show each event with the later events of the stream that correct or reverse it
+    /// (`corrected_by`).
+    with_corrections: Option<bool>,
 }
 
 /// Query of a global read.
@@ -349,7 +394,12 @@ pub struct LogQuery {
     as_of: Option<String>,
     /// Only events of this type.
     #[serde(rename = "type")]
-    #[param(rename = "type", pattern = "^[A-Za-z0-9_.:-]+$", min_length = 1, max_length = 128)]
+    #[param(
+        rename = "type",
+        pattern = "^[A-Za-z0-9_.:-]+$",
+        min_length = 1,
+        max_length = 128
+    )]
     event_type: Option<String>,
     /// Only events recorded at or after this time (RFC 3339).
     from_time: Option<String>,
@@ -444,6 +494,63 @@ fn check_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
+/// An event's metadata, checked, with its compensation (if any) under the reserved key.
+fn event_metadata(
+    i: usize,
+    metadata: Option<BTreeMap<String, String>>,
+    corrects: Option<BodyPosition>,
+    reverses: Option<BodyPosition>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let field = |name: &str| format!("events[{i}].{name}");
+    let mut metadata = metadata.unwrap_or_default();
+    if metadata
+        .keys()
+        .any(|k| k.starts_with(RESERVED_METADATA_PREFIX))
+    {
+        return Err(ApiError::Invalid(format!(
+            "{}: keys starting with {RESERVED_METADATA_PREFIX} are the ledger's own (use \
+             `corrects` or `reverses` to name an event this one compensates)",
+            field("metadata")
+        )));
+    }
+    match (corrects, reverses) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Invalid(format!(
+                "{}: an event either corrects or reverses another, not both",
+                field("corrects")
+            )));
+        }
+        (Some(c), None) => Compensation::Corrects(c.0).write(&mut metadata),
+        (None, Some(r)) => Compensation::Reverses(r.0).write(&mut metadata),
+        (None, None) => {}
+    }
+    if metadata.len() > MAX_METADATA_PAIRS {
+        return Err(ApiError::Invalid(format!(
+            "{} has more than {MAX_METADATA_PAIRS} keys",
+            field("metadata")
+        )));
+    }
+    // Keys are named by their position, never quoted: a key is the client's text and could
+    // be an identifier.
+    for (j, (k, v)) in metadata.iter().enumerate() {
+        if k.is_empty() || k.chars().count() > MAX_NAME_BYTES {
+            return Err(ApiError::Invalid(format!(
+                "{}: keys must be 1 to {MAX_NAME_BYTES} characters (key {} in sorted order is not)",
+                field("metadata"),
+                j + 1
+            )));
+        }
+        if v.chars().count() > MAX_METADATA_VALUE_BYTES {
+            return Err(ApiError::Invalid(format!(
+                "{}: the value of key {} in sorted order is longer than {MAX_METADATA_VALUE_BYTES} characters",
+                field("metadata"),
+                j + 1
+            )));
+        }
+    }
+    Ok(metadata)
+}
+
 /// Parses and validates an append body: everything that can be wrong with the input is found
 /// here, before the writer sees it.
 fn parse_append(
@@ -479,31 +586,7 @@ fn parse_append(
             identifiers::check_identifier(s)
                 .map_err(|e| ApiError::Invalid(format!("{} {e}", field("subject"))))?;
         }
-        let metadata = ev.metadata.unwrap_or_default();
-        if metadata.len() > MAX_METADATA_PAIRS {
-            return Err(ApiError::Invalid(format!(
-                "{} has more than {MAX_METADATA_PAIRS} keys",
-                field("metadata")
-            )));
-        }
-        // Keys are named by their position, never quoted: a key is the client's text and could
-        // be an identifier.
-        for (j, (k, v)) in metadata.iter().enumerate() {
-            if k.is_empty() || k.chars().count() > MAX_NAME_BYTES {
-                return Err(ApiError::Invalid(format!(
-                    "{}: keys must be 1 to {MAX_NAME_BYTES} characters (key {} in sorted order is not)",
-                    field("metadata"),
-                    j + 1
-                )));
-            }
-            if v.chars().count() > MAX_METADATA_VALUE_BYTES {
-                return Err(ApiError::Invalid(format!(
-                    "{}: the value of key {} in sorted order is longer than {MAX_METADATA_VALUE_BYTES} characters",
-                    field("metadata"),
-                    j + 1
-                )));
-            }
-        }
+        let metadata = event_metadata(i, ev.metadata, ev.corrects, ev.reverses)?;
         if !ev.data.is_object() {
             return Err(ApiError::Invalid(format!(
                 "{} must be a JSON object",
@@ -582,6 +665,28 @@ fn refuse_identifiers_in_names(stream: &StreamId, events: &[NewEvent]) -> Result
     Ok(())
 }
 
+/// Refuses a compensating event whose target is missing, in another stream or erased
+/// (`compensation::check` is the rule). Checked before the append is queued: an entry never
+/// changes stream, and an erasure racing the append is the one case this cannot see.
+async fn check_compensations(state: &AppState, request: &AppendRequest) -> Result<(), ApiError> {
+    for (i, e) in request.events.iter().enumerate() {
+        let Some(c) = Compensation::read(&e.metadata) else {
+            continue;
+        };
+        let rows = state.0.ledger.global_rows(Seq(c.target()), 1).await?;
+        let target = rows.first().and_then(|r| {
+            let (seq, stream, _) = r.disclosure_fields();
+            (seq == c.target()).then_some(Target {
+                stream,
+                erased: r.erased(),
+            })
+        });
+        compensation::check(c, request.stream.as_str(), target)
+            .map_err(|e| ApiError::Invalid(format!("events[{i}].{} {e}", c.kind())))?;
+    }
+    Ok(())
+}
+
 /// The request header that names an append for exactly-once retries.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The response header that marks an earlier request's result.
@@ -638,6 +743,7 @@ pub async fn append(
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut request = parse_append(stream, &body, state.0.limits.max_event_bytes)?;
+    check_compensations(&state, &request).await?;
     request.idempotency = idempotency;
     let done = state.0.ledger.append(request).await?;
     let mut reply_headers = axum::http::HeaderMap::new();
@@ -717,9 +823,27 @@ pub async fn read_stream(
         events.last().map(|e| e.record.entry.header.stream_version),
         events.len() == limit as usize,
     );
+    let mut events: Vec<EventOut> = events.into_iter().map(EventOut::from).collect();
+    if q.with_corrections == Some(true)
+        && let Some(first) = events.iter().map(|e| e.seq).min()
+    {
+        let mut by_target: BTreeMap<u64, Vec<CorrectionRef>> = BTreeMap::new();
+        for (seq, c) in state.0.ledger.compensations(&stream, Seq(first)).await? {
+            by_target
+                .entry(c.target())
+                .or_default()
+                .push(CorrectionRef {
+                    seq: seq.0,
+                    kind: c.kind().to_owned(),
+                });
+        }
+        for e in &mut events {
+            e.corrected_by = Some(by_target.remove(&e.seq).unwrap_or_default());
+        }
+    }
     Ok(Json(StreamPage {
         stream_id: stream.to_string(),
-        events: events.into_iter().map(EventOut::from).collect(),
+        events,
         next_from_version,
     }))
 }

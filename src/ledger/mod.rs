@@ -2,6 +2,7 @@
 //! access straight from the store, payloads opened through the vault.
 
 mod cleaner;
+pub mod compensation;
 mod erasure;
 mod erasures;
 mod health;
@@ -37,8 +38,8 @@ pub use erasures::{ErasureState, ErasureStatus, ErasureView};
 pub use health::WriteHealth;
 pub use holds::{HoldDone, HoldError, HoldRequest};
 pub use idempotency::{BadIdempotencyKey, IdempotencyKey, MAX_KEY_CHARS, request_digest};
-pub use window::{AsOf, Direction, RowFilter, SeqRange, TimeSeqs, next_cursor, seq_range};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
+pub use window::{AsOf, Direction, RowFilter, SeqRange, TimeSeqs, next_cursor, seq_range};
 
 /// Requests waiting for the writer before senders are made to wait.
 const QUEUE_REQUESTS: usize = 4096;
@@ -616,6 +617,26 @@ impl Ledger {
             },
         };
         Ok(seq_range(as_of, times))
+    }
+
+    /// The events of `stream` from seq `from` on that compensate another, with what they
+    /// compensate, in seq order (their metadata only; nothing is decrypted).
+    pub async fn compensations(
+        &self,
+        stream: &StreamId,
+        from: Seq,
+    ) -> Result<Vec<(Seq, compensation::Compensation)>, ReadError> {
+        Ok(self
+            .store
+            .compensating(stream, from)
+            .await?
+            .into_iter()
+            .filter_map(|(seq, metadata)| {
+                let m: std::collections::BTreeMap<String, String> =
+                    serde_json::from_str(&metadata).ok()?;
+                compensation::Compensation::read(&m).map(|c| (seq, c))
+            })
+            .collect())
     }
 
     /// The rows `filter` admits, not yet opened.

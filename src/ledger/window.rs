@@ -43,7 +43,10 @@ pub struct SeqRange {
 
 impl SeqRange {
     /// Every seq.
-    pub const ALL: SeqRange = SeqRange { lo: 0, hi: u64::MAX };
+    pub const ALL: SeqRange = SeqRange {
+        lo: 0,
+        hi: u64::MAX,
+    };
 
     /// Whether nothing can be in it.
     #[must_use]

@@ -513,6 +513,14 @@ pub trait Store: EpochStore + AccessStore + Send + Sync + 'static {
     /// backward pages; `ledger::window` says which rows those are).
     async fn read_filtered(&self, filter: &RowFilter) -> Result<Vec<EntryRow>, StoreError>;
 
+    /// `(seq, metadata)` of the entries of `stream` from seq `from` whose metadata names a
+    /// compensated event (a superset: the caller parses the metadata).
+    async fn compensating(
+        &self,
+        stream: &StreamId,
+        from: Seq,
+    ) -> Result<Vec<(Seq, String)>, StoreError>;
+
     /// The first seq recorded at or after `micros`, or the log's size if there is none (sound
     /// because `recorded_at` never decreases along the chain).
     async fn seq_recorded_from(&self, micros: i64) -> Result<u64, StoreError>;
@@ -815,7 +823,10 @@ pub(crate) fn filtered_sql(
     push("seq >= ?", FilterBind::Int(to_i64(f.seqs.lo)));
     push("seq < ?", FilterBind::Int(to_i64(f.seqs.hi)));
     if let Some(stream) = &f.stream {
-        push("stream_id = ?", FilterBind::Text(stream.as_str().to_owned()));
+        push(
+            "stream_id = ?",
+            FilterBind::Text(stream.as_str().to_owned()),
+        );
     }
     if let Some(t) = &f.event_type {
         push("event_type = ?", FilterBind::Text(t.as_str().to_owned()));

@@ -16,17 +16,17 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::epochs::{epoch_row, link_row};
-use crate::ledger::RowFilter;
-use super::{FilterBind, 
+use super::{
     AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup, CleanupBlocker,
-    ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, HEAD_SELECT, SigningKeyRow, Store,
-    StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row, insert_error,
+    ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, FilterBind, HEAD_SELECT, SigningKeyRow,
+    Store, StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row, insert_error,
     key_refs, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
 use super::{EpochRow, ErasureRecord, IdempotencyColumns, IdempotencyRow, LinkRow, TxConn};
 use crate::checkpoint::Checkpoint;
 use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
 use crate::entry::{EntryHash, LedgerId, Seq, StreamId, SubjectHandle};
+use crate::ledger::RowFilter;
 use crate::merkle::{MerkleHash, NodeId, leaf_hash};
 use crate::record::Record;
 
@@ -282,6 +282,22 @@ impl Store for SqliteStore {
             };
         }
         Ok(query.fetch_all(&self.read).await?)
+    }
+
+    async fn compensating(
+        &self,
+        stream: &StreamId,
+        from: Seq,
+    ) -> Result<Vec<(Seq, String)>, StoreError> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, metadata FROM entries WHERE stream_id = ? AND seq >= ? \
+             AND metadata LIKE '%\"auditledger:%' ORDER BY seq",
+        )
+        .bind(stream.as_str())
+        .bind(to_i64(from.0))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|(s, m)| (Seq(to_u64(s)), m)).collect())
     }
 
     async fn seq_recorded_from(&self, micros: i64) -> Result<u64, StoreError> {
