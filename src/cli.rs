@@ -231,6 +231,15 @@ fn report_rotation(outcome: crate::rotate::Rotation) -> ExitCode {
     }
 }
 
+/// The input limits `serve` enforces.
+fn limits(config: &ServeConfig) -> Limits {
+    Limits {
+        max_event_bytes: config.max_event_bytes,
+        max_request_bytes: config.max_request_bytes,
+        body_timeout: Duration::from_secs(config.body_timeout_secs.max(1)),
+    }
+}
+
 fn keygen(dir: &Path) -> anyhow::Result<()> {
     let keys = keyfiles::create(dir)?;
     println!(
@@ -329,16 +338,14 @@ impl Service {
         );
         let app = Arc::new(App {
             ledger,
-            limits: Limits {
-                max_event_bytes: config.max_event_bytes,
-                max_request_bytes: config.max_request_bytes,
-                body_timeout: Duration::from_secs(config.body_timeout_secs.max(1)),
-            },
+            limits: limits(config),
             jobs: crate::api::audit::Jobs::default(),
             trust,
             keys_dir: Some(dirs.keys_dir.clone()),
             auth: auth_mode(config),
             access_entries: !config.benchmark_without_access_entries,
+            snapshot_intervals: crate::snapshot::Intervals::parse(&config.snapshot_every)
+                .map_err(anyhow::Error::msg)?,
         });
         prepare_access_control(config, &app).await?;
         let (addr, stop, server) = listen(config, &app).await?;

@@ -163,6 +163,11 @@ pub struct ServeConfig {
     /// role. For a local trial only; a warning is logged at every start.
     #[arg(long, env = "AUDITLEDGER_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// How often the append response says a snapshot of the stream is due: `N` events for
+    /// every stream, or `PREFIX=N` for streams whose id starts with PREFIX (the longest wins);
+    /// 0 is never. Repeat the flag or separate rules with commas. Default 100.
+    #[arg(long, env = "AUDITLEDGER_SNAPSHOT_EVERY", value_delimiter = ',')]
+    pub snapshot_every: Vec<String>,
     /// Do not append access entries. Only for measuring what they cost (docs/PERFORMANCE.md):
     /// without them the service cannot show who read personal data.
     #[arg(long, hide = true)]
@@ -220,6 +225,7 @@ impl ServeConfig {
             shutdown_deadline_secs: DEFAULT_SHUTDOWN_DEADLINE_SECS,
             sqlite_max_db_mib: None,
             insecure_no_auth: false,
+            snapshot_every: Vec::new(),
             benchmark_without_access_entries: false,
         }
     }

@@ -17,6 +17,7 @@ pub mod receipt;
 pub mod record;
 pub mod report;
 pub mod rotation;
+pub mod snapshot;
 pub mod timefmt;
 pub mod verify;
 

@@ -34,6 +34,13 @@ fn matrix() -> Vec<(Method, &'static str, Option<Value>, &'static [&'static str]
             None,
             &["reader"],
         ),
+        (
+            Method::PUT,
+            "/v1/streams/billing-1/snapshots",
+            Some(json!({"stream_version": 0, "state": {}})),
+            &["writer"],
+        ),
+        (Method::GET, "/v1/streams/billing-1/load", None, &["reader"]),
         (Method::GET, "/v1/events", None, &["reader"]),
         (
             Method::POST,

@@ -384,3 +384,170 @@ async fn compensating_events_on_sqlite() {
 async fn compensating_events_on_postgres() {
     compensating_events(Backend::Postgres).await;
 }
+
+async fn put_snapshot(
+    s: &Server,
+    stream: &str,
+    version: u64,
+    state: &Value,
+) -> (StatusCode, Value) {
+    let r = s
+        .client
+        .put(s.url(&format!("/v1/streams/{stream}/snapshots")))
+        .header("content-type", "application/json")
+        .body(json!({"stream_version": version, "state": state}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Appends `n` deposits of 1 cent for alice; returns whether the reply said a snapshot is due.
+async fn deposits(s: &Server, stream: &str, n: usize) -> bool {
+    let events: Vec<Value> = (0..n)
+        .map(|_| json!({"type": "Deposited", "subject": "alice@example.com", "data": {"cents": 1}}))
+        .collect();
+    let (status, body) = s.append(stream, &json!({ "events": events })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["snapshot_due"].as_bool().unwrap()
+}
+
+fn loaded_versions(l: &Value) -> Vec<u64> {
+    l["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stream_version"].as_u64().unwrap())
+        .collect()
+}
+
+async fn snapshots(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    // Due every 100 events by default: when an append crosses a multiple of 100.
+    assert!(deposits(&s, "acct-s", 100).await);
+    assert!(deposits(&s, "acct-s", 100).await);
+    assert!(!deposits(&s, "acct-s", 50).await);
+
+    // No snapshot yet: the events from 0, paged.
+    let l = ok(&s, "/v1/streams/acct-s/load").await;
+    assert!(l["snapshot"].is_null());
+    assert_eq!(loaded_versions(&l), (0..100).collect::<Vec<_>>());
+    assert_eq!(l["next_from_version"], 100);
+    assert_eq!(l["stream_version"], 249);
+
+    let (status, body) = put_snapshot(&s, "acct-s", 199, &json!({"balance": 200})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = put_snapshot(&s, "acct-s", 99, &json!({"balance": 100})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // The latest snapshot and only the events after it.
+    let l = ok(&s, "/v1/streams/acct-s/load").await;
+    assert_eq!(
+        l["snapshot"],
+        json!({"stream_version": 199, "state": {"balance": 200}})
+    );
+    assert_eq!(loaded_versions(&l), (200..250).collect::<Vec<_>>());
+    assert!(l["next_from_version"].is_null());
+    // As of an earlier version: the snapshot at or before it.
+    let l = ok(&s, "/v1/streams/acct-s/load?version=150").await;
+    assert_eq!(l["snapshot"]["stream_version"], 99);
+    assert_eq!(loaded_versions(&l), (100..=150).collect::<Vec<_>>());
+    assert_eq!(l["stream_version"], 150);
+    let l = ok(&s, "/v1/streams/acct-s/load?version=199").await;
+    assert_eq!(l["snapshot"]["stream_version"], 199);
+    assert!(loaded_versions(&l).is_empty());
+    // The state is sealed at rest: not in the database in clear.
+    let clear = env
+        .sql_count("SELECT COUNT(*) FROM snapshots WHERE sealed LIKE '%balance%'")
+        .await;
+    assert_eq!(clear, 0);
+
+    // An attacker copies the snapshot of version 199 to version 249: it does not open there,
+    // is ignored, and the load falls back to the genuine one.
+    env.sql(&[
+        "INSERT INTO snapshots (stream_id, stream_version, sealed, created_at) \
+               SELECT stream_id, 249, sealed, created_at FROM snapshots \
+               WHERE stream_id = 'acct-s' AND stream_version = 199",
+    ])
+    .await;
+    let l = ok(&s, "/v1/streams/acct-s/load").await;
+    assert_eq!(l["snapshot"]["stream_version"], 199);
+    assert_eq!(loaded_versions(&l).len(), 50);
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("auditledger_snapshots_ignored_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Bad input writes nothing.
+    for (version, state, want) in [
+        (999, json!({"b": 1}), StatusCode::NOT_FOUND),
+        (5, json!([1, 2]), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (status, body) = put_snapshot(&s, "acct-s", version, &state).await;
+        assert_eq!(status, want, "{body}");
+    }
+    let (status, _) = put_snapshot(&s, "auditledger:access", 0, &json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        env.sql_count("SELECT COUNT(*) FROM snapshots WHERE stream_version IN (5, 999)")
+            .await,
+        0
+    );
+
+    // A stream without subjects: sealed under the system key, loads the same way.
+    append(&s, "ops-1", &["Started", "Stopped"]).await;
+    let (status, _) = put_snapshot(&s, "ops-1", 1, &json!({"running": false})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let l = ok(&s, "/v1/streams/ops-1/load").await;
+    assert_eq!(l["snapshot"]["state"]["running"], false);
+
+    // Erasing alice destroys the key her snapshots are sealed under: they are unusable, the
+    // load replays the (erased) events, and no new snapshot is taken.
+    let (status, body) = s
+        .post_raw(
+            "/v1/subjects/erase",
+            json!({"subject": "alice@example.com", "reason": "Art. 17", "request_ref": "R-9"})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let l = ok(&s, "/v1/streams/acct-s/load").await;
+    assert!(l["snapshot"].is_null(), "{}", l["snapshot"]);
+    assert_eq!(l["events"][0]["erased"], true);
+    let (status, body) = put_snapshot(&s, "acct-s", 249, &json!({"balance": 250})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn snapshots_on_sqlite() {
+    snapshots(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn snapshots_on_postgres() {
+    snapshots(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_snapshot_interval_is_set_per_stream_prefix() {
+    let env = Env::new(Backend::Sqlite).await;
+    let s = env.serve(&["--snapshot-every", "3,acct-=2,audit-=0"]).await;
+    assert!(!deposits(&s, "order-1", 2).await);
+    assert!(deposits(&s, "order-1", 1).await);
+    assert!(deposits(&s, "acct-1", 2).await);
+    assert!(!deposits(&s, "audit-1", 50).await);
+    s.terminate().await;
+}

@@ -129,9 +129,9 @@ impl fmt::Display for Roles {
 /// Every operation of the `/v1` API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Operation {
-    /// `POST /v1/streams/{stream_id}/events`
+    /// `POST /v1/streams/{stream_id}/events`, `PUT /v1/streams/{stream_id}/snapshots`
     AppendEvents,
-    /// `GET /v1/streams/{stream_id}/events`
+    /// `GET /v1/streams/{stream_id}/events`, `GET /v1/streams/{stream_id}/load`
     ReadStream,
     /// `GET /v1/events`
     ReadLog,
@@ -185,6 +185,12 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
         "/v1/streams/{stream_id}/events",
         Operation::ReadStream,
     ),
+    (
+        "PUT",
+        "/v1/streams/{stream_id}/snapshots",
+        Operation::AppendEvents,
+    ),
+    ("GET", "/v1/streams/{stream_id}/load", Operation::ReadStream),
     ("GET", "/v1/events", Operation::ReadLog),
     ("POST", "/v1/subjects/erase", Operation::EraseSubject),
     ("POST", "/v1/subjects/export", Operation::ExportSubject),

@@ -210,6 +210,9 @@ pub struct AppendResponse {
     stream_version: u64,
     /// Each event's seq and entry hash.
     entries: Vec<AppendedEntry>,
+    /// True when this append took the stream past a multiple of its snapshot interval (100
+    /// events by default, `serve --snapshot-every`): time to `PUT` a snapshot.
+    snapshot_due: bool,
 }
 
 /// One appended entry.
@@ -477,14 +480,14 @@ async fn filters(
     })
 }
 
-fn parse_stream_id(raw: &str) -> Result<StreamId, ApiError> {
+pub(super) fn parse_stream_id(raw: &str) -> Result<StreamId, ApiError> {
     StreamId::parse(raw).map_err(|e| ApiError::BadRequest(format!("stream_id {e}")))
 }
 
 /// Longest subject identifier, in bytes.
 pub const MAX_SUBJECT_BYTES: usize = 256;
 
-fn check_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+pub(super) fn check_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit.unwrap_or(DEFAULT_READ_LIMIT) {
         0 => Err(ApiError::BadRequest("limit must be at least 1".to_owned())),
         l if l > MAX_READ_LIMIT => Err(ApiError::BadRequest(format!(
@@ -745,7 +748,14 @@ pub async fn append(
     let mut request = parse_append(stream, &body, state.0.limits.max_event_bytes)?;
     check_compensations(&state, &request).await?;
     request.idempotency = idempotency;
+    let events_appended = request.events.len() as u64;
     let done = state.0.ledger.append(request).await?;
+    let after = done.stream_version + 1;
+    let snapshot_due = crate::snapshot::due(
+        state.0.snapshot_intervals.for_stream(&stream_id),
+        after.saturating_sub(events_appended),
+        after,
+    );
     let mut reply_headers = axum::http::HeaderMap::new();
     if done.replayed {
         reply_headers.insert(
@@ -760,6 +770,7 @@ pub async fn append(
             first_seq: done.first_seq.0,
             last_seq: done.last_seq.0,
             stream_version: done.stream_version,
+            snapshot_due,
             entries: done
                 .entries
                 .into_iter()

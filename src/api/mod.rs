@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod ops;
 pub mod params;
 pub mod reports;
+pub mod snapshots;
 pub mod subjects;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tower_http::trace::TraceLayer;
 
 use crate::ledger::Ledger;
@@ -57,6 +58,8 @@ pub struct App {
     pub auth: auth::AuthMode,
     /// Whether audited requests append access entries (always, but for measuring their cost).
     pub access_entries: bool,
+    /// When the append response says a snapshot is due.
+    pub snapshot_intervals: crate::snapshot::Intervals,
 }
 
 impl App {
@@ -100,6 +103,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/streams/{stream_id}/events",
             get(events::read_stream).post(events::append),
         )
+        .route("/v1/streams/{stream_id}/snapshots", put(snapshots::put))
+        .route("/v1/streams/{stream_id}/load", get(snapshots::load))
         .route("/v1/events", get(events::read_global))
         .route("/v1/subjects/erase", post(subjects::erase))
         .route("/v1/subjects/export", post(subjects::export))

@@ -10,6 +10,7 @@ mod holds;
 mod idempotency;
 mod proofs;
 mod rotation;
+mod snapshots;
 mod system;
 mod window;
 mod writer;
@@ -39,6 +40,7 @@ pub use health::WriteHealth;
 pub use holds::{HoldDone, HoldError, HoldRequest};
 pub use idempotency::{BadIdempotencyKey, IdempotencyKey, MAX_KEY_CHARS, request_digest};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
+pub use snapshots::{Loaded, SnapshotError};
 pub use window::{AsOf, Direction, RowFilter, SeqRange, TimeSeqs, next_cursor, seq_range};
 
 /// Requests waiting for the writer before senders are made to wait.

@@ -4,6 +4,7 @@
 pub mod access;
 mod epochs;
 mod postgres;
+pub mod snapshots;
 mod sqlite;
 mod tx;
 
@@ -266,6 +267,12 @@ impl EntryRow {
         self.erased
     }
 
+    /// Its stream version as stored.
+    #[must_use]
+    pub fn stream_version(&self) -> u64 {
+        to_u64(self.stream_version)
+    }
+
     /// Its seq, stream and subject as stored (before decoding, which checks them): what an
     /// access entry counts before the payload is opened.
     #[must_use]
@@ -476,7 +483,9 @@ pub trait ErasureNotices: Send {
 
 /// Storage of the ledger. One implementation per database backend.
 #[async_trait]
-pub trait Store: EpochStore + AccessStore + Send + Sync + 'static {
+pub trait Store:
+    EpochStore + AccessStore + snapshots::SnapshotStore + Send + Sync + 'static
+{
     /// Opens a write transaction that holds the ledger head: no other writer can append until
     /// it commits or is dropped (which rolls it back).
     async fn begin_append(&self) -> Result<Box<dyn AppendTx>, StoreError>;

@@ -48,6 +48,7 @@ const ERASURE_CHANNEL: &str = "auditledger_erasures";
 const ERASED_ROW_TABLES: [&str; 3] = ["data_keys", "subject_index", "subject_links"];
 
 super::access::impl_access_store!(PostgresStore, pool, pool);
+super::snapshots::impl_snapshot_store!(PostgresStore, pool, pool);
 
 /// `migrations/postgres/*.sql`, in order; a new migration is added here too.
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -95,6 +96,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "reads",
         include_str!("../../migrations/postgres/0009_reads.sql"),
+    ),
+    (
+        10,
+        "snapshots",
+        include_str!("../../migrations/postgres/0010_snapshots.sql"),
     ),
 ];
 

@@ -40,6 +40,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const CLEANUP_BUSY_TIMEOUT: Duration = Duration::from_millis(5);
 
 super::access::impl_access_store!(SqliteStore, read, write);
+super::snapshots::impl_snapshot_store!(SqliteStore, read, write);
 
 /// `migrations/sqlite/*.sql`, in order; a new migration is added here too.
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -87,6 +88,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "reads",
         include_str!("../../migrations/sqlite/0009_reads.sql"),
+    ),
+    (
+        10,
+        "snapshots",
+        include_str!("../../migrations/sqlite/0010_snapshots.sql"),
     ),
 ];
 

@@ -1,0 +1,226 @@
+//! Storing and loading aggregate snapshots (`crate::snapshot` holds the rules: sealing under
+//! every subject key of the stream, opening, when one is due).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::{Direction, Ledger, ReadError, RowFilter, SeqRange};
+use crate::crypto::{DataKey, KeyRef, SealedPayload};
+use crate::entry::{StreamId, SubjectHandle};
+use crate::snapshot::{self, Unusable};
+use crate::store::EntryRow;
+use crate::timefmt::now_micros;
+
+/// How many stored snapshots a load tries, newest first, before replaying from the start.
+const TRIED_PER_LOAD: i64 = 3;
+
+/// Why a snapshot was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The stream has no event at that version.
+    #[error("the stream has no event at version {0}")]
+    NoSuchVersion(u64),
+    /// A subject of the stream's events was erased: a snapshot would outlive the erasure.
+    #[error(
+        "a subject of this stream's events has been erased: a snapshot could hold what the \
+         erasure removed, so none is stored; load the stream from its events"
+    )]
+    SubjectErased,
+    /// More subjects than a snapshot has layers.
+    #[error("the stream's events name more than {} subjects", snapshot::MAX_LAYERS)]
+    TooManySubjects,
+    /// Reading failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// A stream loaded for rebuilding an aggregate.
+pub struct Loaded {
+    /// The newest usable snapshot at or before the version asked for: its version and state.
+    pub snapshot: Option<(u64, Zeroizing<Vec<u8>>)>,
+    /// The events after it, up to the version asked for (at most the limit).
+    pub rows: Vec<EntryRow>,
+    /// The version loaded up to: the one asked for or the stream's last; `None` if empty.
+    pub version: Option<u64>,
+    /// Snapshots skipped because they did not open.
+    pub ignored: usize,
+    /// The subjects whose data the snapshot holds (what its access entry counts).
+    pub snapshot_subjects: Vec<SubjectHandle>,
+}
+
+impl Ledger {
+    /// The data keys of `stream`'s subjects up to `version` (innermost layer first), or the
+    /// system key when there are none.
+    async fn snapshot_keys(
+        &self,
+        stream: &StreamId,
+        version: u64,
+    ) -> Result<Vec<(KeyRef, Arc<DataKey>)>, SnapshotError> {
+        let subjects = self
+            .store
+            .stream_subjects(stream.as_str(), version)
+            .await
+            .map_err(ReadError::from)?;
+        if subjects.iter().any(|(_, erased)| *erased) {
+            return Err(SnapshotError::SubjectErased);
+        }
+        if subjects.len() > snapshot::MAX_LAYERS {
+            return Err(SnapshotError::TooManySubjects);
+        }
+        let mut keys = Vec::with_capacity(subjects.len().max(1));
+        for (handle, _) in subjects {
+            let Ok(bytes) = <[u8; 16]>::try_from(handle.as_slice()) else {
+                return Err(ReadError::Malformed(crate::store::MalformedRow {
+                    seq: crate::entry::Seq(0),
+                    what: format!("a subject handle of stream {stream} is not 16 bytes"),
+                })
+                .into());
+            };
+            let key_ref = KeyRef::Subject(SubjectHandle(bytes));
+            let key = self
+                .vault
+                .key(&key_ref)
+                .await
+                .map_err(ReadError::from)?
+                .ok_or(SnapshotError::SubjectErased)?;
+            keys.push((key_ref, key));
+        }
+        if keys.is_empty() {
+            let (r, k) = self.vault.system_key();
+            keys.push((r, k));
+        }
+        Ok(keys)
+    }
+
+    /// The last version of `stream` at or before `at_most`, if it has one.
+    async fn version_at_most(
+        &self,
+        stream: &StreamId,
+        at_most: Option<u64>,
+    ) -> Result<Option<u64>, ReadError> {
+        let rows = self
+            .filtered_rows(&RowFilter {
+                stream: Some(stream.clone()),
+                event_type: None,
+                seqs: SeqRange::ALL,
+                from: at_most,
+                direction: Direction::Backward,
+                limit: 1,
+            })
+            .await?;
+        Ok(rows.first().map(EntryRow::stream_version))
+    }
+
+    /// Stores a client-built snapshot of `stream` at `version`.
+    ///
+    /// # Errors
+    /// No event at that version, an erased subject, or a store failure.
+    pub async fn put_snapshot(
+        &self,
+        stream: &StreamId,
+        version: u64,
+        state: &[u8],
+    ) -> Result<(), SnapshotError> {
+        if self.version_at_most(stream, Some(version)).await? != Some(version) {
+            return Err(SnapshotError::NoSuchVersion(version));
+        }
+        let keys = self.snapshot_keys(stream, version).await?;
+        let refs: Vec<(KeyRef, &DataKey)> = keys.iter().map(|(r, k)| (*r, k.as_ref())).collect();
+        let sealed = snapshot::seal_state(stream.as_str(), version, state, &refs);
+        self.store
+            .put_snapshot(stream.as_str(), version, &sealed.0, now_micros())
+            .await
+            .map_err(ReadError::from)?;
+        Ok(())
+    }
+
+    /// Loads `stream` up to `version` (default: its last): the newest snapshot that opens, and
+    /// at most `limit` events after it.
+    ///
+    /// # Errors
+    /// A store or vault failure.
+    pub async fn load(
+        &self,
+        stream: &StreamId,
+        version: Option<u64>,
+        limit: u32,
+    ) -> Result<Loaded, ReadError> {
+        let Some(version) = self.version_at_most(stream, version).await? else {
+            return Ok(Loaded {
+                snapshot: None,
+                rows: Vec::new(),
+                version: None,
+                ignored: 0,
+                snapshot_subjects: Vec::new(),
+            });
+        };
+        let mut chosen = None;
+        let mut ignored = 0;
+        let mut snapshot_subjects = Vec::new();
+        let candidates = self
+            .store
+            .snapshots_before(stream.as_str(), version, TRIED_PER_LOAD)
+            .await?;
+        for (at, sealed) in candidates {
+            let keys: HashMap<KeyRef, Arc<DataKey>> = match self.snapshot_keys(stream, at).await {
+                Ok(keys) => keys.into_iter().collect(),
+                Err(SnapshotError::Read(e)) => return Err(e),
+                // An erased subject: this snapshot, and every older one, cannot open.
+                Err(_) => {
+                    ignored += 1;
+                    continue;
+                }
+            };
+            match snapshot::open_state(stream.as_str(), at, &SealedPayload(sealed), |r| {
+                keys.get(r).cloned()
+            }) {
+                Ok(state) => {
+                    chosen = Some((at, state));
+                    snapshot_subjects = keys
+                        .keys()
+                        .filter_map(|r| match r {
+                            KeyRef::Subject(h) => Some(*h),
+                            KeyRef::System(_) => None,
+                        })
+                        .collect();
+                    break;
+                }
+                Err(why) => {
+                    ignored += 1;
+                    if why == Unusable::Mismatch {
+                        tracing::warn!(
+                            stream_version = at,
+                            "a stored snapshot does not open for its stream and version \
+                             (altered or moved); it is ignored"
+                        );
+                    }
+                }
+            }
+        }
+        metrics::counter!("auditledger_snapshots_ignored_total").increment(ignored as u64);
+        let from = chosen.as_ref().map_or(0, |(at, _)| at + 1);
+        let wanted = (version + 1).saturating_sub(from);
+        let rows = if wanted == 0 {
+            Vec::new()
+        } else {
+            self.filtered_rows(&RowFilter {
+                stream: Some(stream.clone()),
+                event_type: None,
+                seqs: SeqRange::ALL,
+                from: Some(from),
+                direction: Direction::Forward,
+                limit: u32::try_from(wanted).unwrap_or(u32::MAX).min(limit),
+            })
+            .await?
+        };
+        Ok(Loaded {
+            snapshot: chosen,
+            rows,
+            version: Some(version),
+            ignored,
+            snapshot_subjects,
+        })
+    }
+}
