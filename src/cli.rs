@@ -231,6 +231,15 @@ fn report_rotation(outcome: crate::rotate::Rotation) -> ExitCode {
     }
 }
 
+/// Subscribers' buffers and deadlines.
+fn subscription_limits(config: &ServeConfig) -> crate::subscription::Limits {
+    crate::subscription::Limits {
+        buffered: config.subscriber_buffer.max(1),
+        slow_client: Duration::from_secs(config.slow_subscriber_secs.max(1)),
+        poll: Duration::from_millis(config.subscription_poll_ms.max(10)),
+    }
+}
+
 /// The input limits `serve` enforces.
 fn limits(config: &ServeConfig) -> Limits {
     Limits {
@@ -346,6 +355,7 @@ impl Service {
             access_entries: !config.benchmark_without_access_entries,
             snapshot_intervals: crate::snapshot::Intervals::parse(&config.snapshot_every)
                 .map_err(anyhow::Error::msg)?,
+            subscriptions: subscription_limits(config),
         });
         prepare_access_control(config, &app).await?;
         let (addr, stop, server) = listen(config, &app).await?;

@@ -168,6 +168,15 @@ pub struct ServeConfig {
     /// 0 is never. Repeat the flag or separate rules with commas. Default 100.
     #[arg(long, env = "AUDITLEDGER_SNAPSHOT_EVERY", value_delimiter = ',')]
     pub snapshot_every: Vec<String>,
+    /// Messages buffered per subscriber (tests).
+    #[arg(long, hide = true, default_value_t = crate::subscription::BUFFERED)]
+    pub subscriber_buffer: usize,
+    /// Seconds a subscriber may leave its buffer full before it is cut off (tests).
+    #[arg(long, hide = true, default_value_t = crate::subscription::SLOW_CLIENT_SECS)]
+    pub slow_subscriber_secs: u64,
+    /// Milliseconds between a subscriber's re-reads of the log without a commit notice (tests).
+    #[arg(long, hide = true, default_value_t = crate::subscription::POLL_MS)]
+    pub subscription_poll_ms: u64,
     /// Do not append access entries. Only for measuring what they cost (docs/PERFORMANCE.md):
     /// without them the service cannot show who read personal data.
     #[arg(long, hide = true)]
@@ -226,6 +235,9 @@ impl ServeConfig {
             sqlite_max_db_mib: None,
             insecure_no_auth: false,
             snapshot_every: Vec::new(),
+            subscriber_buffer: crate::subscription::BUFFERED,
+            slow_subscriber_secs: crate::subscription::SLOW_CLIENT_SECS,
+            subscription_poll_ms: crate::subscription::POLL_MS,
             benchmark_without_access_entries: false,
         }
     }

@@ -18,6 +18,7 @@ pub mod record;
 pub mod report;
 pub mod rotation;
 pub mod snapshot;
+pub mod subscription;
 pub mod timefmt;
 pub mod verify;
 

@@ -42,6 +42,7 @@ fn matrix() -> Vec<(Method, &'static str, Option<Value>, &'static [&'static str]
         ),
         (Method::GET, "/v1/streams/billing-1/load", None, &["reader"]),
         (Method::GET, "/v1/events", None, &["reader"]),
+        (Method::GET, "/v1/subscribe", None, &["reader"]),
         (
             Method::POST,
             "/v1/subjects/erase",
@@ -163,6 +164,13 @@ async fn call(
         .headers()
         .get("www-authenticate")
         .map(|v| v.to_str().unwrap().to_owned());
+    // A subscription's body never ends: its status is the answer.
+    if r.headers()
+        .get("content-type")
+        .is_some_and(|v| v == "text/event-stream")
+    {
+        return (status, www, Value::Null);
+    }
     (status, www, r.json().await.unwrap_or(Value::Null))
 }
 

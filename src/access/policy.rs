@@ -133,7 +133,7 @@ pub enum Operation {
     AppendEvents,
     /// `GET /v1/streams/{stream_id}/events`, `GET /v1/streams/{stream_id}/load`
     ReadStream,
-    /// `GET /v1/events`
+    /// `GET /v1/events`, `GET /v1/subscribe`
     ReadLog,
     /// `POST /v1/subjects/erase`
     EraseSubject,
@@ -192,6 +192,7 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
     ),
     ("GET", "/v1/streams/{stream_id}/load", Operation::ReadStream),
     ("GET", "/v1/events", Operation::ReadLog),
+    ("GET", "/v1/subscribe", Operation::ReadLog),
     ("POST", "/v1/subjects/erase", Operation::EraseSubject),
     ("POST", "/v1/subjects/export", Operation::ExportSubject),
     ("GET", "/v1/subjects/erasures", Operation::ErasureReceipts),

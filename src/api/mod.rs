@@ -16,6 +16,7 @@ pub mod params;
 pub mod reports;
 pub mod snapshots;
 pub mod subjects;
+pub mod subscribe;
 
 use std::sync::Arc;
 
@@ -60,6 +61,8 @@ pub struct App {
     pub access_entries: bool,
     /// When the append response says a snapshot is due.
     pub snapshot_intervals: crate::snapshot::Intervals,
+    /// Subscribers' buffers and deadlines.
+    pub subscriptions: crate::subscription::Limits,
 }
 
 impl App {
@@ -106,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/streams/{stream_id}/snapshots", put(snapshots::put))
         .route("/v1/streams/{stream_id}/load", get(snapshots::load))
         .route("/v1/events", get(events::read_global))
+        .route("/v1/subscribe", get(subscribe::subscribe))
         .route("/v1/subjects/erase", post(subjects::erase))
         .route("/v1/subjects/export", post(subjects::export))
         .route("/v1/subjects/hold", post(subjects::hold))

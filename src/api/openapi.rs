@@ -36,7 +36,7 @@ pub fn document() -> Document {
     info(title = "auditledger", description = "Tamper-evident, crypto-shredding audit ledger"),
     paths(
         events::append, events::read_stream, events::read_global,
-        super::snapshots::put, super::snapshots::load,
+        super::snapshots::put, super::snapshots::load, super::subscribe::subscribe,
         subjects::erase, subjects::export, subjects::erasure, subjects::erasures,
         subjects::hold, subjects::release,
         admin::list_tokens, admin::create_token, admin::revoke_token,

@@ -301,6 +301,9 @@ pub struct Ledger {
     health: Arc<WriteHealth>,
     /// How long idempotency keys hold, in microseconds.
     idempotency_window_micros: i64,
+    /// Changes after every commit of this instance, and of others when the backend announces
+    /// them (PostgreSQL): what subscribers wait on.
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -326,6 +329,7 @@ impl Ledger {
         let health = Arc::new(WriteHealth::default());
         let idempotency_window_micros =
             i64::try_from(config.idempotency_window.as_micros()).unwrap_or(i64::MAX);
+        let commits = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let writer = Writer {
             ledger_id: keys.ledger_id,
             store: Arc::clone(&store),
@@ -343,6 +347,7 @@ impl Ledger {
             published: publisher,
             health: Arc::clone(&health),
             idempotency_window_micros,
+            commits: Arc::clone(&commits),
         };
         let handle = tokio::spawn(writer.run(receiver));
         let tick_sender = sender.clone();
@@ -385,6 +390,10 @@ impl Ledger {
                 Arc::clone(&vault),
             )),
             tokio::spawn(probe_while_failing(Arc::clone(&health), sender.clone())),
+            tokio::spawn(relay_commit_notices(
+                Arc::clone(&store),
+                Arc::clone(&commits),
+            )),
             tokio::spawn(purge_idempotency_keys(
                 Arc::clone(&store),
                 config.idempotency_window,
@@ -407,7 +416,14 @@ impl Ledger {
             background: Mutex::new(background),
             health,
             idempotency_window_micros,
+            commits,
         }
+    }
+
+    /// A receiver that changes after every commit (see the field).
+    #[must_use]
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     /// Hands signing over to `new_key` (a rotation entry signed by the current key and
@@ -872,4 +888,26 @@ pub async fn rebuild_tree_if_needed(store: &dyn Store) -> Result<Option<u64>, St
             .await?;
     }
     Ok(Some(tree.size()))
+}
+
+/// Relays other instances' commit notices (PostgreSQL) to this instance's subscribers.
+async fn relay_commit_notices(
+    store: Arc<dyn Store>,
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
+) {
+    loop {
+        match store.append_notices().await {
+            Ok(None) => return,
+            Ok(Some(mut notices)) => {
+                while notices.next().await.is_ok() {
+                    commits.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                tracing::warn!("lost the commit notice connection; subscribers poll meanwhile");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for commit notices; subscribers poll meanwhile");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

@@ -170,6 +170,8 @@ pub(super) struct Writer {
     pub health: Arc<WriteHealth>,
     /// How long idempotency keys hold, in microseconds.
     pub idempotency_window_micros: i64,
+    /// Bumped after each round of commits: wakes this instance's subscribers.
+    pub commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Writer {
@@ -252,6 +254,7 @@ impl Writer {
                 }
                 None => {}
             }
+            self.commits.send_modify(|n| *n = n.wrapping_add(1));
         }
         for ack in shutdown_acks {
             let _ = ack.send(());

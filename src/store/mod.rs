@@ -267,6 +267,12 @@ impl EntryRow {
         self.erased
     }
 
+    /// Its event type as stored.
+    #[must_use]
+    pub fn event_type_str(&self) -> &str {
+        &self.event_type
+    }
+
     /// Its stream version as stored.
     #[must_use]
     pub fn stream_version(&self) -> u64 {
@@ -472,6 +478,16 @@ impl IdempotencyRow {
     }
 }
 
+/// Commits announced by any instance (PostgreSQL LISTEN/NOTIFY): what wakes subscribers on
+/// one instance for appends made through another.
+#[async_trait]
+pub trait AppendNotices: Send {
+    /// Returns when the next commit is announced. Notices sent while the connection was lost
+    /// are not delivered (subscribers poll as well); an error means the connection could not be
+    /// re-made.
+    async fn next(&mut self) -> Result<(), StoreError>;
+}
+
 /// Erasures announced by any instance as they commit (PostgreSQL LISTEN/NOTIFY).
 #[async_trait]
 pub trait ErasureNotices: Send {
@@ -589,6 +605,10 @@ pub trait Store:
     /// Erasures announced as they commit, where the backend can (PostgreSQL); `None` on SQLite,
     /// where one process owns the database.
     async fn erasure_notices(&self) -> Result<Option<Box<dyn ErasureNotices>>, StoreError>;
+
+    /// Commits by any instance announced as they happen, where the backend can (PostgreSQL);
+    /// `None` on SQLite, where one process owns the database.
+    async fn append_notices(&self) -> Result<Option<Box<dyn AppendNotices>>, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

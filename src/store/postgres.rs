@@ -43,6 +43,8 @@ const INSERT_CHUNK_ROWS: usize = 5000;
 /// The channel on which an erasure's transaction announces the erased handle (hex) to every
 /// instance; PostgreSQL delivers it when, and only if, the transaction commits.
 const ERASURE_CHANNEL: &str = "auditledger_erasures";
+/// Where every commit is announced, so that subscribers on other instances wake at once.
+const APPEND_CHANNEL: &str = "auditledger_appends";
 /// The tables an erasure deletes rows from, vacuumed once no snapshot can see those rows;
 /// the ones that exist in this schema version are vacuumed.
 const ERASED_ROW_TABLES: [&str; 3] = ["data_keys", "subject_index", "subject_links"];
@@ -614,6 +616,12 @@ impl Store for PostgresStore {
         Ok(Some(Box::new(PgErasureNotices { listener })))
     }
 
+    async fn append_notices(&self) -> Result<Option<Box<dyn super::AppendNotices>>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(APPEND_CHANNEL).await?;
+        Ok(Some(Box::new(PgAppendNotices { listener })))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -699,6 +707,19 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Commit notices on a LISTEN connection (sqlx re-makes it when it drops).
+struct PgAppendNotices {
+    listener: PgListener,
+}
+
+#[async_trait]
+impl super::AppendNotices for PgAppendNotices {
+    async fn next(&mut self) -> Result<(), StoreError> {
+        self.listener.recv().await?;
+        Ok(())
     }
 }
 
@@ -1223,7 +1244,12 @@ impl AppendTx for PgAppendTx {
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        // Delivered at commit, to every instance's subscribers (nothing if it rolls back).
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(APPEND_CHANNEL)
+            .execute(self.tx.conn())
+            .await?;
         self.tx.commit().await
     }
 

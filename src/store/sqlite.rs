@@ -506,6 +506,10 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
+    async fn append_notices(&self) -> Result<Option<Box<dyn super::AppendNotices>>, StoreError> {
+        Ok(None)
+    }
+
     async fn merkle_nodes(
         &self,
         ids: &[NodeId],

@@ -1,0 +1,152 @@
+//! What a subscriber is sent, and from where it resumes. Pure: the rules an auditor reads.
+//!
+//! - A subscription delivers, in seq order, the client events that match its stream prefix and
+//!   type, from its position on: first what is already in the log (catch-up), then each commit
+//!   as it happens (live). Each SSE message carries the event's seq as its id, so a client that
+//!   reconnects with `Last-Event-ID: N` resumes at N + 1 and misses nothing.
+//! - Every erasure is announced to every subscriber, whatever its filters, as an `erasure`
+//!   message naming the subject's handle: read models built from the events must forget too.
+//!   Events of an erased subject are delivered as erased (no data), as every read shows them.
+//! - The ledger's own entries (access records, holds, policies) are delivered only to a
+//!   subscription whose prefix names their `auditledger:` stream.
+//! - A subscriber that does not take what it is sent within [`SLOW_CLIENT_SECS`] gets a final
+//!   `lagged` message naming the seq to resume from, and the stream ends: the service never
+//!   buffers without bound for a slow client, and appends never wait for subscribers.
+
+use crate::verify::invariants::{ERASURE_STREAM, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
+/// How long a subscriber may leave a full buffer untaken before it is cut off.
+pub const SLOW_CLIENT_SECS: u64 = 10;
+/// Messages buffered per subscriber.
+pub const BUFFERED: usize = 2_000;
+/// How often a subscriber re-reads the log without a commit notice, in milliseconds.
+pub const POLL_MS: u64 = 1_000;
+
+/// A subscription's limits (the constants above, but for tests that need them small).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Messages buffered per subscriber.
+    pub buffered: usize,
+    /// How long a full buffer may stay untaken.
+    pub slow_client: std::time::Duration,
+    /// How often the log is re-read without a notice.
+    pub poll: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            buffered: BUFFERED,
+            slow_client: std::time::Duration::from_secs(SLOW_CLIENT_SECS),
+            poll: std::time::Duration::from_millis(POLL_MS),
+        }
+    }
+}
+
+/// What a subscription asked for.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only streams whose id starts with this.
+    pub stream_prefix: Option<String>,
+    /// Only events of this type.
+    pub event_type: Option<String>,
+}
+
+/// What to do with one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Send it as an event.
+    Event,
+    /// Announce it as an erasure.
+    Erasure,
+    /// Not for this subscriber.
+    Skip,
+}
+
+impl Filter {
+    /// What to do with an entry of `stream` and `event_type`.
+    #[must_use]
+    pub fn classify(&self, stream: &str, event_type: &str) -> Delivery {
+        if stream == ERASURE_STREAM && event_type == SUBJECT_ERASED {
+            return Delivery::Erasure;
+        }
+        let prefix_ok = self
+            .stream_prefix
+            .as_deref()
+            .is_none_or(|p| stream.starts_with(p));
+        let own_asked = self
+            .stream_prefix
+            .as_deref()
+            .is_some_and(|p| p.starts_with(SYSTEM_STREAM_PREFIX));
+        if !prefix_ok || (stream.starts_with(SYSTEM_STREAM_PREFIX) && !own_asked) {
+            return Delivery::Skip;
+        }
+        if self.event_type.as_deref().is_some_and(|t| t != event_type) {
+            return Delivery::Skip;
+        }
+        Delivery::Event
+    }
+}
+
+/// Where a subscription starts: after the `Last-Event-ID` a reconnecting client sends, else at
+/// `from_seq`, else at the start of the log.
+///
+/// # Errors
+/// A `Last-Event-ID` that is not a seq.
+pub fn start(last_event_id: Option<&str>, from_seq: Option<u64>) -> Result<u64, &'static str> {
+    match last_event_id {
+        Some(id) => id
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .ok_or("Last-Event-ID must be the seq of the last event received"),
+        None => Ok(from_seq.unwrap_or(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erasures_reach_every_subscriber() {
+        let f = Filter {
+            stream_prefix: Some("acct-".into()),
+            event_type: Some("Deposited".into()),
+        };
+        assert_eq!(
+            f.classify(ERASURE_STREAM, SUBJECT_ERASED),
+            Delivery::Erasure
+        );
+        assert_eq!(f.classify("acct-1", "Deposited"), Delivery::Event);
+        assert_eq!(f.classify("acct-1", "Withdrawn"), Delivery::Skip);
+        assert_eq!(f.classify("order-1", "Deposited"), Delivery::Skip);
+    }
+
+    #[test]
+    fn the_ledgers_own_entries_only_when_asked_for() {
+        let all = Filter::default();
+        assert_eq!(
+            all.classify("auditledger:access", "AccessRecorded"),
+            Delivery::Skip
+        );
+        assert_eq!(all.classify("x", "T"), Delivery::Event);
+        let own = Filter {
+            stream_prefix: Some("auditledger:access".into()),
+            event_type: None,
+        };
+        assert_eq!(
+            own.classify("auditledger:access", "AccessRecorded"),
+            Delivery::Event
+        );
+    }
+
+    #[test]
+    fn last_event_id_wins_and_resumes_after_it() {
+        assert_eq!(start(Some("41"), Some(3)), Ok(42));
+        assert_eq!(start(None, Some(3)), Ok(3));
+        assert_eq!(start(None, None), Ok(0));
+        assert!(start(Some("x"), None).is_err());
+        assert!(start(Some(&u64::MAX.to_string()), None).is_err());
+    }
+}

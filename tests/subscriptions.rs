@@ -1,0 +1,273 @@
+//! `GET /v1/subscribe` over HTTP, on both backends: catch-up then live, resuming with
+//! `Last-Event-ID`, erasure during a subscription, a slow consumer, two instances.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::too_many_lines, reason = "test code")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Env, Server};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// One SSE message: its event name, id and data.
+#[derive(Debug)]
+struct Message {
+    event: String,
+    id: Option<u64>,
+    data: Value,
+}
+
+/// A client reading an SSE stream.
+struct Subscriber {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Subscriber {
+    async fn open(s: &Server, query: &str, last_event_id: Option<u64>) -> Subscriber {
+        let mut request = s.client.get(s.url(&format!("/v1/subscribe{query}")));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Subscriber {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next message (keep-alive comments skipped), `None` at the end of the stream; fails
+    /// if none comes within `within`.
+    async fn next(&mut self, within: Duration) -> Option<Message> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut m = Message {
+                    event: "message".to_owned(),
+                    id: None,
+                    data: Value::Null,
+                };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        v.trim().clone_into(&mut m.event);
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        m.id = Some(v.trim().parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                m.data = serde_json::from_str(&data).unwrap();
+                return Some(m);
+            }
+            let chunk = tokio::time::timeout(within, self.response.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no message within {within:?}"));
+            match chunk {
+                Ok(Some(bytes)) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next `n` messages.
+    async fn take(&mut self, n: usize) -> Vec<Message> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(
+                self.next(Duration::from_secs(20))
+                    .await
+                    .expect("stream ended"),
+            );
+        }
+        out
+    }
+}
+
+async fn append(s: &Server, stream: &str, events: Value) -> Vec<u64> {
+    let (status, body) = s.append(stream, &json!({ "events": events })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+async fn catch_up_live_resume_and_erasure(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    let first = append(
+        &s,
+        "acct-1",
+        json!([
+            {"type": "Opened", "subject": "dora@example.com", "data": {"owner": "Dora"}},
+            {"type": "Deposited", "subject": "dora@example.com", "data": {"cents": 100}},
+        ]),
+    )
+    .await;
+    append(&s, "order-1", json!([{"type": "Placed", "data": {"n": 1}}])).await;
+
+    // Catch-up: what is already there, filtered by prefix, with the seq as the SSE id.
+    let mut sub = Subscriber::open(&s, "?stream_prefix=acct-", None).await;
+    let caught = sub.take(2).await;
+    assert_eq!(
+        caught.iter().map(|m| m.id.unwrap()).collect::<Vec<_>>(),
+        first
+    );
+    assert!(caught.iter().all(|m| m.event == "event"));
+    assert_eq!(caught[0].data["data"]["owner"], "Dora");
+    assert_eq!(caught[1].data["stream_id"], "acct-1");
+
+    // Live: an append after the subscription is delivered; other prefixes are not.
+    append(&s, "order-1", json!([{"type": "Placed", "data": {"n": 2}}])).await;
+    let live = append(
+        &s,
+        "acct-2",
+        json!([{"type": "Opened", "data": {"owner": "Eve"}}]),
+    )
+    .await;
+    let m = sub.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((m.event.as_str(), m.id), ("event", Some(live[0])));
+    assert_eq!(m.data["data"]["owner"], "Eve");
+
+    // A type filter.
+    let mut typed = Subscriber::open(&s, "?type=Deposited", None).await;
+    let m = typed.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(m.id, Some(first[1]));
+
+    // Resume: a client reconnecting with Last-Event-ID gets what follows it, nothing twice.
+    drop(sub);
+    let mut again = Subscriber::open(&s, "?stream_prefix=acct-", Some(first[1])).await;
+    let m = again.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(m.id, Some(live[0]));
+    let (status, _, body) = s.get("/v1/subscribe?from_seq=nope").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let r = s
+        .client
+        .get(s.url("/v1/subscribe"))
+        .header("last-event-id", "banana")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // Erasure during a subscription: announced to every subscriber, whatever its filters,
+    // naming the subject's handle.
+    let handle = caught[0].data["subject"].as_str().unwrap().to_owned();
+    let (status, body) = s
+        .post_raw(
+            "/v1/subjects/erase",
+            json!({"subject": "dora@example.com", "reason": "Art. 17", "request_ref": "R-5"})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for sub in [&mut again, &mut typed] {
+        let m = sub.next(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(m.event, "erasure", "{m:?}");
+        assert_eq!(m.data["subject"], handle.as_str());
+        assert_eq!(m.data["seq"], m.id.unwrap());
+    }
+    // A subscriber from the start now receives Dora's events as erased.
+    let mut late = Subscriber::open(&s, "?stream_prefix=acct-1", None).await;
+    let replay = late.take(3).await;
+    assert_eq!(replay[0].data["erased"], true);
+    assert!(replay[0].data["data"].is_null());
+    assert_eq!(replay[2].event, "erasure");
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn catch_up_live_resume_and_erasure_on_sqlite() {
+    catch_up_live_resume_and_erasure(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn catch_up_live_resume_and_erasure_on_postgres() {
+    catch_up_live_resume_and_erasure(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_cut_off_with_its_position_and_appends_go_on() {
+    let env = Env::new(Backend::Sqlite).await;
+    let s = env
+        .serve(&["--subscriber-buffer", "4", "--slow-subscriber-secs", "1"])
+        .await;
+    let pad = "x".repeat(2000);
+    for _ in 0..100 {
+        let events: Vec<Value> = (0..100)
+            .map(|i| json!({"type": "Logged", "data": {"i": i, "pad": pad}}))
+            .collect();
+        append(&s, "log-1", json!(events)).await;
+    }
+    // 10,000 events of 2 KB: more than the socket buffers hold while the client reads nothing.
+    let mut slow = Subscriber::open(&s, "?stream_prefix=log-", None).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Appends are not held up meanwhile.
+    append(&s, "log-1", json!([{"type": "Logged", "data": {"i": -1}}])).await;
+    let mut last = None;
+    let resume_from = loop {
+        let m = slow
+            .next(Duration::from_secs(20))
+            .await
+            .expect("the stream ended without a lagged message");
+        if m.event == "lagged" {
+            break m.data["resume_from"].as_u64().unwrap();
+        }
+        if let (Some(prev), Some(id)) = (last, m.id) {
+            assert!(id > prev);
+        }
+        last = m.id;
+    };
+    let last = last.expect("nothing was delivered before the cut-off");
+    assert!(resume_from > last);
+    assert!(
+        slow.next(Duration::from_secs(5)).await.is_none(),
+        "the stream goes on"
+    );
+    // Resuming from the last id received continues exactly there.
+    let mut resumed = Subscriber::open(&s, "?stream_prefix=log-", Some(last)).await;
+    let m = resumed.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(m.id, Some(resume_from));
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_on_one_instance_sees_appends_made_through_another() {
+    let env = Env::new(Backend::Postgres).await;
+    let a = env.serve(&[]).await;
+    let second_dir = common::workdir();
+    common::copy_keys(&env.path().join("keys"), &second_dir.path().join("keys"));
+    // B re-reads the log only once a minute without a notice: delivery within seconds can
+    // only come from A's commit notice.
+    let b = env
+        .serve_in(second_dir.path(), &["--subscription-poll-ms", "60000"])
+        .await;
+    let head = append(&a, "acct-1", json!([{"type": "Opened", "data": {}}])).await;
+    let mut sub = Subscriber::open(&b, &format!("?from_seq={}", head[0] + 1), None).await;
+    // Let the subscription reach its live wait first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seqs = append(
+        &a,
+        "acct-1",
+        json!([{"type": "Deposited", "data": {"cents": 5}}]),
+    )
+    .await;
+    let m = sub.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(m.id, Some(seqs[0]));
+    assert_eq!(m.data["data"]["cents"], 5);
+    a.terminate().await;
+    b.terminate().await;
+}
