@@ -20,6 +20,7 @@ pub mod rotation;
 pub mod snapshot;
 pub mod subscription;
 pub mod timefmt;
+pub mod upcast;
 pub mod verify;
 
 #[cfg(feature = "server")]

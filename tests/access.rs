@@ -137,6 +137,18 @@ fn matrix() -> Vec<(Method, &'static str, Option<Value>, &'static [&'static str]
         ),
         (
             Method::PUT,
+            "/v1/schemas/T",
+            Some(json!({"versions": [{"version": 1}]})),
+            &["admin"],
+        ),
+        (
+            Method::GET,
+            "/v1/schemas/T",
+            None,
+            &["admin", "writer", "reader", "auditor"],
+        ),
+        (
+            Method::PUT,
             "/v1/policies/T",
             Some(json!({"retention_days": 365, "purpose": "testing"})),
             &["admin"],

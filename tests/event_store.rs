@@ -551,3 +551,180 @@ async fn the_snapshot_interval_is_set_per_stream_prefix() {
     assert!(!deposits(&s, "audit-1", 50).await);
     s.terminate().await;
 }
+
+async fn put_schema(s: &Server, event_type: &str, body: &Value) -> (StatusCode, Value) {
+    let r = s
+        .client
+        .put(s.url(&format!("/v1/schemas/{event_type}")))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn upcasting(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    // Written before any registration, as version 1.
+    append_raw(
+        &s,
+        "pay-1",
+        json!([{"type": "PaymentMade", "data": {"amount": 500, "status": "A"}}]),
+    )
+    .await;
+    let v2 =
+        json!({"version": 2, "upcast": [{"rename": {"from": "amount", "to": "amount_cents"}}]});
+    let v3 = json!({"version": 3, "upcast": [
+        {"add": {"field": "currency", "value": "EUR"}},
+        {"map": {"field": "status", "table": {"A": "active", "C": "closed"}}},
+        {"move": {"from": "card.last4", "to": "last4"}}
+    ], "schema": {"type": "object", "required": ["amount_cents", "currency"],
+                  "properties": {"amount_cents": {"type": "integer"}}}});
+    let (status, body) = put_schema(
+        &s,
+        "PaymentMade",
+        &json!({"versions": [{"version": 1}, v2, v3]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["latest_version"], 3);
+    let (status, _, got) = s.get("/v1/schemas/PaymentMade").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        got["versions"][1]["upcast"][0]["rename"]["to"],
+        "amount_cents"
+    );
+
+    // Reads return the latest version; the stored entry is unchanged (raw=true).
+    let p = ok(&s, "/v1/streams/pay-1/events").await;
+    let e = &p["events"][0];
+    assert_eq!(
+        e["data"],
+        json!({"amount_cents": 500, "currency": "EUR", "status": "active"})
+    );
+    assert_eq!(
+        (
+            e["schema_version"].as_u64(),
+            e["stored_schema_version"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
+    let raw = ok(&s, "/v1/streams/pay-1/events?raw=true").await;
+    assert_eq!(
+        raw["events"][0]["data"],
+        json!({"amount": 500, "status": "A"})
+    );
+    assert_eq!(raw["events"][0]["schema_version"], 1);
+    assert!(raw["events"][0].get("stored_schema_version").is_none());
+    assert_eq!(raw["events"][0]["entry_hash"], e["entry_hash"]);
+    let g = ok(&s, "/v1/events?type=PaymentMade").await;
+    assert_eq!(g["events"][0]["schema_version"], 3);
+
+    // Writes: an unknown higher version, or data breaking the version's schema: 422, nothing
+    // written, and the reply names where, never the value.
+    for (event, what) in [
+        (
+            json!({"type": "PaymentMade", "schema_version": 4, "data": {}}),
+            "not registered",
+        ),
+        (
+            json!({"type": "PaymentMade", "schema_version": 3,
+                   "data": {"amount_cents": "SECRET-VALUE", "currency": "EUR"}}),
+            "/amount_cents",
+        ),
+        (
+            json!({"type": "PaymentMade", "schema_version": 3, "data": {"amount_cents": 1}}),
+            "JSON Schema",
+        ),
+    ] {
+        let (status, body) = s.append("pay-1", &json!({ "events": [event] })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(what), "{detail}");
+        assert!(!detail.contains("SECRET-VALUE"), "{detail}");
+    }
+    assert_eq!(
+        ok(&s, "/v1/streams/pay-1/events").await["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // A version-3 write is stored and read as is.
+    append_raw(
+        &s,
+        "pay-1",
+        json!([{"type": "PaymentMade", "schema_version": 3,
+                "data": {"amount_cents": 7, "currency": "USD", "status": "closed"}}]),
+    )
+    .await;
+    let p = ok(&s, "/v1/streams/pay-1/events").await;
+    assert_eq!(p["events"][1]["data"]["currency"], "USD");
+    assert!(p["events"][1].get("stored_schema_version").is_none());
+
+    // Registered versions never change; new ones may be added.
+    let altered = json!({"versions": [{"version": 1},
+        {"version": 2, "upcast": [{"rename": {"from": "amount", "to": "cents"}}]}, v3]});
+    let (status, body) = put_schema(&s, "PaymentMade", &altered).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("version 2"),
+        "{body}"
+    );
+    for bad in [
+        json!({"versions": [{"version": 2}]}),
+        json!({"versions": [{"version": 1}, {"version": 2, "upcast": [{"explode": {"field": "a"}}]}]}),
+        json!({"versions": [{"version": 1, "schema": {"type": 12}}]}),
+        json!({"versions": []}),
+    ] {
+        let (status, body) = put_schema(&s, "Other", &bad).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+    }
+    let (status, _, _) = s.get("/v1/schemas/Other").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let v4 = json!({"version": 4, "upcast": [{"remove": {"field": "status"}}]});
+    let (status, body) = put_schema(
+        &s,
+        "PaymentMade",
+        &json!({"versions": [{"version": 1}, v2, v3, v4]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let p = ok(&s, "/v1/streams/pay-1/events").await;
+    assert_eq!(p["events"][0]["schema_version"], 4);
+    assert!(p["events"][0]["data"].get("status").is_none());
+
+    // Registrations are ledger entries; the chain verifies.
+    let registrations = s
+        .all_entries()
+        .await
+        .into_iter()
+        .filter(|e| e["stream_id"] == "auditledger:schemas")
+        .count();
+    assert_eq!(registrations, 2);
+    assert_eq!(ok(&s, "/v1/audit/verify").await["ok"], true);
+    // A restarted service knows them (from the ledger).
+    s.terminate().await;
+    let s = env.serve(&[]).await;
+    let p = ok(&s, "/v1/streams/pay-1/events").await;
+    assert_eq!(p["events"][0]["schema_version"], 4);
+    s.terminate().await;
+}
+
+async fn append_raw(s: &Server, stream: &str, events: Value) {
+    let (status, body) = s.append(stream, &json!({ "events": events })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn upcasting_on_sqlite() {
+    upcasting(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn upcasting_on_postgres() {
+    upcasting(Backend::Postgres).await;
+}

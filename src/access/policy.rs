@@ -171,6 +171,10 @@ pub enum Operation {
     ReadPolicies,
     /// `PUT /v1/policies/{event_type}`
     SetPolicy,
+    /// `PUT /v1/schemas/{event_type}`
+    RegisterSchema,
+    /// `GET /v1/schemas/{event_type}`
+    ReadSchemas,
 }
 
 /// The route table: method, route template (as the router declares it), operation.
@@ -228,6 +232,8 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
     ),
     ("GET", "/v1/policies", Operation::ReadPolicies),
     ("PUT", "/v1/policies/{event_type}", Operation::SetPolicy),
+    ("PUT", "/v1/schemas/{event_type}", Operation::RegisterSchema),
+    ("GET", "/v1/schemas/{event_type}", Operation::ReadSchemas),
 ];
 
 impl Operation {
@@ -261,7 +267,10 @@ impl Operation {
             | O::ListTokens
             | O::CreateToken
             | O::RevokeToken
-            | O::SetPolicy => &[Role::Admin],
+            | O::SetPolicy
+            | O::RegisterSchema => &[Role::Admin],
+            // Writers and readers need the versions to write and read; nothing personal.
+            O::ReadSchemas => &[Role::Admin, Role::Writer, Role::Reader, Role::Auditor],
         }
     }
 

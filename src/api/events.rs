@@ -236,8 +236,13 @@ pub struct EventOut {
     /// Event type.
     #[serde(rename = "type")]
     pub event_type: String,
-    /// Schema version.
+    /// Schema version: the type's latest registered version when the event was upcast to it
+    /// (the default), else the stored one.
     pub schema_version: u32,
+    /// The version the event is stored as, when it was upcast on read (`raw=true` turns
+    /// upcasting off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_schema_version: Option<u32>,
     /// Subject handle (32 hex digits), or null.
     pub subject: Option<String>,
     /// Server time of the append, RFC 3339, UTC, microseconds.
@@ -294,6 +299,7 @@ impl From<ReadEvent> for EventOut {
                 _ => None,
             },
             corrected_by: None,
+            stored_schema_version: None,
             seq: h.seq.0,
             stream_id: h.stream_id.to_string(),
             stream_version: h.stream_version,
@@ -379,6 +385,8 @@ pub struct StreamQuery {
     /// Show each event with the later events of the stream that correct or reverse it
     /// (`corrected_by`).
     with_corrections: Option<bool>,
+    /// Return events as stored, without upcasting them to their type's latest version.
+    raw: Option<bool>,
 }
 
 /// Query of a global read.
@@ -411,6 +419,8 @@ pub struct LogQuery {
     /// `forward` (default) or `backward`.
     #[param(inline)]
     direction: Option<DirectionIn>,
+    /// Return events as stored, without upcasting them to their type's latest version.
+    raw: Option<bool>,
 }
 
 /// The filters a read shares between a stream and the log, checked.
@@ -690,6 +700,50 @@ async fn check_compensations(state: &AppState, request: &AppendRequest) -> Resul
     Ok(())
 }
 
+/// Refuses events whose type is registered with a version above its latest, or whose data
+/// breaks the JSON Schema of its version (`ledger::schemas`).
+async fn check_versions(state: &AppState, request: &AppendRequest) -> Result<(), ApiError> {
+    let types = state.0.ledger.schemas(false).await?;
+    if types.is_empty() {
+        return Ok(());
+    }
+    for (i, e) in request.events.iter().enumerate() {
+        let Some(registered) = types.get(e.event_type.as_str()) else {
+            continue;
+        };
+        let data: serde_json::Value =
+            serde_json::from_slice(&e.data).map_err(|e| ApiError::Internal(e.to_string()))?;
+        registered
+            .check_write(e.schema_version, &data)
+            .map_err(|why| ApiError::Invalid(format!("events[{i}]: {why}")))?;
+    }
+    Ok(())
+}
+
+/// Brings each event that is not erased to its type's latest registered version (the stored
+/// entry is unchanged; `stored_schema_version` says what it was).
+pub(super) async fn upcast(state: &AppState, events: &mut [EventOut]) -> Result<(), ApiError> {
+    let types = state.0.ledger.schemas(false).await?;
+    if types.is_empty() {
+        return Ok(());
+    }
+    for e in events.iter_mut().filter(|e| !e.erased) {
+        let Some(registered) = types.get(&e.event_type) else {
+            continue;
+        };
+        let stored = e.schema_version;
+        let (version, data) = registered
+            .registration
+            .upcast(stored, std::mem::take(&mut e.data));
+        e.data = data;
+        if version != stored {
+            e.schema_version = version;
+            e.stored_schema_version = Some(stored);
+        }
+    }
+    Ok(())
+}
+
 /// The request header that names an append for exactly-once retries.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The response header that marks an earlier request's result.
@@ -747,6 +801,7 @@ pub async fn append(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut request = parse_append(stream, &body, state.0.limits.max_event_bytes)?;
     check_compensations(&state, &request).await?;
+    check_versions(&state, &request).await?;
     request.idempotency = idempotency;
     let events_appended = request.events.len() as u64;
     let done = state.0.ledger.append(request).await?;
@@ -835,6 +890,9 @@ pub async fn read_stream(
         events.len() == limit as usize,
     );
     let mut events: Vec<EventOut> = events.into_iter().map(EventOut::from).collect();
+    if q.raw != Some(true) {
+        upcast(&state, &mut events).await?;
+    }
     if q.with_corrections == Some(true)
         && let Some(first) = events.iter().map(|e| e.seq).min()
     {
@@ -899,8 +957,12 @@ pub async fn read_global(
         events.last().map(|e| e.record.entry.header.seq.0),
         events.len() == limit as usize,
     );
+    let mut events: Vec<EventOut> = events.into_iter().map(EventOut::from).collect();
+    if q.raw != Some(true) {
+        upcast(&state, &mut events).await?;
+    }
     Ok(Json(LogPage {
-        events: events.into_iter().map(EventOut::from).collect(),
+        events,
         next_from_seq,
     }))
 }

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod ops;
 pub mod params;
 pub mod reports;
+pub mod schemas;
 pub mod snapshots;
 pub mod subjects;
 pub mod subscribe;
@@ -110,6 +111,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/streams/{stream_id}/load", get(snapshots::load))
         .route("/v1/events", get(events::read_global))
         .route("/v1/subscribe", get(subscribe::subscribe))
+        .route(
+            "/v1/schemas/{event_type}",
+            get(schemas::read).put(schemas::register),
+        )
         .route("/v1/subjects/erase", post(subjects::erase))
         .route("/v1/subjects/export", post(subjects::export))
         .route("/v1/subjects/hold", post(subjects::hold))

@@ -37,6 +37,7 @@ pub fn document() -> Document {
     paths(
         events::append, events::read_stream, events::read_global,
         super::snapshots::put, super::snapshots::load, super::subscribe::subscribe,
+        super::schemas::register, super::schemas::read,
         subjects::erase, subjects::export, subjects::erasure, subjects::erasures,
         subjects::hold, subjects::release,
         admin::list_tokens, admin::create_token, admin::revoke_token,

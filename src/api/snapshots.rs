@@ -184,7 +184,8 @@ pub async fn load(
     );
     let (recorded, opened) = tokio::join!(recorded, state.0.ledger.open_rows(loaded.rows));
     recorded?;
-    let events: Vec<EventOut> = opened?.into_iter().map(EventOut::from).collect();
+    let mut events: Vec<EventOut> = opened?.into_iter().map(EventOut::from).collect();
+    super::events::upcast(&state, &mut events).await?;
     let snapshot = match loaded.snapshot {
         Some((at, bytes)) => Some(SnapshotOut {
             stream_version: at,

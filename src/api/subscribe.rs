@@ -190,9 +190,10 @@ async fn messages(
     } else {
         audited::open_recorded(state, caller, AccessAction::ReadLog, None, events).await?
     };
-    let mut out: Vec<(u64, Event)> = Vec::with_capacity(opened.len() + erasures.len());
-    for e in opened {
-        let out_event = EventOut::from(e);
+    let mut outs: Vec<EventOut> = opened.into_iter().map(EventOut::from).collect();
+    super::events::upcast(state, &mut outs).await?;
+    let mut out: Vec<(u64, Event)> = Vec::with_capacity(outs.len() + erasures.len());
+    for out_event in outs {
         let seq = out_event.seq;
         let data =
             serde_json::to_string(&out_event).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -10,6 +10,7 @@ mod holds;
 mod idempotency;
 mod proofs;
 mod rotation;
+mod schemas;
 mod snapshots;
 mod system;
 mod window;
@@ -40,6 +41,7 @@ pub use health::WriteHealth;
 pub use holds::{HoldDone, HoldError, HoldRequest};
 pub use idempotency::{BadIdempotencyKey, IdempotencyKey, MAX_KEY_CHARS, request_digest};
 pub use proofs::{ConsistencyProof, InclusionProof, ProofRequestError, stored_range_hashes};
+pub use schemas::{RegisterError, Registered, Types, WriteRefused};
 pub use snapshots::{Loaded, SnapshotError};
 pub use window::{AsOf, Direction, RowFilter, SeqRange, TimeSeqs, next_cursor, seq_range};
 
@@ -304,6 +306,8 @@ pub struct Ledger {
     /// Changes after every commit of this instance, and of others when the backend announces
     /// them (PostgreSQL): what subscribers wait on.
     commits: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Registered event versions, as this instance knows them.
+    schemas: Mutex<schemas::Registry>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -417,6 +421,7 @@ impl Ledger {
             health,
             idempotency_window_micros,
             commits,
+            schemas: Mutex::new(schemas::Registry::default()),
         }
     }
 

@@ -32,6 +32,10 @@ pub const SYSTEM_ENTRY_TYPES: &[(&str, &str)] = &[
     (record::HOLDS_STREAM, record::HOLD_PLACED),
     (record::HOLDS_STREAM, record::HOLD_RELEASED),
     (record::POLICIES_STREAM, record::POLICY_SET),
+    (
+        crate::upcast::SCHEMAS_STREAM,
+        crate::upcast::SCHEMA_REGISTERED,
+    ),
 ];
 
 /// Whether `header` is an erasure entry.
