@@ -150,3 +150,136 @@ mod tests {
         assert!(start(Some(&u64::MAX.to_string()), None).is_err());
     }
 }
+
+/// Durable named subscriptions: a position below which everything is acknowledged, and leases
+/// of the ranges handed to consumers. Ranges tile the log from the position up; a lease not
+/// acknowledged before it expires is handed out again whole (at-least-once), to whichever
+/// consumer polls next (competing consumers share one subscription).
+pub mod durable {
+    /// A range of seqs handed to a consumer.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Lease {
+        /// Its id.
+        pub id: String,
+        /// First seq of the range.
+        pub from: u64,
+        /// Last seq of the range (inclusive).
+        pub to: u64,
+        /// When it expires, µs since the epoch.
+        pub expires_at: i64,
+        /// Whether the consumer acknowledged it.
+        pub acked: bool,
+    }
+
+    /// What the next poll hands out.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Next {
+        /// An expired lease's range again (its id is replaced).
+        Redeliver {
+            /// The expired lease.
+            expired: String,
+            /// Its range.
+            from: u64,
+            /// Its range.
+            to: u64,
+        },
+        /// New entries from this seq on.
+        From(u64),
+    }
+
+    /// The next range to hand out, given the acknowledged position and the leases.
+    #[must_use]
+    pub fn next(position: u64, leases: &[Lease], now: i64) -> Next {
+        if let Some(l) = leases
+            .iter()
+            .filter(|l| !l.acked && l.expires_at <= now)
+            .min_by_key(|l| l.from)
+        {
+            return Next::Redeliver {
+                expired: l.id.clone(),
+                from: l.from,
+                to: l.to,
+            };
+        }
+        Next::From(
+            leases
+                .iter()
+                .map(|l| l.to + 1)
+                .max()
+                .unwrap_or(position)
+                .max(position),
+        )
+    }
+
+    /// The position once acknowledged leases are folded in, and the leases that folds away.
+    #[must_use]
+    pub fn advance(position: u64, leases: &[Lease]) -> (u64, Vec<String>) {
+        let mut acked: Vec<&Lease> = leases.iter().filter(|l| l.acked).collect();
+        acked.sort_by_key(|l| l.from);
+        let mut p = position;
+        let mut done = Vec::new();
+        for l in acked {
+            if l.from <= p {
+                p = p.max(l.to + 1);
+                done.push(l.id.clone());
+            } else {
+                break;
+            }
+        }
+        (p, done)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn lease(id: &str, from: u64, to: u64, expires_at: i64, acked: bool) -> Lease {
+            Lease {
+                id: id.into(),
+                from,
+                to,
+                expires_at,
+                acked,
+            }
+        }
+
+        #[test]
+        fn ranges_tile_the_log_and_expired_ones_come_back() {
+            assert_eq!(next(5, &[], 0), Next::From(5));
+            let live = [lease("a", 5, 9, 100, false), lease("b", 10, 14, 100, false)];
+            assert_eq!(next(5, &live, 50), Next::From(15));
+            assert_eq!(
+                next(5, &live, 100),
+                Next::Redeliver {
+                    expired: "a".into(),
+                    from: 5,
+                    to: 9
+                }
+            );
+            // An acknowledged lease is never handed out again, expired or not.
+            let acked = [lease("a", 5, 9, 0, true)];
+            assert_eq!(next(5, &acked, 50), Next::From(10));
+        }
+
+        #[test]
+        fn the_position_moves_only_over_acknowledged_ranges_in_order() {
+            let leases = [
+                lease("a", 5, 9, 0, false),
+                lease("b", 10, 14, 0, true),
+                lease("c", 15, 20, 0, true),
+            ];
+            assert_eq!(advance(5, &leases), (5, vec![]));
+            let leases = [
+                lease("a", 5, 9, 0, true),
+                lease("b", 10, 14, 0, false),
+                lease("c", 15, 20, 0, true),
+            ];
+            assert_eq!(advance(5, &leases), (10, vec!["a".to_owned()]));
+            let leases = [lease("a", 5, 9, 0, true), lease("c", 10, 20, 0, true)];
+            assert_eq!(
+                advance(5, &leases),
+                (21, vec!["a".to_owned(), "c".to_owned()])
+            );
+        }
+    }
+}

@@ -44,6 +44,25 @@ fn matrix() -> Vec<(Method, &'static str, Option<Value>, &'static [&'static str]
         (Method::GET, "/v1/events", None, &["reader"]),
         (Method::GET, "/v1/subscribe", None, &["reader"]),
         (
+            Method::PUT,
+            "/v1/subscriptions/matrix",
+            Some(json!({})),
+            &["reader"],
+        ),
+        (Method::GET, "/v1/subscriptions/matrix", None, &["reader"]),
+        (
+            Method::POST,
+            "/v1/subscriptions/matrix/poll",
+            None,
+            &["reader"],
+        ),
+        (
+            Method::POST,
+            "/v1/subscriptions/matrix/ack",
+            Some(json!({"lease_id": "nope"})),
+            &["reader"],
+        ),
+        (
             Method::POST,
             "/v1/subjects/erase",
             Some(erase),

@@ -1,7 +1,11 @@
 //! `GET /v1/subscribe` over HTTP, on both backends: catch-up then live, resuming with
 //! `Last-Event-ID`, erasure during a subscription, a slow consumer, two instances.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![allow(clippy::too_many_lines, reason = "test code")]
+#![allow(
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    reason = "test code"
+)]
 
 mod common;
 
@@ -270,4 +274,223 @@ async fn a_subscriber_on_one_instance_sees_appends_made_through_another() {
     assert_eq!(m.data["data"]["cents"], 5);
     a.terminate().await;
     b.terminate().await;
+}
+
+async fn call(
+    s: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut r = s.client.request(method, s.url(path));
+    if let Some(b) = body {
+        r = r
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn poll(s: &Server, name: &str, query: &str) -> Value {
+    let (status, body) = call(
+        s,
+        reqwest::Method::POST,
+        &format!("/v1/subscriptions/{name}/poll{query}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn ack(s: &Server, name: &str, lease: &Value) -> (StatusCode, Value) {
+    call(
+        s,
+        reqwest::Method::POST,
+        &format!("/v1/subscriptions/{name}/ack"),
+        Some(json!({ "lease_id": lease })),
+    )
+    .await
+}
+
+fn seqs(reply: &Value) -> Vec<u64> {
+    reply["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+async fn durable_subscriptions(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    let events: Vec<Value> = (0..10)
+        .map(|i| json!({"type": "Deposited", "subject": "fay@example.com", "data": {"i": i}}))
+        .collect();
+    let acct = append(&s, "acct-1", json!(events)).await;
+    append(&s, "order-1", json!([{"type": "Placed", "data": {}}])).await;
+
+    let create = json!({"stream_prefix": "acct-"});
+    let (status, body) = call(
+        &s,
+        reqwest::Method::PUT,
+        "/v1/subscriptions/billing",
+        Some(create.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = call(
+        &s,
+        reqwest::Method::PUT,
+        "/v1/subscriptions/billing",
+        Some(create),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &s,
+        reqwest::Method::PUT,
+        "/v1/subscriptions/billing",
+        Some(json!({"stream_prefix": "order-"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Competing consumers take disjoint ranges.
+    let a = poll(&s, "billing", "?max=4&lease_ms=60000").await;
+    let b = poll(&s, "billing", "?max=4&lease_ms=60000").await;
+    assert_eq!(seqs(&a), acct[..4]);
+    assert_eq!(seqs(&b), acct[4..8]);
+    assert_eq!(a["messages"][0]["event"]["data"]["i"], 0);
+    // The position moves only over acknowledged ranges, in order.
+    let (status, body) = ack(&s, "billing", &b["lease_id"]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["position"], 0);
+    let (_, body) = ack(&s, "billing", &a["lease_id"]).await;
+    assert_eq!(body["position"], acct[7] + 1);
+    let (status, _) = ack(&s, "billing", &a["lease_id"]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "acknowledged twice");
+
+    // At-least-once: a lease not acknowledged in time is handed out again.
+    let c = poll(&s, "billing", "?max=2&lease_ms=200").await;
+    assert_eq!(seqs(&c), acct[8..10]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let d = poll(&s, "billing", "?max=2&lease_ms=60000").await;
+    assert_eq!(seqs(&d), seqs(&c));
+    assert_ne!(d["lease_id"], c["lease_id"]);
+    let (status, _) = ack(&s, "billing", &c["lease_id"]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, body) = ack(&s, "billing", &d["lease_id"]).await;
+    let position = body["position"].as_u64().unwrap();
+    assert!(position > acct[9]);
+
+    // Nothing new: no lease. A waiting poll returns when an event arrives.
+    let empty = poll(&s, "billing", "").await;
+    assert!(empty["lease_id"].is_null());
+    assert!(seqs(&empty).is_empty());
+    let waiting = {
+        let client = s.client.clone();
+        let url = s.url("/v1/subscriptions/billing/poll?wait_ms=20000");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = append(&s, "acct-2", json!([{"type": "Opened", "data": {}}])).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seqs(&got), late);
+    ack(&s, "billing", &got["lease_id"]).await;
+
+    // An erasure is delivered to the subscription, whatever its filter.
+    let (status, _) = s
+        .post_raw(
+            "/v1/subjects/erase",
+            json!({"subject": "fay@example.com", "reason": "Art. 17", "request_ref": "R-8"})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let e = poll(&s, "billing", "").await;
+    assert_eq!(e["messages"][0]["kind"], "erasure", "{e}");
+    assert_eq!(
+        e["messages"][0]["subject"],
+        a["messages"][0]["event"]["subject"]
+    );
+    ack(&s, "billing", &e["lease_id"]).await;
+
+    // The position survives a restart.
+    let (_, before) = call(&s, reqwest::Method::GET, "/v1/subscriptions/billing", None).await;
+    s.terminate().await;
+    let s = env.serve(&[]).await;
+    let (_, after) = call(&s, reqwest::Method::GET, "/v1/subscriptions/billing", None).await;
+    assert_eq!(before["position"], after["position"]);
+    let (status, _) = call(&s, reqwest::Method::GET, "/v1/subscriptions/nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Many consumers at once: every event delivered exactly once (no lease expires here).
+    let more: Vec<Value> = (0..60)
+        .map(|i| json!({"type": "Tick", "data": {"i": i}}))
+        .collect();
+    let ticks = append(&s, "acct-3", json!(more)).await;
+    let mut consumers = Vec::new();
+    for _ in 0..4 {
+        let client = s.client.clone();
+        let base = s.url("/v1/subscriptions/billing");
+        consumers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let r: Value = client
+                    .post(format!("{base}/poll?max=3"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if r["lease_id"].is_null() {
+                    return got;
+                }
+                got.extend(seqs(&r));
+                let st = client
+                    .post(format!("{base}/ack"))
+                    .header("content-type", "application/json")
+                    .body(json!({"lease_id": r["lease_id"]}).to_string())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(st, StatusCode::OK);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in consumers {
+        all.extend(c.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, ticks);
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn durable_subscriptions_on_sqlite() {
+    durable_subscriptions(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn durable_subscriptions_on_postgres() {
+    durable_subscriptions(Backend::Postgres).await;
 }

@@ -133,7 +133,7 @@ pub enum Operation {
     AppendEvents,
     /// `GET /v1/streams/{stream_id}/events`, `GET /v1/streams/{stream_id}/load`
     ReadStream,
-    /// `GET /v1/events`, `GET /v1/subscribe`
+    /// `GET /v1/events`, `GET /v1/subscribe`, `/v1/subscriptions/{name}` and its poll and ack
     ReadLog,
     /// `POST /v1/subjects/erase`
     EraseSubject,
@@ -197,6 +197,10 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
     ("GET", "/v1/streams/{stream_id}/load", Operation::ReadStream),
     ("GET", "/v1/events", Operation::ReadLog),
     ("GET", "/v1/subscribe", Operation::ReadLog),
+    ("PUT", "/v1/subscriptions/{name}", Operation::ReadLog),
+    ("GET", "/v1/subscriptions/{name}", Operation::ReadLog),
+    ("POST", "/v1/subscriptions/{name}/poll", Operation::ReadLog),
+    ("POST", "/v1/subscriptions/{name}/ack", Operation::ReadLog),
     ("POST", "/v1/subjects/erase", Operation::EraseSubject),
     ("POST", "/v1/subjects/export", Operation::ExportSubject),
     ("GET", "/v1/subjects/erasures", Operation::ErasureReceipts),

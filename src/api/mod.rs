@@ -6,6 +6,7 @@ pub mod audit;
 pub mod audited;
 pub mod auth;
 pub mod checkpoints;
+pub mod durable;
 pub mod error;
 pub mod events;
 pub mod json;
@@ -107,13 +108,28 @@ pub fn router(state: AppState) -> Router {
             "/v1/streams/{stream_id}/events",
             get(events::read_stream).post(events::append),
         )
-        .route("/v1/streams/{stream_id}/snapshots", put(snapshots::put))
-        .route("/v1/streams/{stream_id}/load", get(snapshots::load))
+        .route(
+            "/v1/streams/{stream_id}/snapshots",
+            put(snapshots::put_snapshot),
+        )
+        .route("/v1/streams/{stream_id}/load", get(snapshots::load_stream))
         .route("/v1/events", get(events::read_global))
         .route("/v1/subscribe", get(subscribe::subscribe))
         .route(
+            "/v1/subscriptions/{name}",
+            get(durable::read_subscription).put(durable::create_subscription),
+        )
+        .route(
+            "/v1/subscriptions/{name}/poll",
+            post(durable::poll_subscription),
+        )
+        .route(
+            "/v1/subscriptions/{name}/ack",
+            post(durable::ack_subscription),
+        )
+        .route(
             "/v1/schemas/{event_type}",
-            get(schemas::read).put(schemas::register),
+            get(schemas::read_schema).put(schemas::register_schema),
         )
         .route("/v1/subjects/erase", post(subjects::erase))
         .route("/v1/subjects/export", post(subjects::export))

@@ -36,8 +36,9 @@ pub fn document() -> Document {
     info(title = "auditledger", description = "Tamper-evident, crypto-shredding audit ledger"),
     paths(
         events::append, events::read_stream, events::read_global,
-        super::snapshots::put, super::snapshots::load, super::subscribe::subscribe,
-        super::schemas::register, super::schemas::read,
+        super::snapshots::put_snapshot, super::snapshots::load_stream, super::subscribe::subscribe,
+        super::durable::create_subscription, super::durable::read_subscription, super::durable::poll_subscription, super::durable::ack_subscription,
+        super::schemas::register_schema, super::schemas::read_schema,
         subjects::erase, subjects::export, subjects::erasure, subjects::erasures,
         subjects::hold, subjects::release,
         admin::list_tokens, admin::create_token, admin::revoke_token,

@@ -55,7 +55,7 @@ fn view(event_type: &str, r: &Registration) -> SchemaView {
             JSON Schema, or a registered version changed", content_type = "application/problem+json"),
     )
 )]
-pub async fn register(
+pub async fn register_schema(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody,
@@ -87,7 +87,7 @@ pub async fn register(
         (status = 404, description = "Nothing registered for the type", content_type = "application/problem+json"),
     )
 )]
-pub async fn read(
+pub async fn read_schema(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SchemaView>, ApiError> {

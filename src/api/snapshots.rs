@@ -107,7 +107,7 @@ fn snapshot_error(e: SnapshotError) -> ApiError {
             (a snapshot could outlive the erasure)", content_type = "application/problem+json"),
     )
 )]
-pub async fn put(
+pub async fn put_snapshot(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
@@ -155,7 +155,7 @@ pub async fn put(
         (status = 400, description = "Bad parameter", content_type = "application/problem+json"),
     )
 )]
-pub async fn load(
+pub async fn load_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,

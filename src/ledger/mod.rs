@@ -3,6 +3,7 @@
 
 mod cleaner;
 pub mod compensation;
+mod durable;
 mod erasure;
 mod erasures;
 mod health;
@@ -35,6 +36,7 @@ use crate::vault::{Vault, VaultError};
 use writer::{Pending, PendingErase, Writer, WriterMsg};
 
 pub use cleaner::{CACHES_CLEARED_WITHIN_MS, FORGET_POLL_INTERVAL, FORGET_QUERY_TIMEOUT};
+pub use durable::{DurableError, Polled};
 pub use erasure::{ERASURE_STREAM, EraseError, EraseRequest, SUBJECT_ERASED, SYSTEM_STREAM_PREFIX};
 pub use erasures::{ErasureState, ErasureStatus, ErasureView};
 pub use health::WriteHealth;

@@ -6,6 +6,7 @@ mod epochs;
 mod postgres;
 pub mod snapshots;
 mod sqlite;
+pub mod subscriptions;
 mod tx;
 
 use std::collections::{HashMap, HashSet};
@@ -500,7 +501,13 @@ pub trait ErasureNotices: Send {
 /// Storage of the ledger. One implementation per database backend.
 #[async_trait]
 pub trait Store:
-    EpochStore + AccessStore + snapshots::SnapshotStore + Send + Sync + 'static
+    EpochStore
+    + AccessStore
+    + snapshots::SnapshotStore
+    + subscriptions::SubscriptionStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Opens a write transaction that holds the ledger head: no other writer can append until
     /// it commits or is dropped (which rolls it back).

@@ -51,6 +51,7 @@ const ERASED_ROW_TABLES: [&str; 3] = ["data_keys", "subject_index", "subject_lin
 
 super::access::impl_access_store!(PostgresStore, pool, pool);
 super::snapshots::impl_snapshot_store!(PostgresStore, pool, pool);
+super::subscriptions::impl_subscription_store!(PostgresStore, pool, pool);
 
 /// `migrations/postgres/*.sql`, in order; a new migration is added here too.
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -103,6 +104,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "snapshots",
         include_str!("../../migrations/postgres/0010_snapshots.sql"),
+    ),
+    (
+        11,
+        "subscriptions",
+        include_str!("../../migrations/postgres/0011_subscriptions.sql"),
     ),
 ];
 

@@ -41,6 +41,7 @@ const CLEANUP_BUSY_TIMEOUT: Duration = Duration::from_millis(5);
 
 super::access::impl_access_store!(SqliteStore, read, write);
 super::snapshots::impl_snapshot_store!(SqliteStore, read, write);
+super::subscriptions::impl_subscription_store!(SqliteStore, read, write);
 
 /// `migrations/sqlite/*.sql`, in order; a new migration is added here too.
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -93,6 +94,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "snapshots",
         include_str!("../../migrations/sqlite/0010_snapshots.sql"),
+    ),
+    (
+        11,
+        "subscriptions",
+        include_str!("../../migrations/sqlite/0011_subscriptions.sql"),
     ),
 ];
 
