@@ -64,6 +64,13 @@ enum Command {
         #[arg(long, hide = true)]
         stop_after_batches: Option<u64>,
     },
+    /// Rebuild the read models (stream catalogue, subject index, counts by type and day) from
+    /// the log, from scratch. Works beside the running service (which then keeps them up) and
+    /// with none.
+    RebuildProjections {
+        #[command(flatten)]
+        dirs: Dirs,
+    },
     /// Create, list and revoke API tokens. Works beside the running service (a revocation
     /// holds at once on every instance) and with none.
     Token {
@@ -159,6 +166,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => runtime.block_on(serve(config)).map(|()| ExitCode::SUCCESS),
         Command::Token { action } => runtime.block_on(token::run(action)),
+        Command::RebuildProjections { dirs } => runtime.block_on(rebuild_projections(&dirs)),
         Command::Keygen { keys_dir } => keygen(&keys_dir).map(|()| ExitCode::SUCCESS),
         Command::Verify { dirs, public_keys } => runtime.block_on(verify(&dirs, &public_keys)),
         Command::Export {
@@ -771,6 +779,26 @@ fn trusted_keys(dirs: &Dirs, extra: &[PathBuf]) -> anyhow::Result<TrustedKeys> {
     }
     keys.check_unambiguous().map_err(|e| anyhow::anyhow!(e))?;
     Ok(keys)
+}
+
+/// `rebuild-projections`: empties the read models and folds the whole log into them again.
+async fn rebuild_projections(dirs: &Dirs) -> anyhow::Result<ExitCode> {
+    let (store, lock) = crate::backend::open(dirs, crate::backend::Access::Admin).await?;
+    let size = store.head().await?.map_or(0, |h| h.seq.0 + 1);
+    store.reset_projections().await?;
+    let bar = progress_bar(size, "entries");
+    bar.set_message("rebuilding read models");
+    let position = loop {
+        let (n, at) = crate::ledger::projector::step(store.as_ref()).await?;
+        bar.set_position(at.min(size));
+        if n == 0 || at >= size {
+            break at;
+        }
+    };
+    bar.finish_and_clear();
+    crate::backend::close(store.as_ref(), lock).await;
+    eprintln!("rebuilt the read models from {position} entries");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A progress bar on stderr; drawn only when stderr is a terminal.

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod entry;
 pub mod identifiers;
 pub mod merkle;
+pub mod projections;
 pub mod receipt;
 pub mod record;
 pub mod report;

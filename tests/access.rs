@@ -43,6 +43,13 @@ fn matrix() -> Vec<(Method, &'static str, Option<Value>, &'static [&'static str]
         (Method::GET, "/v1/streams/billing-1/load", None, &["reader"]),
         (Method::GET, "/v1/events", None, &["reader"]),
         (Method::GET, "/v1/subscribe", None, &["reader"]),
+        (Method::GET, "/v1/streams", None, &["reader", "auditor"]),
+        (
+            Method::GET,
+            "/v1/stats/events",
+            None,
+            &["reader", "auditor"],
+        ),
         (
             Method::PUT,
             "/v1/subscriptions/matrix",

@@ -728,3 +728,131 @@ async fn upcasting_on_sqlite() {
 async fn upcasting_on_postgres() {
     upcasting(Backend::Postgres).await;
 }
+
+/// The read models' rows, as text, in a fixed order.
+async fn read_models(env: &Env) -> Vec<String> {
+    let hex = match env.backend {
+        Backend::Sqlite => "lower(hex(subject))",
+        Backend::Postgres => "encode(subject, 'hex')",
+    };
+    let queries = [
+        "SELECT 'stream ' || stream_id || ' ' || events || ' ' || first_seq || ' ' || last_seq \
+         || ' ' || last_version || ' ' || last_recorded_at FROM stream_catalogue ORDER BY stream_id"
+            .to_owned(),
+        format!(
+            "SELECT 'subject ' || {hex} || ' ' || stream_id || ' ' || events || ' ' || first_seq \
+             || ' ' || last_seq FROM subject_streams ORDER BY 1"
+        ),
+        "SELECT 'count ' || event_type || ' ' || day || ' ' || events FROM type_day_counts \
+         ORDER BY 1"
+            .to_owned(),
+        "SELECT 'position ' || position FROM projection_positions".to_owned(),
+    ];
+    let mut out = Vec::new();
+    for q in queries {
+        let rows: Vec<String> = match env.database_url() {
+            None => {
+                let db = common::raw_db(env.path()).await;
+                let r = sqlx::query_scalar(&q).fetch_all(&db).await.unwrap();
+                db.close().await;
+                r
+            }
+            Some(url) => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let r = sqlx::query_scalar(&q).fetch_all(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                r
+            }
+        };
+        out.extend(rows);
+    }
+    out
+}
+
+async fn projections(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    append_raw(
+        &s,
+        "acct-1",
+        json!([
+            {"type": "Opened", "subject": "gus@example.com", "data": {}},
+            {"type": "Deposited", "subject": "gus@example.com", "data": {"cents": 5}},
+            {"type": "Deposited", "subject": "hal@example.com", "data": {"cents": 7}},
+        ]),
+    )
+    .await;
+    append_raw(
+        &s,
+        "acct-2",
+        json!([{"type": "Opened", "subject": "hal@example.com", "data": {}}]),
+    )
+    .await;
+    for _ in 0..3 {
+        append_raw(&s, "ops-1", json!([{"type": "Tick", "data": {}}])).await;
+    }
+    // Maintained asynchronously: wait until they cover every entry.
+    let mut page = Value::Null;
+    for _ in 0..200 {
+        page = ok(&s, "/v1/streams?prefix=acct-").await;
+        let entries = env.sql_count("SELECT COUNT(*) FROM entries").await;
+        if page["position"].as_i64() == Some(entries) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let streams = page["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 2, "{page}");
+    assert_eq!(streams[0]["stream_id"], "acct-1");
+    assert_eq!(streams[0]["events"], 3);
+    assert_eq!(streams[0]["last_version"], 2);
+    assert_eq!(streams[1]["events"], 1);
+    let p = ok(&s, "/v1/streams?prefix=acct-&limit=1").await;
+    assert_eq!(p["next_after"], "acct-1");
+    let p = ok(&s, "/v1/streams?prefix=acct-&after=acct-1").await;
+    assert_eq!(p["streams"][0]["stream_id"], "acct-2");
+    let counts = ok(&s, "/v1/stats/events").await;
+    let deposited: u64 = counts["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == "Deposited")
+        .map(|c| c["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(deposited, 2);
+    let (status, _, _) = s.get("/v1/stats/events?from=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("auditledger_projection_lag_entries"),
+        "{metrics}"
+    );
+    s.terminate().await;
+
+    // A rebuild from scratch gives exactly what live maintenance gave.
+    let live = read_models(&env).await;
+    assert!(live.iter().any(|l| l.starts_with("subject ")), "{live:?}");
+    let (code, _, err) = env.cli(&["rebuild-projections"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rebuilt the read models"), "{err}");
+    assert_eq!(read_models(&env).await, live);
+}
+
+#[tokio::test]
+async fn read_models_maintained_live_equal_a_rebuild_on_sqlite() {
+    projections(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn read_models_maintained_live_equal_a_rebuild_on_postgres() {
+    projections(Backend::Postgres).await;
+}

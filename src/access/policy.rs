@@ -175,6 +175,8 @@ pub enum Operation {
     RegisterSchema,
     /// `GET /v1/schemas/{event_type}`
     ReadSchemas,
+    /// `GET /v1/streams`, `GET /v1/stats/events`
+    ReadModels,
 }
 
 /// The route table: method, route template (as the router declares it), operation.
@@ -197,6 +199,8 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
     ("GET", "/v1/streams/{stream_id}/load", Operation::ReadStream),
     ("GET", "/v1/events", Operation::ReadLog),
     ("GET", "/v1/subscribe", Operation::ReadLog),
+    ("GET", "/v1/streams", Operation::ReadModels),
+    ("GET", "/v1/stats/events", Operation::ReadModels),
     ("PUT", "/v1/subscriptions/{name}", Operation::ReadLog),
     ("GET", "/v1/subscriptions/{name}", Operation::ReadLog),
     ("POST", "/v1/subscriptions/{name}/poll", Operation::ReadLog),
@@ -275,6 +279,8 @@ impl Operation {
             | O::RegisterSchema => &[Role::Admin],
             // Writers and readers need the versions to write and read; nothing personal.
             O::ReadSchemas => &[Role::Admin, Role::Writer, Role::Reader, Role::Auditor],
+            // Stream ids, types and counts: no personal data.
+            O::ReadModels => &[Role::Reader, Role::Auditor],
         }
     }
 

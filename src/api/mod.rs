@@ -10,6 +10,7 @@ pub mod durable;
 pub mod error;
 pub mod events;
 pub mod json;
+pub mod models;
 mod numbers;
 pub mod openapi;
 pub mod ops;
@@ -115,6 +116,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/streams/{stream_id}/load", get(snapshots::load_stream))
         .route("/v1/events", get(events::read_global))
         .route("/v1/subscribe", get(subscribe::subscribe))
+        .route("/v1/streams", get(models::catalogue))
+        .route("/v1/stats/events", get(models::counts))
         .route(
             "/v1/subscriptions/{name}",
             get(durable::read_subscription).put(durable::create_subscription),

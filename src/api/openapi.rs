@@ -39,6 +39,7 @@ pub fn document() -> Document {
         super::snapshots::put_snapshot, super::snapshots::load_stream, super::subscribe::subscribe,
         super::durable::create_subscription, super::durable::read_subscription, super::durable::poll_subscription, super::durable::ack_subscription,
         super::schemas::register_schema, super::schemas::read_schema,
+        super::models::catalogue, super::models::counts,
         subjects::erase, subjects::export, subjects::erasure, subjects::erasures,
         subjects::hold, subjects::release,
         admin::list_tokens, admin::create_token, admin::revoke_token,

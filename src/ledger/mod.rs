@@ -9,6 +9,7 @@ mod erasures;
 mod health;
 mod holds;
 mod idempotency;
+pub mod projector;
 mod proofs;
 mod rotation;
 mod schemas;
@@ -396,6 +397,7 @@ impl Ledger {
                 Arc::clone(&vault),
             )),
             tokio::spawn(probe_while_failing(Arc::clone(&health), sender.clone())),
+            tokio::spawn(projector::run(Arc::clone(&store), commits.subscribe())),
             tokio::spawn(relay_commit_notices(
                 Arc::clone(&store),
                 Arc::clone(&commits),

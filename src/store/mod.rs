@@ -4,6 +4,7 @@
 pub mod access;
 mod epochs;
 mod postgres;
+pub mod projections;
 pub mod snapshots;
 mod sqlite;
 pub mod subscriptions;
@@ -505,6 +506,7 @@ pub trait Store:
     + AccessStore
     + snapshots::SnapshotStore
     + subscriptions::SubscriptionStore
+    + projections::ProjectionStore
     + Send
     + Sync
     + 'static

@@ -52,6 +52,7 @@ const ERASED_ROW_TABLES: [&str; 3] = ["data_keys", "subject_index", "subject_lin
 super::access::impl_access_store!(PostgresStore, pool, pool);
 super::snapshots::impl_snapshot_store!(PostgresStore, pool, pool);
 super::subscriptions::impl_subscription_store!(PostgresStore, pool, pool);
+super::projections::impl_projection_store!(PostgresStore, pool, pool);
 
 /// `migrations/postgres/*.sql`, in order; a new migration is added here too.
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -109,6 +110,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "subscriptions",
         include_str!("../../migrations/postgres/0011_subscriptions.sql"),
+    ),
+    (
+        12,
+        "projections",
+        include_str!("../../migrations/postgres/0012_projections.sql"),
     ),
 ];
 

@@ -42,6 +42,7 @@ const CLEANUP_BUSY_TIMEOUT: Duration = Duration::from_millis(5);
 super::access::impl_access_store!(SqliteStore, read, write);
 super::snapshots::impl_snapshot_store!(SqliteStore, read, write);
 super::subscriptions::impl_subscription_store!(SqliteStore, read, write);
+super::projections::impl_projection_store!(SqliteStore, read, write);
 
 /// `migrations/sqlite/*.sql`, in order; a new migration is added here too.
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -99,6 +100,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "subscriptions",
         include_str!("../../migrations/sqlite/0011_subscriptions.sql"),
+    ),
+    (
+        12,
+        "projections",
+        include_str!("../../migrations/sqlite/0012_projections.sql"),
     ),
 ];
 
