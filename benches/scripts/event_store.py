@@ -90,7 +90,8 @@ def start(args, work, token_roles):
         env["DATABASE_URL"] = args.postgres
     token = subprocess.run([BIN, "token", "create", "--role", token_roles, "--name", "bench"],
                            cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip()
-    proc = subprocess.Popen([BIN, "serve", "--bind", "127.0.0.1:0"], cwd=work, env=env,
+    extra = os.environ.get("SERVE_FLAGS", "").split()
+    proc = subprocess.Popen([BIN, "serve", "--bind", "127.0.0.1:0", *extra], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=open(os.path.join(work, "serve.log"), "w"), text=True)
     for line in proc.stdout:
         if "listening on http://" in line:
@@ -158,7 +159,9 @@ def main():
               f"from recorded_at: p50 {pct(lat, .5):.1f} ms, p99 {pct(lat, .99):.1f} ms, "
               f"max {max(lat) if lat else float('nan'):.1f} ms")
 
-        # 3. Catch-up from seq 0.
+        # 3. Catch-up from seq 0 (a new connection: the old one sat idle past the server's
+        # keep-alive deadline).
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         have = head + sent
         while have < args.catchup_events:
             for s in range(10):
