@@ -282,6 +282,16 @@ impl FaultProxy {
     }
 }
 
+/// Whether `chunk` binds the ledger's advisory-lock key: the eight bytes "auditled" as an
+/// int8, not as the start of text such as "auditledger:schemas" (a read of the ledger's own
+/// streams, which must not count as an append).
+fn binds_lock_key(chunk: &[u8]) -> bool {
+    (0..chunk.len().saturating_sub(7)).any(|i| {
+        let rest = &chunk[i + 8..(i + 11).min(chunk.len())];
+        &chunk[i..i + 8] == b"auditled" && (rest.is_empty() || rest != &b"ger"[..rest.len()])
+    })
+}
+
 fn take(counter: &AtomicU32) -> bool {
     counter
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -302,7 +312,7 @@ async fn pump(client: TcpStream, server: TcpStream, after: Arc<AtomicU32>, befor
             Ok(n) => n,
         };
         let chunk = &buf[..n];
-        if contains(chunk, b"auditled") {
+        if binds_lock_key(chunk) {
             in_append = true;
         }
         if in_append && contains(chunk, COMMIT_MESSAGE) {

@@ -1,0 +1,318 @@
+//! Issue 12's performance figures with a light load generator: the service binary as its own
+//! process, driven from this one (tokio tasks, not a process per client), realistic events
+//! (~500 bytes of data, a subject each), access control on.
+//!
+//! 1. Live delivery: SUBSCRIBERS SSE subscribers while appenders write RATE events/s in
+//!    100-event requests; latency = arrival minus the event's `recorded_at` (stamped before the
+//!    commit, so it includes the commit).
+//! 2. Loading a 10,000-event stream with a snapshot 100 events back.
+//! 3. Catch-up: one subscriber from seq 0.
+//!
+//! `cargo bench --bench event_store` (env: RATE, SUBSCRIBERS, SECONDS, CATCHUP, SERVE_FLAGS).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::cast_precision_loss,
+    clippy::too_many_lines,
+    reason = "a benchmark program"
+)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_auditledger");
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn events(n: usize, stream: usize, first: usize) -> Value {
+    let pad = "x".repeat(380);
+    let list: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"type": "PaymentCaptured",
+                   "subject": format!("customer-{stream}-{}@example.com", (first + i) % 20),
+                   "data": {"amount_cents": 1000 + i, "currency": "EUR", "card_last4": "4242", "note": pad},
+                   "metadata": {"source": "bench"}})
+        })
+        .collect();
+    json!({ "events": list })
+}
+
+fn now_micros() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap()
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "an index"
+    )]
+    let i = ((v.len() as f64 * p) as usize).min(v.len() - 1);
+    v[i]
+}
+
+/// Reads SSE from `url` until `until`; returns the latencies (ms) of the events it got.
+async fn subscriber(client: reqwest::Client, url: String, until: Instant) -> Vec<f64> {
+    let mut r = client.get(url).send().await.unwrap();
+    let mut lat = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let key = b"\"recorded_at\":\"";
+    while Instant::now() < until {
+        let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_millis(200), r.chunk()).await
+        else {
+            continue;
+        };
+        let now = now_micros();
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(off) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + off];
+            start += off + 1;
+            if line.starts_with(b"data:")
+                && let Some(k) = line.windows(key.len()).position(|w| w == key)
+            {
+                let ts = std::str::from_utf8(&line[k + key.len()..k + key.len() + 27]).unwrap();
+                let at = auditledger::timefmt::parse_rfc3339(ts).unwrap();
+                lat.push((now - at) as f64 / 1000.0);
+            }
+        }
+        buf.drain(..start);
+    }
+    lat
+}
+
+async fn post(client: reqwest::Client, url: String, body: Value) {
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+#[tokio::main]
+async fn main() {
+    let rate = env_or("RATE", 10_000);
+    let subscribers = env_or("SUBSCRIBERS", 10);
+    let seconds = env_or("SECONDS", 10);
+    let catchup = env_or("CATCHUP", 200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let token = String::from_utf8(
+        std::process::Command::new(BIN)
+            .args([
+                "token",
+                "create",
+                "--role",
+                "writer,reader",
+                "--name",
+                "bench",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let extra = std::env::var("SERVE_FLAGS").unwrap_or_default();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(extra.split_whitespace())
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the service did not start");
+        if let Some(rest) = line.strip_prefix("auditledger listening on http://") {
+            break format!("http://{}", rest.split_whitespace().next().unwrap());
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    let append = |path: String, body: Value| post(client.clone(), format!("{base}{path}"), body);
+    println!(
+        "# auditledger event-store benchmark, light generator ({} cores)",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+
+    // 2. Load.
+    for first in (0..10_000).step_by(1000) {
+        append("/v1/streams/agg-1/events".into(), events(1000, 1, first)).await;
+    }
+    let r = client
+        .put(format!("{base}/v1/streams/agg-1/snapshots"))
+        .header("content-type", "application/json")
+        .body(json!({"stream_version": 9899, "state": {"balance_cents": 123_456, "note": "x".repeat(380)}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut times = Vec::new();
+    for _ in 0..300 {
+        let t = Instant::now();
+        let body: Value = client
+            .get(format!("{base}/v1/streams/agg-1/load"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(body["events"].as_array().unwrap().len(), 100);
+    }
+    println!(
+        "load, 10,000-event stream, snapshot 100 back: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (300 loads, one client)",
+        pct(&mut times, 0.5),
+        pct(&mut times, 0.99),
+        pct(&mut times, 1.0)
+    );
+
+    // 1. Live delivery.
+    let head: Value = client
+        .get(format!(
+            "{base}/v1/events?direction=backward&limit=1&raw=true"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let from = head["events"][0]["seq"].as_u64().unwrap() + 1;
+    let until = Instant::now() + Duration::from_secs(seconds + 3);
+    let subs: Vec<_> = (0..subscribers)
+        .map(|_| {
+            tokio::spawn(subscriber(
+                client.clone(),
+                format!("{base}/v1/subscribe?from_seq={from}&stream_prefix=live-"),
+                until,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let writers = 2u64;
+    let per_writer = rate / writers;
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let apps: Vec<_> = (0..writers)
+        .map(|w| {
+            let (client, base) = (client.clone(), base.clone());
+            tokio::spawn(async move {
+                let interval = Duration::from_secs_f64(100.0 / per_writer as f64);
+                let mut next = Instant::now();
+                let mut sent = 0u64;
+                #[expect(clippy::cast_possible_truncation, reason = "a stream number")]
+                let w = w as usize;
+                while Instant::now() < stop {
+                    post(
+                        client.clone(),
+                        format!("{base}/v1/streams/live-{w}/events"),
+                        events(100, w, 0),
+                    )
+                    .await;
+                    sent += 100;
+                    next += interval;
+                    tokio::time::sleep_until(next.into()).await;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for a in apps {
+        sent += a.await.unwrap();
+    }
+    let mut lat = Vec::new();
+    let mut counts = Vec::new();
+    for s in subs {
+        let l = s.await.unwrap();
+        counts.push(l.len());
+        lat.extend(l);
+    }
+    println!(
+        "live: {sent} events appended in {seconds} s ({:.0}/s), {subscribers} subscribers received {}-{} each; latency from recorded_at: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        sent as f64 / seconds as f64,
+        counts.iter().min().unwrap_or(&0),
+        counts.iter().max().unwrap_or(&0),
+        pct(&mut lat.clone(), 0.5),
+        pct(&mut lat.clone(), 0.99),
+        pct(&mut lat, 1.0)
+    );
+
+    // 3. Catch-up.
+    let mut have = from + sent;
+    let mut k = 0;
+    while have < catchup {
+        append(format!("/v1/streams/live-c{k}/events"), events(1000, 3, 0)).await;
+        have += 1000;
+        k += 1;
+    }
+    let mut r = client
+        .get(format!("{base}/v1/subscribe?from_seq=0"))
+        .send()
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let (mut n, mut buf) = (0u64, Vec::<u8>::new());
+    'outer: while let Some(chunk) = r.chunk().await.unwrap() {
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(off) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + off];
+            start += off + 1;
+            if line.starts_with(b"id:") {
+                n += 1;
+                let seq: u64 = std::str::from_utf8(&line[3..])
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                if seq + 1000 >= have {
+                    break 'outer;
+                }
+            }
+        }
+        buf.drain(..start);
+    }
+    let dt = t.elapsed().as_secs_f64();
+    println!(
+        "catch-up: {n} events in {dt:.2} s = {:.0} events/s, one subscriber",
+        n as f64 / dt
+    );
+    child.kill().await.ok();
+}
