@@ -8,9 +8,12 @@
 //! destroys a key the snapshot needs: it can no longer be opened, as the events cannot. Each
 //! layer's AAD binds the stream, the version and the layer, so a snapshot copied to another
 //! stream or version, or a layer swapped, fails to open and is ignored — a snapshot is never
-//! trusted, only used when it opens.
+//! trusted, only used when it opens. The AAD also binds the list of keys it is sealed under
+//! (stored beside it, so that a load asks the vault for exactly those keys instead of reading
+//! the whole stream to find its subjects): a list altered to drop a subject, or a snapshot
+//! re-sealed under fewer keys, does not open.
 
-use crate::crypto::{DataKey, KeyRef, SealError, SealedPayload, open, seal};
+use crate::crypto::{DataKey, KeyRef, SealError, SealedPayload, open, seal, sha256_parts};
 use zeroize::Zeroizing;
 
 /// Domain of a snapshot layer's AAD.
@@ -25,8 +28,27 @@ pub const MAX_LAYERS: usize = 64;
 /// Default number of events between snapshots.
 pub const DEFAULT_INTERVAL: u64 = 100;
 
-fn aad(stream: &str, version: u64, layer: usize) -> Vec<u8> {
-    let mut a = Vec::with_capacity(AAD_DOMAIN.len() + 4 + stream.len() + 16);
+/// The key list as stored: each key reference's bytes, innermost layer first.
+#[must_use]
+pub fn encode_keys(keys: &[KeyRef]) -> Vec<u8> {
+    keys.iter().flat_map(KeyRef::to_bytes).collect()
+}
+
+/// The key list back from its stored bytes; `None` if malformed.
+#[must_use]
+pub fn decode_keys(bytes: &[u8]) -> Option<Vec<KeyRef>> {
+    let n = KeyRef::System([0; 16]).to_bytes().len();
+    if bytes.is_empty() || bytes.len() % n != 0 || bytes.len() / n > MAX_LAYERS {
+        return None;
+    }
+    bytes
+        .chunks(n)
+        .map(|c| KeyRef::from_bytes(c).ok())
+        .collect()
+}
+
+fn aad(stream: &str, version: u64, keys: &[u8; 32], layer: usize) -> Vec<u8> {
+    let mut a = Vec::with_capacity(AAD_DOMAIN.len() + 4 + stream.len() + 48);
     a.extend_from_slice(AAD_DOMAIN);
     a.extend_from_slice(
         &u32::try_from(stream.len())
@@ -35,8 +57,13 @@ fn aad(stream: &str, version: u64, layer: usize) -> Vec<u8> {
     );
     a.extend_from_slice(stream.as_bytes());
     a.extend_from_slice(&version.to_be_bytes());
+    a.extend_from_slice(keys);
     a.extend_from_slice(&u64::try_from(layer).unwrap_or(u64::MAX).to_be_bytes());
     a
+}
+
+fn keys_digest(keys: &[KeyRef]) -> [u8; 32] {
+    sha256_parts(&[&encode_keys(keys)])
 }
 
 /// Seals `state` for `stream` at `version` under `keys` (innermost first; at least one).
@@ -51,10 +78,12 @@ pub fn seal_state(
     inner.push(STATE);
     inner.extend_from_slice(state);
     let mut sealed = SealedPayload(Vec::new());
+    let refs: Vec<KeyRef> = keys.iter().map(|(r, _)| *r).collect();
+    let digest = keys_digest(&refs);
     // Layers are numbered from the outside (0), so that opening knows each one's number.
     for (i, (key_ref, key)) in keys.iter().enumerate() {
         let layer = keys.len() - 1 - i;
-        sealed = seal(key, key_ref, &aad(stream, version, layer), &inner);
+        sealed = seal(key, key_ref, &aad(stream, version, &digest, layer), &inner);
         let mut next = Zeroizing::new(Vec::with_capacity(sealed.0.len() + 1));
         next.push(LAYER);
         next.extend_from_slice(&sealed.0);
@@ -74,23 +103,29 @@ pub enum Unusable {
     Mismatch,
 }
 
-/// Opens a snapshot of `stream` at `version`, asking `key` for each layer's key (outermost
-/// first); `None` from `key` means the key is gone.
+/// Opens a snapshot of `stream` at `version` sealed under `keys` (the stored list, innermost
+/// first), asking `key` for each layer's key (outermost first); `None` from `key` means the key
+/// is gone. Each layer must be sealed under the list's key for it.
 ///
 /// # Errors
 /// Why the snapshot cannot be used; the caller ignores it.
 pub fn open_state(
     stream: &str,
     version: u64,
+    keys: &[KeyRef],
     sealed: &SealedPayload,
     mut key: impl FnMut(&KeyRef) -> Option<std::sync::Arc<DataKey>>,
 ) -> Result<Zeroizing<Vec<u8>>, Unusable> {
     let mismatch = |_: SealError| Unusable::Mismatch;
+    let digest = keys_digest(keys);
     let mut current = SealedPayload(sealed.0.clone());
-    for layer in 0..MAX_LAYERS {
+    for layer in 0..keys.len().min(MAX_LAYERS) {
         let key_ref = current.key_ref().map_err(mismatch)?;
+        if key_ref != keys[keys.len() - 1 - layer] {
+            return Err(Unusable::Mismatch);
+        }
         let k = key(&key_ref).ok_or(Unusable::KeyGone)?;
-        let plain = open(&k, &current, &aad(stream, version, layer)).map_err(mismatch)?;
+        let plain = open(&k, &current, &aad(stream, version, &digest, layer)).map_err(mismatch)?;
         match plain.first() {
             Some(&STATE) => return Ok(Zeroizing::new(plain[1..].to_vec())),
             Some(&LAYER) => current = SealedPayload(plain[1..].to_vec()),
@@ -174,6 +209,10 @@ mod tests {
             .collect()
     }
 
+    fn refs(ks: &[(KeyRef, Arc<DataKey>)]) -> Vec<KeyRef> {
+        ks.iter().map(|(r, _)| *r).collect()
+    }
+
     fn sealed(ks: &[(KeyRef, Arc<DataKey>)], stream: &str, version: u64) -> SealedPayload {
         let refs: Vec<(KeyRef, &DataKey)> = ks.iter().map(|(r, k)| (*r, k.as_ref())).collect();
         seal_state(stream, version, br#"{"balance":5}"#, &refs)
@@ -188,13 +227,13 @@ mod tests {
         let ks = keys(3);
         let s = sealed(&ks, "acct-1", 99);
         let all = lookup(&ks);
-        let state = open_state("acct-1", 99, &s, |r| all.get(r).cloned()).unwrap();
+        let state = open_state("acct-1", 99, &refs(&ks), &s, |r| all.get(r).cloned()).unwrap();
         assert_eq!(&state[..], br#"{"balance":5}"#);
         for gone in 0..3 {
             let mut some = lookup(&ks);
             some.remove(&ks[gone].0);
             assert_eq!(
-                open_state("acct-1", 99, &s, |r| some.get(r).cloned()),
+                open_state("acct-1", 99, &refs(&ks), &s, |r| some.get(r).cloned()),
                 Err(Unusable::KeyGone),
                 "key {gone} erased"
             );
@@ -207,13 +246,32 @@ mod tests {
         let s = sealed(&ks, "acct-1", 99);
         let all = lookup(&ks);
         let get = |r: &KeyRef| all.get(r).cloned();
-        assert_eq!(open_state("acct-2", 99, &s, get), Err(Unusable::Mismatch));
-        assert_eq!(open_state("acct-1", 98, &s, get), Err(Unusable::Mismatch));
+        let list = refs(&ks);
+        assert_eq!(
+            open_state("acct-2", 99, &list, &s, get),
+            Err(Unusable::Mismatch)
+        );
+        assert_eq!(
+            open_state("acct-1", 98, &list, &s, get),
+            Err(Unusable::Mismatch)
+        );
+        // A list that drops a subject, or a snapshot sealed under fewer keys, does not open.
+        assert_eq!(
+            open_state("acct-1", 99, &list[1..], &s, get),
+            Err(Unusable::Mismatch)
+        );
+        let fewer = sealed(&ks[1..], "acct-1", 99);
+        assert_eq!(
+            open_state("acct-1", 99, &list, &fewer, get),
+            Err(Unusable::Mismatch)
+        );
+        assert!(decode_keys(&encode_keys(&list)).is_some_and(|d| d == list));
+        assert!(decode_keys(&[1, 2, 3]).is_none());
         let mut flipped = s.clone();
         let last = flipped.0.len() - 1;
         flipped.0[last] ^= 1;
         assert_eq!(
-            open_state("acct-1", 99, &flipped, get),
+            open_state("acct-1", 99, &list, &flipped, get),
             Err(Unusable::Mismatch)
         );
     }

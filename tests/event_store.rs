@@ -466,8 +466,8 @@ async fn snapshots(backend: Backend) {
     // An attacker copies the snapshot of version 199 to version 249: it does not open there,
     // is ignored, and the load falls back to the genuine one.
     env.sql(&[
-        "INSERT INTO snapshots (stream_id, stream_version, sealed, created_at) \
-               SELECT stream_id, 249, sealed, created_at FROM snapshots \
+        "INSERT INTO snapshots (stream_id, stream_version, sealed, keys, created_at) \
+               SELECT stream_id, 249, sealed, keys, created_at FROM snapshots \
                WHERE stream_id = 'acct-s' AND stream_version = 199",
     ])
     .await;

@@ -129,8 +129,15 @@ impl Ledger {
         let keys = self.snapshot_keys(stream, version).await?;
         let refs: Vec<(KeyRef, &DataKey)> = keys.iter().map(|(r, k)| (*r, k.as_ref())).collect();
         let sealed = snapshot::seal_state(stream.as_str(), version, state, &refs);
+        let list: Vec<KeyRef> = keys.iter().map(|(r, _)| *r).collect();
         self.store
-            .put_snapshot(stream.as_str(), version, &sealed.0, now_micros())
+            .put_snapshot(
+                stream.as_str(),
+                version,
+                &sealed.0,
+                &snapshot::encode_keys(&list),
+                now_micros(),
+            )
             .await
             .map_err(ReadError::from)?;
         Ok(())
@@ -163,17 +170,24 @@ impl Ledger {
             .store
             .snapshots_before(stream.as_str(), version, TRIED_PER_LOAD)
             .await?;
-        for (at, sealed) in candidates {
-            let keys: HashMap<KeyRef, Arc<DataKey>> = match self.snapshot_keys(stream, at).await {
-                Ok(keys) => keys.into_iter().collect(),
-                Err(SnapshotError::Read(e)) => return Err(e),
-                // An erased subject: this snapshot, and every older one, cannot open.
-                Err(_) => {
-                    ignored += 1;
-                    continue;
-                }
+        for (at, sealed, key_list) in candidates {
+            // The keys the snapshot names (bound into its sealing): asked of the vault one by
+            // one, so a load never reads the stream to find its subjects.
+            let Some(list) = snapshot::decode_keys(&key_list) else {
+                ignored += 1;
+                tracing::warn!(
+                    stream_version = at,
+                    "a stored snapshot's key list is malformed; it is ignored"
+                );
+                continue;
             };
-            match snapshot::open_state(stream.as_str(), at, &SealedPayload(sealed), |r| {
+            let mut keys: HashMap<KeyRef, Arc<DataKey>> = HashMap::new();
+            for r in &list {
+                if let Some(k) = self.vault.key(r).await? {
+                    keys.insert(*r, k);
+                }
+            }
+            match snapshot::open_state(stream.as_str(), at, &list, &SealedPayload(sealed), |r| {
                 keys.get(r).cloned()
             }) {
                 Ok(state) => {

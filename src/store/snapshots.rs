@@ -17,17 +17,18 @@ pub trait SnapshotStore {
         stream: &str,
         version: u64,
         sealed: &[u8],
+        keys: &[u8],
         created_at: i64,
     ) -> Result<(), StoreError>;
 
     /// Up to `limit` snapshots of `stream` at or before `version`, newest first, as
-    /// `(version, sealed)`.
+    /// `(version, sealed, keys)`.
     async fn snapshots_before(
         &self,
         stream: &str,
         version: u64,
         limit: i64,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<(u64, Vec<u8>, Vec<u8>)>, StoreError>;
 
     /// The distinct subjects of `stream`'s events up to `version`, each with whether it has been
     /// erased.
@@ -49,17 +50,20 @@ macro_rules! impl_snapshot_store {
                 stream: &str,
                 version: u64,
                 sealed: &[u8],
+                keys: &[u8],
                 created_at: i64,
             ) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.$write.begin().await?;
                 sqlx::query(
-                    "INSERT INTO snapshots (stream_id, stream_version, sealed, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id, stream_version) \
-                     DO UPDATE SET sealed = excluded.sealed, created_at = excluded.created_at",
+                    "INSERT INTO snapshots (stream_id, stream_version, sealed, keys, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream_id, stream_version) \
+                     DO UPDATE SET sealed = excluded.sealed, keys = excluded.keys, \
+                     created_at = excluded.created_at",
                 )
                 .bind(stream)
                 .bind($crate::store::to_i64(version))
                 .bind(sealed)
+                .bind(keys)
                 .bind(created_at)
                 .execute(&mut *tx)
                 .await?;
@@ -81,9 +85,9 @@ macro_rules! impl_snapshot_store {
                 stream: &str,
                 version: u64,
                 limit: i64,
-            ) -> Result<Vec<(u64, Vec<u8>)>, $crate::store::StoreError> {
-                let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT stream_version, sealed FROM snapshots WHERE stream_id = $1 \
+            ) -> Result<Vec<(u64, Vec<u8>, Vec<u8>)>, $crate::store::StoreError> {
+                let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                    "SELECT stream_version, sealed, keys FROM snapshots WHERE stream_id = $1 \
                      AND stream_version <= $2 ORDER BY stream_version DESC LIMIT $3",
                 )
                 .bind(stream)
@@ -93,7 +97,7 @@ macro_rules! impl_snapshot_store {
                 .await?;
                 Ok(rows
                     .into_iter()
-                    .map(|(v, s)| ($crate::store::to_u64(v), s))
+                    .map(|(v, s, k)| ($crate::store::to_u64(v), s, k))
                     .collect())
             }
 
