@@ -38,7 +38,7 @@ pub fn encode_keys(keys: &[KeyRef]) -> Vec<u8> {
 #[must_use]
 pub fn decode_keys(bytes: &[u8]) -> Option<Vec<KeyRef>> {
     let n = KeyRef::System([0; 16]).to_bytes().len();
-    if bytes.is_empty() || bytes.len() % n != 0 || bytes.len() / n > MAX_LAYERS {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(n) || bytes.len() / n > MAX_LAYERS {
         return None;
     }
     bytes
@@ -268,8 +268,8 @@ mod tests {
         assert!(decode_keys(&encode_keys(&list)).is_some_and(|d| d == list));
         assert!(decode_keys(&[1, 2, 3]).is_none());
         let mut flipped = s.clone();
-        let last = flipped.0.len() - 1;
-        flipped.0[last] ^= 1;
+        let end = flipped.0.len() - 1;
+        flipped.0[end] ^= 1;
         assert_eq!(
             open_state("acct-1", 99, &list, &flipped, get),
             Err(Unusable::Mismatch)
