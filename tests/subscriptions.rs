@@ -494,3 +494,68 @@ async fn durable_subscriptions_on_sqlite() {
 async fn durable_subscriptions_on_postgres() {
     durable_subscriptions(Backend::Postgres).await;
 }
+
+#[tokio::test]
+async fn consumers_on_two_instances_share_one_durable_subscription() {
+    let env = Env::new(Backend::Postgres).await;
+    let a = env.serve(&[]).await;
+    let second_dir = common::workdir();
+    common::copy_keys(&env.path().join("keys"), &second_dir.path().join("keys"));
+    let b = env.serve_in(second_dir.path(), &[]).await;
+    let (status, _) = call(
+        &a,
+        reqwest::Method::PUT,
+        "/v1/subscriptions/shared",
+        Some(json!({"stream_prefix": "job-"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let jobs: Vec<Value> = (0..80)
+        .map(|i| json!({"type": "Queued", "data": {"i": i}}))
+        .collect();
+    let queued = append(&b, "job-1", json!(jobs)).await;
+    let mut consumers = Vec::new();
+    for s in [&a, &b, &a, &b] {
+        let client = s.client.clone();
+        let base = s.url("/v1/subscriptions/shared");
+        consumers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let r: Value = client
+                    .post(format!("{base}/poll?max=3"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if r["lease_id"].is_null() {
+                    return got;
+                }
+                got.extend(seqs(&r));
+                let st = client
+                    .post(format!("{base}/ack"))
+                    .header("content-type", "application/json")
+                    .body(json!({"lease_id": r["lease_id"]}).to_string())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(st, StatusCode::OK);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in consumers {
+        all.extend(c.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all, queued,
+        "every event exactly once across both instances"
+    );
+    let (_, view) = call(&b, reqwest::Method::GET, "/v1/subscriptions/shared", None).await;
+    assert!(view["position"].as_u64().unwrap() > *queued.last().unwrap());
+    a.terminate().await;
+    b.terminate().await;
+}
