@@ -391,16 +391,13 @@ async fn put_snapshot(
     version: u64,
     state: &Value,
 ) -> (StatusCode, Value) {
-    let r = s
-        .client
-        .put(s.url(&format!("/v1/streams/{stream}/snapshots")))
-        .header("content-type", "application/json")
-        .body(json!({"stream_version": version, "state": state}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let body = json!({"stream_version": version, "state": state});
+    s.request(
+        reqwest::Method::PUT,
+        &format!("/v1/streams/{stream}/snapshots"),
+        Some(&body),
+    )
+    .await
 }
 
 /// Appends `n` deposits of 1 cent for alice; returns whether the reply said a snapshot is due.
@@ -553,16 +550,12 @@ async fn the_snapshot_interval_is_set_per_stream_prefix() {
 }
 
 async fn put_schema(s: &Server, event_type: &str, body: &Value) -> (StatusCode, Value) {
-    let r = s
-        .client
-        .put(s.url(&format!("/v1/schemas/{event_type}")))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    s.request(
+        reqwest::Method::PUT,
+        &format!("/v1/schemas/{event_type}"),
+        Some(body),
+    )
+    .await
 }
 
 async fn upcasting(backend: Backend) {

@@ -282,15 +282,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut r = s.client.request(method, s.url(path));
-    if let Some(b) = body {
-        r = r
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    s.request(method, path, body.as_ref()).await
 }
 
 async fn poll(s: &Server, name: &str, query: &str) -> Value {
@@ -313,6 +305,47 @@ async fn ack(s: &Server, name: &str, lease: &Value) -> (StatusCode, Value) {
         Some(json!({ "lease_id": lease })),
     )
     .await
+}
+
+/// One consumer per server, polling `name` three at a time and acknowledging each lease, all
+/// at once, until none gets anything more; the seqs they got, together.
+async fn consume_all(servers: &[&Server], name: &str) -> Vec<u64> {
+    let mut consumers = Vec::new();
+    for s in servers {
+        let client = s.client.clone();
+        let base = s.url(&format!("/v1/subscriptions/{name}"));
+        consumers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let r: Value = client
+                    .post(format!("{base}/poll?max=3"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if r["lease_id"].is_null() {
+                    return got;
+                }
+                got.extend(seqs(&r));
+                let st = client
+                    .post(format!("{base}/ack"))
+                    .header("content-type", "application/json")
+                    .body(json!({"lease_id": r["lease_id"]}).to_string())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(st, StatusCode::OK);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in consumers {
+        all.extend(c.await.unwrap());
+    }
+    all
 }
 
 fn seqs(reply: &Value) -> Vec<u64> {
@@ -445,41 +478,7 @@ async fn durable_subscriptions(backend: Backend) {
         .map(|i| json!({"type": "Tick", "data": {"i": i}}))
         .collect();
     let ticks = append(&s, "acct-3", json!(more)).await;
-    let mut consumers = Vec::new();
-    for _ in 0..4 {
-        let client = s.client.clone();
-        let base = s.url("/v1/subscriptions/billing");
-        consumers.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            loop {
-                let r: Value = client
-                    .post(format!("{base}/poll?max=3"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if r["lease_id"].is_null() {
-                    return got;
-                }
-                got.extend(seqs(&r));
-                let st = client
-                    .post(format!("{base}/ack"))
-                    .header("content-type", "application/json")
-                    .body(json!({"lease_id": r["lease_id"]}).to_string())
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-                assert_eq!(st, StatusCode::OK);
-            }
-        }));
-    }
-    let mut all = Vec::new();
-    for c in consumers {
-        all.extend(c.await.unwrap());
-    }
+    let mut all = consume_all(&[&s, &s, &s, &s], "billing").await;
     all.sort_unstable();
     assert_eq!(all, ticks);
     s.terminate().await;
@@ -514,41 +513,7 @@ async fn consumers_on_two_instances_share_one_durable_subscription() {
         .map(|i| json!({"type": "Queued", "data": {"i": i}}))
         .collect();
     let queued = append(&b, "job-1", json!(jobs)).await;
-    let mut consumers = Vec::new();
-    for s in [&a, &b, &a, &b] {
-        let client = s.client.clone();
-        let base = s.url("/v1/subscriptions/shared");
-        consumers.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            loop {
-                let r: Value = client
-                    .post(format!("{base}/poll?max=3"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if r["lease_id"].is_null() {
-                    return got;
-                }
-                got.extend(seqs(&r));
-                let st = client
-                    .post(format!("{base}/ack"))
-                    .header("content-type", "application/json")
-                    .body(json!({"lease_id": r["lease_id"]}).to_string())
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-                assert_eq!(st, StatusCode::OK);
-            }
-        }));
-    }
-    let mut all = Vec::new();
-    for c in consumers {
-        all.extend(c.await.unwrap());
-    }
+    let mut all = consume_all(&[&a, &b, &a, &b], "shared").await;
     all.sort_unstable();
     assert_eq!(
         all, queued,

@@ -47,6 +47,19 @@ pub async fn open_recorded(
     rows: Vec<EntryRow>,
 ) -> Result<Vec<ReadEvent>, ApiError> {
     let d = disclosure_of_rows(&rows);
+    open_disclosing(state, caller, action, stream, rows, d).await
+}
+
+/// As [`open_recorded`], recording `d` (what `rows` disclose, and more: a loaded snapshot's
+/// subjects).
+pub async fn open_disclosing(
+    state: &AppState,
+    caller: &Caller,
+    action: AccessAction,
+    stream: Option<&str>,
+    rows: Vec<EntryRow>,
+    d: Disclosure,
+) -> Result<Vec<ReadEvent>, ApiError> {
     let (recorded, opened) = tokio::join!(
         record_disclosure(state, caller, action, stream, d),
         state.0.ledger.open_rows(rows)

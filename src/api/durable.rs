@@ -12,17 +12,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::audited;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::events::EventOut;
 use super::json::{self, JsonBody};
 use super::params::BodyPosition;
-use crate::access::record::AccessAction;
+use super::subscribe::Delivered;
 use crate::entry::{EventType, StreamId};
 use crate::ledger::DurableError;
 use crate::store::subscriptions::SubscriptionRow;
-use crate::subscription::Delivery;
 use crate::timefmt::format_micros;
 
 /// Longest lease a consumer may ask for.
@@ -283,36 +281,24 @@ pub async fn poll_subscription(
                 .map_err(durable_error)?;
         }
     };
-    let mut erasures = Vec::new();
-    let mut events = Vec::new();
-    for row in polled.rows {
-        let (seq, stream, subject) = row.disclosure_fields();
-        if polled.filter.classify(stream, row.event_type_str()) == Delivery::Erasure {
-            erasures.push(DurableMessage {
+    let messages = super::subscribe::deliver(&state, &caller, &polled.filter, polled.rows)
+        .await?
+        .into_iter()
+        .map(|d| match d {
+            Delivered::Event(e) => DurableMessage {
+                kind: "event".to_owned(),
+                seq: e.seq,
+                event: Some(*e),
+                subject: None,
+            },
+            Delivered::Erasure { seq, subject } => DurableMessage {
                 kind: "erasure".to_owned(),
                 seq,
                 event: None,
-                subject: subject.map(|s| s.to_hex()),
-            });
-        } else {
-            events.push(row);
-        }
-    }
-    let opened =
-        audited::open_recorded(&state, &caller, AccessAction::ReadLog, None, events).await?;
-    let mut outs: Vec<EventOut> = opened.into_iter().map(EventOut::from).collect();
-    super::events::upcast(&state, &mut outs).await?;
-    let mut messages: Vec<DurableMessage> = outs
-        .into_iter()
-        .map(|e| DurableMessage {
-            kind: "event".to_owned(),
-            seq: e.seq,
-            event: Some(e),
-            subject: None,
+                subject,
+            },
         })
-        .chain(erasures)
         .collect();
-    messages.sort_by_key(|m| m.seq);
     Ok(Json(PollReply {
         lease_id: polled.lease.as_ref().map(|l| l.id.clone()),
         expires_at: polled.lease.as_ref().map(|l| format_micros(l.expires_at)),

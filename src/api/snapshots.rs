@@ -175,16 +175,16 @@ pub async fn load_stream(
     disclosure
         .subjects
         .extend(loaded.snapshot_subjects.iter().copied());
-    let recorded = audited::record_disclosure(
+    let opened = audited::open_disclosing(
         &state,
         &caller,
         AccessAction::ReadStream,
         Some(stream.as_str()),
+        loaded.rows,
         disclosure,
-    );
-    let (recorded, opened) = tokio::join!(recorded, state.0.ledger.open_rows(loaded.rows));
-    recorded?;
-    let mut events: Vec<EventOut> = opened?.into_iter().map(EventOut::from).collect();
+    )
+    .await?;
+    let mut events: Vec<EventOut> = opened.into_iter().map(EventOut::from).collect();
     super::events::upcast(&state, &mut events).await?;
     let snapshot = match loaded.snapshot {
         Some((at, bytes)) => Some(SnapshotOut {

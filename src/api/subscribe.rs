@@ -166,55 +166,80 @@ fn gone() {
     metrics::gauge!("auditledger_subscribers").decrement(1);
 }
 
-/// The messages for `rows`, in seq order: events the filter admits (decrypted, their access
-/// recorded first) and erasure announcements.
+/// What a subscriber is sent for one entry.
+pub(super) enum Delivered {
+    /// An event, as reads show it.
+    Event(Box<EventOut>),
+    /// An erasure's announcement: its seq and the subject's handle.
+    Erasure { seq: u64, subject: Option<String> },
+}
+
+impl Delivered {
+    fn seq(&self) -> u64 {
+        match self {
+            Delivered::Event(e) => e.seq,
+            Delivered::Erasure { seq, .. } => *seq,
+        }
+    }
+}
+
+/// What `rows` deliver under `filter`, in seq order: events the filter admits (decrypted, their
+/// access recorded first, upcast) and erasure announcements. Shared by live and durable
+/// subscriptions.
+pub(super) async fn deliver(
+    state: &AppState,
+    caller: &Caller,
+    filter: &Filter,
+    rows: Vec<EntryRow>,
+) -> Result<Vec<Delivered>, ApiError> {
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    for row in rows {
+        let (seq, stream, subject) = row.disclosure_fields();
+        match filter.classify(stream, row.event_type_str()) {
+            Delivery::Skip => {}
+            Delivery::Erasure => out.push(Delivered::Erasure {
+                seq,
+                subject: subject.map(|s| s.to_hex()),
+            }),
+            Delivery::Event => events.push(row),
+        }
+    }
+    if !events.is_empty() {
+        let opened =
+            audited::open_recorded(state, caller, AccessAction::ReadLog, None, events).await?;
+        let mut outs: Vec<EventOut> = opened.into_iter().map(EventOut::from).collect();
+        super::events::upcast(state, &mut outs).await?;
+        out.extend(outs.into_iter().map(|e| Delivered::Event(Box::new(e))));
+    }
+    out.sort_by_key(Delivered::seq);
+    Ok(out)
+}
+
+/// The SSE messages for `rows`, in seq order, each with its seq.
 async fn messages(
     state: &AppState,
     caller: &Caller,
     filter: &Filter,
     rows: Vec<EntryRow>,
 ) -> Result<Vec<(u64, Event)>, ApiError> {
-    let mut erasures = Vec::new();
-    let mut events = Vec::new();
-    for row in rows {
-        let (seq, stream, subject) = row.disclosure_fields();
-        let event_type = row.event_type_str().to_owned();
-        match filter.classify(stream, &event_type) {
-            Delivery::Skip => {}
-            Delivery::Erasure => erasures.push((seq, subject)),
-            Delivery::Event => events.push(row),
-        }
-    }
-    let opened = if events.is_empty() {
-        Vec::new()
-    } else {
-        audited::open_recorded(state, caller, AccessAction::ReadLog, None, events).await?
-    };
-    let mut outs: Vec<EventOut> = opened.into_iter().map(EventOut::from).collect();
-    super::events::upcast(state, &mut outs).await?;
-    let mut out: Vec<(u64, Event)> = Vec::with_capacity(outs.len() + erasures.len());
-    for out_event in outs {
-        let seq = out_event.seq;
-        let data =
-            serde_json::to_string(&out_event).map_err(|e| ApiError::Internal(e.to_string()))?;
-        out.push((
-            seq,
-            Event::default()
-                .event("event")
-                .id(seq.to_string())
-                .data(data),
-        ));
-    }
-    for (seq, subject) in erasures {
-        let data = json!({"seq": seq, "subject": subject.map(|s| s.to_hex())}).to_string();
-        out.push((
-            seq,
-            Event::default()
-                .event("erasure")
-                .id(seq.to_string())
-                .data(data),
-        ));
-    }
-    out.sort_by_key(|(seq, _)| *seq);
-    Ok(out)
+    deliver(state, caller, filter, rows)
+        .await?
+        .into_iter()
+        .map(|d| {
+            let seq = d.seq();
+            let (name, data) = match d {
+                Delivered::Event(e) => ("event", serde_json::to_string(&e)),
+                Delivered::Erasure { seq, subject } => (
+                    "erasure",
+                    Ok(json!({"seq": seq, "subject": subject}).to_string()),
+                ),
+            };
+            let data = data.map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok((
+                seq,
+                Event::default().event(name).id(seq.to_string()).data(data),
+            ))
+        })
+        .collect()
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Ledger, ReadError};
+use super::ReadError;
 use crate::entry::Seq;
 use crate::projections::Delta;
 use crate::store::Store;
@@ -65,15 +65,5 @@ pub(super) async fn run(store: Arc<dyn Store>, mut commits: tokio::sync::watch::
             _ = commits.changed() => {}
             () = tokio::time::sleep(POLL) => {}
         }
-    }
-}
-
-impl Ledger {
-    /// The read models' position.
-    ///
-    /// # Errors
-    /// A store failure.
-    pub async fn projection_position(&self) -> Result<u64, ReadError> {
-        Ok(self.store.projection_position().await?)
     }
 }

@@ -221,6 +221,25 @@ impl Server {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends `method` to a path with an optional JSON body; returns status and parsed body
+    /// (Null if not JSON).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self.client.request(method, self.url(path));
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// GETs a path; returns status, content type and parsed body.
     pub async fn get(&self, path: &str) -> (StatusCode, String, Value) {
         let r = self.client.get(self.url(path)).send().await.unwrap();
