@@ -451,9 +451,18 @@ async fn snapshots(backend: Backend) {
     assert_eq!(l["snapshot"]["stream_version"], 99);
     assert_eq!(loaded_versions(&l), (100..=150).collect::<Vec<_>>());
     assert_eq!(l["stream_version"], 150);
+    // A load that discloses only the snapshot (no events after it) is recorded too.
+    let before = env.access_entries().await.len();
     let l = ok(&s, "/v1/streams/acct-s/load?version=199").await;
     assert_eq!(l["snapshot"]["stream_version"], 199);
     assert!(loaded_versions(&l).is_empty());
+    let after = env.access_entries().await;
+    assert_eq!(
+        after.len(),
+        before + 1,
+        "a snapshot-only load wrote no access entry"
+    );
+    assert_eq!(after[before]["action"], "read_stream");
     // The state is sealed at rest: not in the database in clear.
     let clear = env
         .sql_count("SELECT COUNT(*) FROM snapshots WHERE sealed LIKE '%balance%'")
@@ -646,6 +655,20 @@ async fn upcasting(backend: Backend) {
             .len(),
         1
     );
+    // A key of the data may itself be personal data: a schema error never quotes it either.
+    let tagged = json!({"versions": [{"version": 1,
+        "schema": {"type": "object", "additionalProperties": {"type": "integer"}}}]});
+    assert_eq!(put_schema(&s, "Tagged", &tagged).await.0, StatusCode::OK);
+    let (status, body) = s
+        .append(
+            "pay-1",
+            &json!({"events": [{"type": "Tagged", "data": {"SECRET-KEY": "x"}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("additionalProperties"), "{detail}");
+    assert!(!detail.contains("SECRET-KEY"), "{detail}");
     // A version-3 write is stored and read as is.
     append_raw(
         &s,
@@ -697,7 +720,8 @@ async fn upcasting(backend: Backend) {
         .into_iter()
         .filter(|e| e["stream_id"] == "auditledger:schemas")
         .count();
-    assert_eq!(registrations, 2);
+    // PaymentMade twice, Tagged once.
+    assert_eq!(registrations, 3);
     assert_eq!(ok(&s, "/v1/audit/verify").await["ok"], true);
     // A restarted service knows them (from the ledger).
     s.terminate().await;
@@ -848,4 +872,54 @@ async fn read_models_maintained_live_equal_a_rebuild_on_sqlite() {
 #[tokio::test]
 async fn read_models_maintained_live_equal_a_rebuild_on_postgres() {
     projections(Backend::Postgres).await;
+}
+
+/// Registrations racing to define the same new version: at most one wins, and the version
+/// reads as the winner defined it (never overwritten by a later, unchecked registration).
+async fn racing_registrations(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    let v1 = json!({"versions": [{"version": 1}]});
+    assert_eq!(put_schema(&s, "Race", &v1).await.0, StatusCode::OK);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let client = s.client.clone();
+        let url = s.url("/v1/schemas/Race");
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"versions": [{"version": 1},
+                {"version": 2, "upcast": [{"add": {"field": format!("f{i}"), "value": 1}}]}]});
+            let r = client
+                .put(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            (i, r.status())
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (i, status) = t.await.unwrap();
+        if status == StatusCode::OK {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let (_, _, got) = s.get("/v1/schemas/Race").await;
+    assert_eq!(
+        got["versions"][1]["upcast"][0]["add"]["field"],
+        format!("f{}", winners[0])
+    );
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn racing_registrations_on_sqlite() {
+    racing_registrations(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn racing_registrations_on_postgres() {
+    racing_registrations(Backend::Postgres).await;
 }

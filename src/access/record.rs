@@ -392,7 +392,8 @@ impl Disclosure {
     /// Whether anything was disclosed (else no access entry is due).
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.events == 0
+        // A loaded snapshot discloses its subjects without any event.
+        self.events == 0 && self.subjects.is_empty()
     }
 }
 

@@ -57,14 +57,13 @@ pub enum WriteRefused {
         /// Registered.
         latest: u32,
     },
-    /// The data breaks the version's JSON Schema. Names where, never what.
-    #[error("data does not satisfy the JSON Schema of version {version}: at `{at}`, rule `{rule}`")]
+    /// The data breaks the version's JSON Schema. Names the schema's rule, never the data: a
+    /// pointer into the data would quote its keys, which may be personal data.
+    #[error("data does not satisfy the JSON Schema of version {version}: rule `{rule}`")]
     Schema {
         /// The version.
         version: u32,
-        /// JSON pointer into the data.
-        at: String,
-        /// JSON pointer into the schema.
+        /// JSON pointer into the schema (the admin's text, not the client's).
         rule: String,
     },
 }
@@ -123,7 +122,6 @@ impl Registered {
         {
             return Err(WriteRefused::Schema {
                 version,
-                at: e.instance_path().to_string(),
                 rule: e.schema_path().to_string(),
             });
         }
@@ -141,10 +139,16 @@ impl Ledger {
     /// # Errors
     /// Reading the schemas stream failed.
     pub async fn schemas(&self, force: bool) -> Result<Arc<Types>, ReadError> {
+        Ok(self.registry(force).await?.0)
+    }
+
+    /// The registry and the schemas stream's next version, read under one lock: a registration
+    /// is checked against exactly the state its expected version names.
+    async fn registry(&self, force: bool) -> Result<(Arc<Types>, u64), ReadError> {
         let mut registry = self.schemas.lock().await;
         let fresh = registry.checked.is_some_and(|t| t.elapsed() < REFRESH);
         if fresh && !force {
-            return Ok(Arc::clone(&registry.types));
+            return Ok((Arc::clone(&registry.types), registry.next_version));
         }
         let mut types: Option<Types> = None;
         loop {
@@ -186,7 +190,7 @@ impl Ledger {
             registry.types = Arc::new(t);
         }
         registry.checked = Some(Instant::now());
-        Ok(Arc::clone(&registry.types))
+        Ok((Arc::clone(&registry.types), registry.next_version))
     }
 
     /// Registers `registration` for `event_type`, as an entry of the schemas stream.
@@ -199,16 +203,15 @@ impl Ledger {
         event_type: &EventType,
         registration: Registration,
     ) -> Result<(u64, Registration), RegisterError> {
-        let current = self.schemas(true).await?;
+        // Checked against this state, and appended only if the stream is still at it (any
+        // registration committed meanwhile, by any instance, makes this one a conflict).
+        let (current, next_version) = self.registry(true).await?;
         let previous = current.get(event_type.as_str());
         registration.check(previous.map(|p| &p.registration))?;
         Registered::compile(registration.clone())?;
-        let expected = {
-            let registry = self.schemas.lock().await;
-            match registry.next_version {
-                0 => ExpectedVersion::NoStream,
-                n => ExpectedVersion::Exact(n - 1),
-            }
+        let expected = match next_version {
+            0 => ExpectedVersion::NoStream,
+            n => ExpectedVersion::Exact(n - 1),
         };
         let mut metadata = std::collections::BTreeMap::new();
         metadata.insert("event_type".to_owned(), event_type.as_str().to_owned());
