@@ -364,6 +364,7 @@ impl Service {
             snapshot_intervals: crate::snapshot::Intervals::parse(&config.snapshot_every)
                 .map_err(anyhow::Error::msg)?,
             subscriptions: subscription_limits(config),
+            feed: crate::api::feed::Feed::default(),
         });
         prepare_access_control(config, &app).await?;
         let (addr, stop, server) = listen(config, &app).await?;

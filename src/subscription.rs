@@ -63,6 +63,14 @@ pub enum Delivery {
 }
 
 impl Filter {
+    /// Whether it asks for the ledger's own entries (its prefix names their streams).
+    #[must_use]
+    pub fn asks_for_ledger_entries(&self) -> bool {
+        self.stream_prefix
+            .as_deref()
+            .is_some_and(|p| p.starts_with(SYSTEM_STREAM_PREFIX))
+    }
+
     /// What to do with an entry of `stream` and `event_type`.
     #[must_use]
     pub fn classify(&self, stream: &str, event_type: &str) -> Delivery {
@@ -73,10 +81,7 @@ impl Filter {
             .stream_prefix
             .as_deref()
             .is_none_or(|p| stream.starts_with(p));
-        let own_asked = self
-            .stream_prefix
-            .as_deref()
-            .is_some_and(|p| p.starts_with(SYSTEM_STREAM_PREFIX));
+        let own_asked = self.asks_for_ledger_entries();
         if !prefix_ok || (stream.starts_with(SYSTEM_STREAM_PREFIX) && !own_asked) {
             return Delivery::Skip;
         }
@@ -102,6 +107,47 @@ pub fn start(last_event_id: Option<&str>, from_seq: Option<u64>) -> Result<u64, 
             .ok_or("Last-Event-ID must be the seq of the last event received"),
         None => Ok(from_seq.unwrap_or(0)),
     }
+}
+
+/// How much a process's key vault had forgotten at some moment: keys it destroyed or learnt
+/// were destroyed, and times it emptied its whole cache (when it could not learn of erasures in
+/// time). Both only grow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forgetting {
+    /// Keys forgotten.
+    pub forgets: u64,
+    /// Whole-cache clears.
+    pub clears: u64,
+}
+
+/// What to do, at the moment of sending, with an event opened earlier and kept ready to send
+/// (subscribers share one opened copy of each live event, and a queued message may wait).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtSend {
+    /// Nothing was forgotten that concerns it: send it as opened.
+    Send,
+    /// Its subject's key was destroyed since it was opened: send it as erased, as every read
+    /// now shows it.
+    Erased,
+    /// The process emptied its key cache since (it may not know of an erasure made
+    /// elsewhere): send nothing more; the client resumes from the last id it got and the
+    /// event is read again from the database.
+    Stop,
+}
+
+/// The rule for [`AtSend`]: a copy opened when the vault had forgotten `opened` is sent as it
+/// is only if nothing was forgotten since, or what was forgotten is not its key
+/// (`destroyed` asks, only when needed). A copy that needs no key (the system key's, an
+/// event already erased) is never at risk and is not asked about.
+#[must_use]
+pub fn at_send(opened: Forgetting, now: Forgetting, destroyed: impl FnOnce() -> bool) -> AtSend {
+    if now.clears != opened.clears {
+        return AtSend::Stop;
+    }
+    if now.forgets != opened.forgets && destroyed() {
+        return AtSend::Erased;
+    }
+    AtSend::Send
 }
 
 #[cfg(test)]
@@ -139,6 +185,32 @@ mod tests {
             own.classify("auditledger:access", "AccessRecorded"),
             Delivery::Event
         );
+    }
+
+    #[test]
+    fn a_copy_opened_before_a_forget_of_its_key_goes_out_erased() {
+        let opened = Forgetting {
+            forgets: 3,
+            clears: 1,
+        };
+        // Nothing forgotten since: sent without asking.
+        assert_eq!(
+            at_send(opened, opened, || unreachable!("not asked")),
+            AtSend::Send
+        );
+        let later = Forgetting {
+            forgets: 4,
+            clears: 1,
+        };
+        assert_eq!(at_send(opened, later, || true), AtSend::Erased);
+        // Another subject's key was forgotten: this one goes out as opened.
+        assert_eq!(at_send(opened, later, || false), AtSend::Send);
+        // The cache was emptied: this process may not know; stop, whatever else holds.
+        let cleared = Forgetting {
+            forgets: 3,
+            clears: 2,
+        };
+        assert_eq!(at_send(opened, cleared, || false), AtSend::Stop);
     }
 
     #[test]

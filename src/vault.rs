@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rand::RngCore;
@@ -54,7 +55,14 @@ pub struct Vault {
     system_ref: KeyRef,
     system_key: Arc<DataKey>,
     cache: Mutex<Cache>,
+    /// Counts of keys forgotten and of whole-cache clears: what a cache of opened data (the
+    /// subscribers' feed) compares to learn that something it opened may be erased now.
+    forgets: AtomicU64,
+    clears: AtomicU64,
 }
+
+/// How much the vault had forgotten at some moment ([`Vault::forgetting`]).
+pub use crate::subscription::Forgetting;
 
 /// Most unwrapped subject keys kept in memory; beyond it the cache starts over (each key is
 /// zeroized as it is dropped) and keys are unwrapped again on demand.
@@ -115,6 +123,8 @@ impl Vault {
             system_ref: row.key_ref,
             system_key: Arc::new(DataKey::generate()),
             cache: Mutex::new(Cache::default()),
+            forgets: AtomicU64::new(0),
+            clears: AtomicU64::new(0),
         };
         let system_key = vault.unwrap_row(&row, "system key").await?;
         Ok(Vault {
@@ -247,12 +257,33 @@ impl Vault {
         let mut cache = self.lock_cache();
         cache.keys.remove(key_ref);
         cache.destroyed.insert(*key_ref);
+        // Counted under the lock, after the key is marked: whoever reads the count before
+        // opening with a key sees either the mark or a changed count.
+        self.forgets.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Drops every cached subject key (each is unwrapped again on demand): for when this
     /// process cannot learn of other instances' erasures in time.
     pub fn clear_cached(&self) {
-        self.lock_cache().keys.clear();
+        let mut cache = self.lock_cache();
+        cache.keys.clear();
+        self.clears.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How much has been forgotten so far: read it before opening data that is kept for
+    /// later, and compare at the moment of using it ([`crate::subscription::at_send`]).
+    #[must_use]
+    pub fn forgetting(&self) -> Forgetting {
+        Forgetting {
+            forgets: self.forgets.load(Ordering::SeqCst),
+            clears: self.clears.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether this process knows `key_ref` to be destroyed (an erasure it made or learnt of).
+    #[must_use]
+    pub fn is_destroyed(&self, key_ref: &KeyRef) -> bool {
+        self.lock_cache().destroyed.contains(key_ref)
     }
 
     /// Whether the unwrapped key for `key_ref` is in this process's cache (for tests and

@@ -9,6 +9,7 @@ pub mod checkpoints;
 pub mod durable;
 pub mod error;
 pub mod events;
+pub mod feed;
 pub mod json;
 pub mod models;
 mod numbers;
@@ -66,6 +67,8 @@ pub struct App {
     pub snapshot_intervals: crate::snapshot::Intervals,
     /// Subscribers' buffers and deadlines.
     pub subscriptions: crate::subscription::Limits,
+    /// Live entries opened once for every subscriber of this process.
+    pub feed: feed::Feed,
 }
 
 impl App {

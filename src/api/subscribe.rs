@@ -4,12 +4,16 @@
 
 use std::convert::Infallible;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Extension;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::stream::{self, Stream, StreamExt};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -19,14 +23,12 @@ use super::audited;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::events::EventOut;
+use super::feed::{self, Feed, Prepared};
 use super::params::Position;
-use crate::access::record::AccessAction;
+use crate::access::record::{AccessAction, Disclosure};
 use crate::entry::{EventType, Seq};
 use crate::store::EntryRow;
 use crate::subscription::{self, Delivery, Filter};
-
-/// Entries read from the log at a time.
-const PAGE: u32 = 1000;
 
 /// Query of a subscription.
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -70,7 +72,7 @@ pub async fn subscribe(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     query: Result<Query<SubscribeQuery>, QueryRejection>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query?;
     if let Some(p) = &q.stream_prefix {
         if p.is_empty() || p.len() > 128 {
@@ -92,74 +94,198 @@ pub async fn subscribe(
         stream_prefix: q.stream_prefix,
         event_type: q.event_type,
     };
-    let (tx, rx) = mpsc::channel::<Event>(state.0.subscriptions.buffered);
-    let (final_tx, final_rx) = oneshot::channel::<Event>();
-    tokio::spawn(produce(state, caller, filter, from, tx, final_tx));
-    let events = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
-    let last = stream::once(final_rx).filter_map(|r| async move { r.ok() });
-    Ok(Sse::new(events.chain(last).map(Ok)).keep_alive(KeepAlive::default()))
+    let (tx, rx) = mpsc::channel::<Chunk>((state.0.subscriptions.buffered / CHUNK).max(1));
+    let (final_tx, final_rx) = oneshot::channel::<Bytes>();
+    tokio::spawn(produce(state.clone(), caller, filter, from, tx, final_tx));
+    let out = Outgoing {
+        state,
+        rx,
+        final_rx: Some(final_rx),
+        done: false,
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream::unfold(out, Outgoing::next)),
+    )
+        .into_response())
+}
+
+/// Messages handed to a connection at a time (one write for many small messages).
+const CHUNK: usize = 100;
+/// A comment sent on an idle connection this often, so that proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Prepared messages on their way to a connection.
+type Chunk = Vec<Arc<Prepared>>;
+
+/// The connection's side: takes chunks, checks each message against the vault at the moment
+/// it goes out (`feed::render`), and ends with the producer's final message, if any.
+struct Outgoing {
+    state: AppState,
+    rx: mpsc::Receiver<Chunk>,
+    final_rx: Option<oneshot::Receiver<Bytes>>,
+    done: bool,
+}
+
+impl Outgoing {
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Outgoing)> {
+        if self.done {
+            return None;
+        }
+        tokio::select! {
+            chunk = self.rx.recv() => {
+                let Some(chunk) = chunk else {
+                    self.done = true;
+                    let last = self.final_rx.take()?.await.ok()?;
+                    return Some((Ok(last), self));
+                };
+                match feed::render(&self.state, &chunk) {
+                    Ok(bytes) => Some((Ok(bytes), self)),
+                    Err((sent, resume_from)) => {
+                        // The vault emptied its cache since these were opened: send what is
+                        // safe, then end; the client resumes and reads the rest afresh.
+                        self.done = true;
+                        let mut all = sent.to_vec();
+                        all.extend_from_slice(&lagged(resume_from));
+                        Some((Ok(Bytes::from(all)), self))
+                    }
+                }
+            }
+            () = tokio::time::sleep(KEEP_ALIVE) => {
+                Some((Ok(Bytes::from_static(b": keep-alive\n\n")), self))
+            }
+        }
+    }
+}
+
+/// The final message of a subscription cut off at `resume_from`.
+fn lagged(resume_from: u64) -> Bytes {
+    Bytes::from(format!(
+        "event: lagged\ndata: {}\n\n",
+        json!({ "resume_from": resume_from })
+    ))
 }
 
 /// Reads the log from `next` and sends what the filter admits, until the client goes away or
-/// falls behind.
+/// falls behind. Live entries come from the process's shared feed, opened once for every
+/// subscriber; a subscriber behind the feed (catching up) or asking for the ledger's own
+/// entries reads and opens its own.
 async fn produce(
     state: AppState,
     caller: Caller,
     filter: Filter,
     mut next: u64,
-    tx: mpsc::Sender<Event>,
-    final_tx: oneshot::Sender<Event>,
+    tx: mpsc::Sender<Chunk>,
+    final_tx: oneshot::Sender<Bytes>,
 ) {
+    let feed_use = (!filter.asks_for_ledger_entries()).then(|| Feed::join(&state));
+    let mut head = state.0.feed.changed();
     let mut commits = state.0.ledger.commits();
-    // A subscriber re-reads the log this often even without a commit notice (a notice lost
-    // with a PostgreSQL connection, or a commit by another process on SQLite).
     let limits = state.0.subscriptions;
     metrics::gauge!("auditledger_subscribers").increment(1);
     loop {
         commits.borrow_and_update();
-        let rows = match state.0.ledger.global_rows(Seq(next), PAGE).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "a subscription could not read the log; it ends");
-                break;
+        head.borrow_and_update();
+        let shared = feed_use
+            .as_ref()
+            .and_then(|_| state.0.feed.take(next, feed::PAGE as usize));
+        let from_feed = shared.is_some();
+        let (page, full) = match shared {
+            Some(items) => {
+                let full = items.len() == feed::PAGE as usize;
+                let page: Chunk = items
+                    .into_iter()
+                    .filter(|p| p.delivery(&filter) != Delivery::Skip)
+                    .collect();
+                if let Err(e) = record(&state, &caller, &filter, &page).await {
+                    tracing::warn!(error = %e, "a subscription could not record its access; it ends");
+                    break;
+                }
+                (page, full)
             }
+            None => match read(&state, &caller, &filter, next).await {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a subscription could not read the log; it ends");
+                    break;
+                }
+            },
         };
-        let full = rows.len() == PAGE as usize;
-        if let Some(last) = rows.last() {
-            next = last.disclosure_fields().0 + 1;
+        if let Some(last) = page.last() {
+            next = next.max(last.seq + 1);
         }
-        let messages = match messages(&state, &caller, &filter, rows).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "a subscription could not deliver; it ends");
-                break;
-            }
-        };
-        for (seq, message) in messages {
-            match tokio::time::timeout(limits.slow_client, tx.send(message)).await {
+        for chunk in page.chunks(CHUNK) {
+            match tokio::time::timeout(limits.slow_client, tx.send(chunk.to_vec())).await {
                 Ok(Ok(())) => {}
                 // The client went away.
                 Ok(Err(_)) => return gone(),
                 Err(_) => {
                     metrics::counter!("auditledger_subscribers_lagged_total").increment(1);
-                    let _ = final_tx.send(
-                        Event::default()
-                            .event("lagged")
-                            .data(json!({ "resume_from": seq }).to_string()),
-                    );
+                    let _ = final_tx.send(lagged(chunk[0].seq));
                     return gone();
                 }
             }
         }
         if !full {
             tokio::select! {
-                changed = commits.changed() => if changed.is_err() { break },
+                changed = commits.changed(), if !from_feed => if changed.is_err() { break },
+                changed = head.changed(), if from_feed => if changed.is_err() { break },
                 () = tokio::time::sleep(limits.poll) => {}
                 () = tx.closed() => break,
             }
         }
     }
     gone();
+}
+
+/// Records what `page` discloses to the subscriber (before any of it is sent).
+async fn record(
+    state: &AppState,
+    caller: &Caller,
+    filter: &Filter,
+    page: &[Arc<Prepared>],
+) -> Result<(), ApiError> {
+    let mut d = Disclosure::default();
+    for p in page
+        .iter()
+        .filter(|p| p.delivery(filter) == Delivery::Event)
+    {
+        d.count(p.seq, &p.stream_id, p.subject, p.decrypted);
+    }
+    audited::record_disclosure(state, caller, AccessAction::ReadLog, None, d).await
+}
+
+/// A page of the log from `next` read and opened for this subscriber alone (its access entry
+/// appended while the rows are opened); whether the page was full.
+async fn read(
+    state: &AppState,
+    caller: &Caller,
+    filter: &Filter,
+    next: u64,
+) -> Result<(Chunk, bool), ApiError> {
+    let rows = state.0.ledger.global_rows(Seq(next), feed::PAGE).await?;
+    let full = rows.len() == feed::PAGE as usize;
+    let mut d = Disclosure::default();
+    for r in &rows {
+        let (seq, stream, subject) = r.disclosure_fields();
+        if filter.classify(stream, r.event_type_str()) == Delivery::Event {
+            d.count(seq, stream, subject, !r.erased());
+        }
+    }
+    let (recorded, prepared) = tokio::join!(
+        audited::record_disclosure(state, caller, AccessAction::ReadLog, None, d),
+        feed::prepare(state, rows, |s, t| filter.classify(s, t))
+    );
+    recorded?;
+    let page = prepared?
+        .into_iter()
+        .filter(|p| p.delivery(filter) != Delivery::Skip)
+        .map(Arc::new)
+        .collect();
+    Ok((page, full))
 }
 
 fn gone() {
@@ -214,32 +340,4 @@ pub(super) async fn deliver(
     }
     out.sort_by_key(Delivered::seq);
     Ok(out)
-}
-
-/// The SSE messages for `rows`, in seq order, each with its seq.
-async fn messages(
-    state: &AppState,
-    caller: &Caller,
-    filter: &Filter,
-    rows: Vec<EntryRow>,
-) -> Result<Vec<(u64, Event)>, ApiError> {
-    deliver(state, caller, filter, rows)
-        .await?
-        .into_iter()
-        .map(|d| {
-            let seq = d.seq();
-            let (name, data) = match d {
-                Delivered::Event(e) => ("event", serde_json::to_string(&e)),
-                Delivered::Erasure { seq, subject } => (
-                    "erasure",
-                    Ok(json!({"seq": seq, "subject": subject}).to_string()),
-                ),
-            };
-            let data = data.map_err(|e| ApiError::Internal(e.to_string()))?;
-            Ok((
-                seq,
-                Event::default().event(name).id(seq.to_string()).data(data),
-            ))
-        })
-        .collect()
 }
