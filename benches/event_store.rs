@@ -8,7 +8,8 @@
 //! 2. Loading a 10,000-event stream with a snapshot 100 events back.
 //! 3. Catch-up: one subscriber from seq 0.
 //!
-//! `cargo bench --bench event_store` (env: RATE, SUBSCRIBERS, SECONDS, CATCHUP, SERVE_FLAGS).
+//! `cargo bench --bench event_store` (env: RATE, SUBSCRIBERS, WRITERS, SECONDS, CATCHUP,
+//! SERVE_FLAGS).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -54,6 +55,17 @@ fn now_micros() -> i64 {
             .as_micros(),
     )
     .unwrap()
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc (Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -226,7 +238,13 @@ async fn main() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let writers = 2u64;
+    let writers = env_or("WRITERS", 4);
+    let service_pid = child.id().unwrap();
+    let (service_cpu, own_cpu, wall) = (
+        cpu_seconds(service_pid),
+        cpu_seconds(std::process::id()),
+        Instant::now(),
+    );
     let per_writer = rate / writers;
     let stop = Instant::now() + Duration::from_secs(seconds);
     let apps: Vec<_> = (0..writers)
@@ -264,6 +282,13 @@ async fn main() {
         counts.push(l.len());
         lat.extend(l);
     }
+    let wall = wall.elapsed().as_secs_f64();
+    println!(
+        "live: CPU used, in cores: service {:.2}, this generator {:.2} (of {} cores)",
+        (cpu_seconds(service_pid) - service_cpu) / wall,
+        (cpu_seconds(std::process::id()) - own_cpu) / wall,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
     println!(
         "live: {sent} events appended in {seconds} s ({:.0}/s), {subscribers} subscribers received {}-{} each; latency from recorded_at: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         sent as f64 / seconds as f64,
