@@ -576,6 +576,10 @@ async fn a_cleared_subject_column_does_not_let_a_snapshot_outlive_erasure(backen
         "DROP TABLE stash",
     ])
     .await;
+    // The refusal is not remembered: with the column back, the entries verify again, and a
+    // snapshot is sealed under alice's key.
+    let (status, body) = put_snapshot(&s, "acct-t", 1, &json!({"balance": 2})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let tampered_seq = env
         .sql_count("SELECT seq FROM entries WHERE stream_id = 'acct-t' AND stream_version = 1")
         .await;
