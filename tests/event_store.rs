@@ -633,6 +633,32 @@ async fn a_cleared_subject_column_does_not_let_a_snapshot_outlive_erasure_on_pos
     a_cleared_subject_column_does_not_let_a_snapshot_outlive_erasure(Backend::Postgres).await;
 }
 
+/// The keys a PUT verifies a stream's entries against come from the keys directory: a retired
+/// key (with its range) still vouches for the entries it signed before a rotation.
+async fn a_stream_written_across_a_key_rotation_verifies_for_a_snapshot(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    deposits(&s, "acct-r", 2).await;
+    let (code, out, err) = env.cli(&["rotate-signing-key", "--timeout-secs", "30"]);
+    assert_eq!(code, 0, "{out}{err}");
+    deposits(&s, "acct-r", 2).await;
+    let (status, body) = put_snapshot(&s, "acct-r", 3, &json!({"balance": 4})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let l = ok(&s, "/v1/streams/acct-r/load").await;
+    assert_eq!(l["snapshot"]["stream_version"], 3);
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn a_stream_written_across_a_key_rotation_verifies_for_a_snapshot_on_sqlite() {
+    a_stream_written_across_a_key_rotation_verifies_for_a_snapshot(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_stream_written_across_a_key_rotation_verifies_for_a_snapshot_on_postgres() {
+    a_stream_written_across_a_key_rotation_verifies_for_a_snapshot(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn the_snapshot_interval_is_set_per_stream_prefix() {
     let env = Env::new(Backend::Sqlite).await;
