@@ -4,14 +4,16 @@
 //!
 //! A snapshot holds whatever the stream's events held, so it is sealed under **every** subject
 //! key of the stream's events up to its version, one layer per key (sorted by handle, innermost
-//! first), or under the system key when they name no subject. Erasing any one of those subjects
-//! destroys a key the snapshot needs: it can no longer be opened, as the events cannot. Each
-//! layer's AAD binds the stream, the version and the layer, so a snapshot copied to another
-//! stream or version, or a layer swapped, fails to open and is ignored — a snapshot is never
-//! trusted, only used when it opens. The AAD also binds the list of keys it is sealed under
-//! (stored beside it, so that a load asks the vault for exactly those keys instead of reading
-//! the whole stream to find its subjects): a list altered to drop a subject, or a snapshot
-//! re-sealed under fewer keys, does not open.
+//! first), or under the system key when they name no subject. Which subjects those are, the
+//! stream's signed entries say, once verified (`crate::verify::stream`): never the database's
+//! `subject` column alone. Erasing any one of those subjects destroys a key the snapshot needs:
+//! it can no longer be opened, as the events cannot. Each layer's AAD binds the stream, the
+//! version and the layer, so a snapshot copied to another stream or version, or a layer
+//! swapped, fails to open and is ignored — a snapshot is never trusted, only used when it
+//! opens. The AAD also binds the list of keys it is sealed under (stored beside it, so that a
+//! load asks the vault for exactly those keys instead of reading the whole stream to find its
+//! subjects): a list altered to drop a subject, or a snapshot re-sealed under fewer keys, does
+//! not open.
 
 use crate::crypto::{DataKey, KeyRef, SealError, SealedPayload, open, seal, sha256_parts};
 use zeroize::Zeroizing;

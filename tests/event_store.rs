@@ -547,6 +547,118 @@ async fn snapshots_on_postgres() {
     snapshots(Backend::Postgres).await;
 }
 
+/// A database writer without the signing key (THREAT-MODEL.md §3.1) clears the `subject`
+/// column of a stream's entries while a client stores a snapshot, then puts the column back, so
+/// that the chain verifies again. A snapshot sealed then under the system key alone would
+/// outlive the subject's erasure: the PUT must not trust the column.
+async fn a_cleared_subject_column_does_not_let_a_snapshot_outlive_erasure(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    deposits(&s, "acct-t", 3).await;
+    // A genuine snapshot first: the stream's entries up to version 0 verified, and remembered.
+    let (status, body) = put_snapshot(&s, "acct-t", 0, &json!({"balance": 1})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let drop_trigger = match backend {
+        Backend::Sqlite => "DROP TRIGGER entries_no_update",
+        Backend::Postgres => "DROP TRIGGER entries_no_update ON entries",
+    };
+    env.sql(&[
+        drop_trigger,
+        "CREATE TABLE stash AS SELECT seq, subject FROM entries WHERE stream_id = 'acct-t'",
+        "UPDATE entries SET subject = NULL WHERE stream_id = 'acct-t'",
+    ])
+    .await;
+    let (put_status, put_body) = put_snapshot(&s, "acct-t", 2, &json!({"balance": 3})).await;
+    env.sql(&[
+        "UPDATE entries SET subject = (SELECT stash.subject FROM stash WHERE stash.seq = \
+         entries.seq) WHERE stream_id = 'acct-t'",
+        "DROP TABLE stash",
+    ])
+    .await;
+    // The refusal is not remembered: with the column back, the entries verify again, and a
+    // snapshot is sealed under alice's key.
+    let (status, body) = put_snapshot(&s, "acct-t", 1, &json!({"balance": 2})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let tampered_seq = env
+        .sql_count("SELECT seq FROM entries WHERE stream_id = 'acct-t' AND stream_version = 1")
+        .await;
+
+    let (status, body) = s
+        .post_raw(
+            "/v1/subjects/erase",
+            json!({"subject": "alice@example.com", "reason": "Art. 17", "request_ref": "R-10"})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let l = ok(&s, "/v1/streams/acct-t/load").await;
+    assert!(
+        l["snapshot"].is_null(),
+        "a snapshot stored while the subject column was cleared outlived the subject's \
+         erasure: {}",
+        l["snapshot"]
+    );
+    assert_eq!(loaded_versions(&l), vec![0, 1, 2]);
+
+    // The PUT itself was refused: the entries after the verified version 0 no longer hash to
+    // what was signed, so the stream's subjects could not be known.
+    assert_eq!(
+        put_status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the PUT over a cleared subject column: {put_body}"
+    );
+    assert_eq!(
+        put_body["type"], "urn:auditledger:problem:integrity-failure",
+        "{put_body}"
+    );
+    assert_eq!(put_body["seq"], tampered_seq, "{put_body}");
+    assert_eq!(
+        env.sql_count(
+            "SELECT COUNT(*) FROM snapshots WHERE stream_id = 'acct-t' AND stream_version = 2"
+        )
+        .await,
+        0
+    );
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn a_cleared_subject_column_does_not_let_a_snapshot_outlive_erasure_on_sqlite() {
+    a_cleared_subject_column_does_not_let_a_snapshot_outlive_erasure(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_cleared_subject_column_does_not_let_a_snapshot_outlive_erasure_on_postgres() {
+    a_cleared_subject_column_does_not_let_a_snapshot_outlive_erasure(Backend::Postgres).await;
+}
+
+/// The keys a PUT verifies a stream's entries against come from the keys directory: a retired
+/// key (with its range) still vouches for the entries it signed before a rotation.
+async fn a_stream_written_across_a_key_rotation_verifies_for_a_snapshot(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    deposits(&s, "acct-r", 2).await;
+    let (code, out, err) = env.cli(&["rotate-signing-key", "--timeout-secs", "30"]);
+    assert_eq!(code, 0, "{out}{err}");
+    deposits(&s, "acct-r", 2).await;
+    let (status, body) = put_snapshot(&s, "acct-r", 3, &json!({"balance": 4})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let l = ok(&s, "/v1/streams/acct-r/load").await;
+    assert_eq!(l["snapshot"]["stream_version"], 3);
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn a_stream_written_across_a_key_rotation_verifies_for_a_snapshot_on_sqlite() {
+    a_stream_written_across_a_key_rotation_verifies_for_a_snapshot(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_stream_written_across_a_key_rotation_verifies_for_a_snapshot_on_postgres() {
+    a_stream_written_across_a_key_rotation_verifies_for_a_snapshot(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn the_snapshot_interval_is_set_per_stream_prefix() {
     let env = Env::new(Backend::Sqlite).await;

@@ -88,7 +88,10 @@ fn snapshot_error(e: SnapshotError) -> ApiError {
         SnapshotError::SubjectErased | SnapshotError::TooManySubjects => {
             ApiError::Invalid(e.to_string())
         }
+        // Logged with its kind where it was found; the body names the seq only.
+        SnapshotError::Untrusted(f) => ApiError::Integrity { seq: f.seq.0 },
         SnapshotError::Read(r) => r.into(),
+        SnapshotError::Task(_) => ApiError::Internal(e.to_string()),
     }
 }
 
@@ -105,6 +108,9 @@ fn snapshot_error(e: SnapshotError) -> ApiError {
         (status = 413, description = "Over a size limit", content_type = "application/problem+json"),
         (status = 422, description = "Invalid body, or a subject of the stream has been erased \
             (a snapshot could outlive the erasure)", content_type = "application/problem+json"),
+        (status = 500, description = "An entry of the stream up to that version does not verify \
+            (`integrity-failure`, naming its seq): the subjects whose keys a snapshot needs are \
+            not known, so none is stored", content_type = "application/problem+json"),
     )
 )]
 pub async fn put_snapshot(
@@ -129,10 +135,16 @@ pub async fn put_snapshot(
         serde_json::to_vec(&parsed.state).map_err(|e| ApiError::Internal(e.to_string()))?,
     );
     let version = parsed.stream_version.0;
+    // The keys the stream's entries are verified against: the keys directory's, never the
+    // database's.
+    let trust = state
+        .0
+        .trust()
+        .map_err(|e| ApiError::Internal(format!("keys directory: {e}")))?;
     state
         .0
         .ledger
-        .put_snapshot(&stream, version, &bytes)
+        .put_snapshot(&stream, version, &bytes, &trust)
         .await
         .map_err(snapshot_error)?;
     Ok((

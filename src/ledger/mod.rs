@@ -15,6 +15,7 @@ mod rotation;
 mod schemas;
 mod snapshots;
 mod system;
+mod verified_streams;
 mod window;
 mod writer;
 
@@ -311,6 +312,8 @@ pub struct Ledger {
     commits: Arc<tokio::sync::watch::Sender<u64>>,
     /// Registered event versions, as this instance knows them.
     schemas: Mutex<schemas::Registry>,
+    /// The subjects of streams whose entries a snapshot's PUT has verified, as far as verified.
+    verified_streams: verified_streams::VerifiedStreams,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -426,6 +429,7 @@ impl Ledger {
             idempotency_window_micros,
             commits,
             schemas: Mutex::new(schemas::Registry::default()),
+            verified_streams: verified_streams::VerifiedStreams::default(),
         }
     }
 

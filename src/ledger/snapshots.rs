@@ -7,11 +7,13 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::{Direction, Ledger, ReadError, RowFilter, SeqRange};
+use crate::audit::AuditTrust;
 use crate::crypto::{DataKey, KeyRef, SealedPayload};
 use crate::entry::{StreamId, SubjectHandle};
 use crate::snapshot::{self, Unusable};
 use crate::store::EntryRow;
 use crate::timefmt::now_micros;
+use crate::verify::Failure;
 
 /// How many stored snapshots a load tries, newest first, before replaying from the start.
 const TRIED_PER_LOAD: i64 = 3;
@@ -31,9 +33,16 @@ pub enum SnapshotError {
     /// More subjects than a snapshot has layers.
     #[error("the stream's events name more than {} subjects", snapshot::MAX_LAYERS)]
     TooManySubjects,
+    /// An entry of the stream up to the version does not verify, so the subjects a snapshot
+    /// must be sealed under are not known: the database was tampered with.
+    #[error("the stream's entries do not verify: {0}")]
+    Untrusted(Failure),
     /// Reading failed.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The verification task failed.
+    #[error("verifying the stream's entries failed: {0}")]
+    Task(String),
 }
 
 /// A stream loaded for rebuilding an aggregate.
@@ -52,33 +61,20 @@ pub struct Loaded {
 
 impl Ledger {
     /// The data keys of `stream`'s subjects up to `version` (innermost layer first), or the
-    /// system key when there are none.
+    /// system key when there are none. The subjects are those the stream's signed entries
+    /// name, verified against `trust` (see `verified_streams`), never the `subject` column as
+    /// stored: a database writer could clear it while the snapshot is sealed.
     async fn snapshot_keys(
         &self,
         stream: &StreamId,
         version: u64,
+        trust: &AuditTrust,
     ) -> Result<Vec<(KeyRef, Arc<DataKey>)>, SnapshotError> {
-        let subjects = self
-            .store
-            .stream_subjects(stream.as_str(), version)
-            .await
-            .map_err(ReadError::from)?;
-        if subjects.iter().any(|(_, erased)| *erased) {
-            return Err(SnapshotError::SubjectErased);
-        }
-        if subjects.len() > snapshot::MAX_LAYERS {
-            return Err(SnapshotError::TooManySubjects);
-        }
+        let subjects = self.verified_subjects(stream, version, trust).await?;
         let mut keys = Vec::with_capacity(subjects.len().max(1));
-        for (handle, _) in subjects {
-            let Ok(bytes) = <[u8; 16]>::try_from(handle.as_slice()) else {
-                return Err(ReadError::Malformed(crate::store::MalformedRow {
-                    seq: crate::entry::Seq(0),
-                    what: format!("a subject handle of stream {stream} is not 16 bytes"),
-                })
-                .into());
-            };
-            let key_ref = KeyRef::Subject(SubjectHandle(bytes));
+        for handle in subjects {
+            let key_ref = KeyRef::Subject(handle);
+            // No key: the subject was erased (or its key deleted, which `verify` reports).
             let key = self
                 .vault
                 .key(&key_ref)
@@ -113,20 +109,24 @@ impl Ledger {
         Ok(rows.first().map(EntryRow::stream_version))
     }
 
-    /// Stores a client-built snapshot of `stream` at `version`.
+    /// Stores a client-built snapshot of `stream` at `version`, sealed under the keys of the
+    /// subjects the stream's entries up to it name, as verified against `trust` (the keys
+    /// directory's keys and the ledger's identity, never the database's).
     ///
     /// # Errors
-    /// No event at that version, an erased subject, or a store failure.
+    /// No event at that version, an erased subject, too many subjects, an entry that does not
+    /// verify, or a store failure.
     pub async fn put_snapshot(
         &self,
         stream: &StreamId,
         version: u64,
         state: &[u8],
+        trust: &AuditTrust,
     ) -> Result<(), SnapshotError> {
         if self.version_at_most(stream, Some(version)).await? != Some(version) {
             return Err(SnapshotError::NoSuchVersion(version));
         }
-        let keys = self.snapshot_keys(stream, version).await?;
+        let keys = self.snapshot_keys(stream, version, trust).await?;
         let refs: Vec<(KeyRef, &DataKey)> = keys.iter().map(|(r, k)| (*r, k.as_ref())).collect();
         let sealed = snapshot::seal_state(stream.as_str(), version, state, &refs);
         let list: Vec<KeyRef> = keys.iter().map(|(r, _)| *r).collect();

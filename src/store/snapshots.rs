@@ -29,14 +29,6 @@ pub trait SnapshotStore {
         version: u64,
         limit: i64,
     ) -> Result<Vec<(u64, Vec<u8>, Vec<u8>)>, StoreError>;
-
-    /// The distinct subjects of `stream`'s events up to `version`, each with whether it has been
-    /// erased.
-    async fn stream_subjects(
-        &self,
-        stream: &str,
-        version: u64,
-    ) -> Result<Vec<(Vec<u8>, bool)>, StoreError>;
 }
 
 /// Implements [`SnapshotStore`] for a store whose pools for reading and writing are the named
@@ -99,23 +91,6 @@ macro_rules! impl_snapshot_store {
                     .into_iter()
                     .map(|(v, s, k)| ($crate::store::to_u64(v), s, k))
                     .collect())
-            }
-
-            async fn stream_subjects(
-                &self,
-                stream: &str,
-                version: u64,
-            ) -> Result<Vec<(Vec<u8>, bool)>, $crate::store::StoreError> {
-                Ok(sqlx::query_as(
-                    "SELECT s.subject, EXISTS (SELECT 1 FROM erased_subjects es \
-                     WHERE es.handle = s.subject) FROM (SELECT DISTINCT subject FROM entries \
-                     WHERE stream_id = $1 AND stream_version <= $2 AND subject IS NOT NULL) AS s \
-                     ORDER BY s.subject",
-                )
-                .bind(stream)
-                .bind($crate::store::to_i64(version))
-                .fetch_all(&self.$read)
-                .await?)
             }
         }
     };

@@ -25,6 +25,7 @@
 
 pub mod invariants;
 pub mod keys;
+pub mod stream;
 pub mod vault;
 
 use std::collections::BTreeMap;
