@@ -185,14 +185,23 @@ pub async fn prepare(
 /// could be sent before a message that must not be (the connection then ends).
 pub fn render(state: &AppState, items: &[Arc<Prepared>]) -> Result<Bytes, (Bytes, u64)> {
     let vault = state.0.ledger.vault();
-    let now = vault.forgetting();
+    render_with(items, vault.forgetting(), |key| vault.is_destroyed(key))
+}
+
+/// [`render`] with the vault's state given: how much it has forgotten now, and whether it
+/// knows a key to be destroyed.
+fn render_with(
+    items: &[Arc<Prepared>],
+    now: Forgetting,
+    destroyed: impl Fn(&KeyRef) -> bool,
+) -> Result<Bytes, (Bytes, u64)> {
     let mut out = Vec::with_capacity(items.iter().map(|p| p.len()).sum());
     for p in items {
         match &p.message {
             Message::None => {}
             Message::Fixed(f) => out.extend_from_slice(f),
             Message::Personal { key, opened, frame } => {
-                match at_send(*opened, now, || vault.is_destroyed(key)) {
+                match at_send(*opened, now, || destroyed(key)) {
                     AtSend::Send => out.extend_from_slice(frame),
                     AtSend::Erased => match erased_frame(p.seq, frame) {
                         Some(f) => out.extend_from_slice(&f),
@@ -405,4 +414,77 @@ async fn step(state: &AppState, at: u64) -> Result<Option<u64>, super::error::Ap
     drop(ring);
     feed.head.send_replace(next);
     Ok(Some(next))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn prepared(seq: u64, message: Message) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            seq,
+            stream_id: "acct-1".into(),
+            event_type: "Opened".into(),
+            subject: None,
+            decrypted: true,
+            message,
+        })
+    }
+
+    fn data_of(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(frame_data(bytes).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_message_goes_out_as_opened_unless_its_key_was_forgotten_since() {
+        let key = KeyRef::Subject(SubjectHandle([7; 16]));
+        let opened = Forgetting {
+            forgets: 1,
+            clears: 0,
+        };
+        let json = r#"{"seq":5,"data":{"name":"Dora"},"erased":false,"schema_version":2,"stored_schema_version":1}"#;
+        let announcement = frame("erasure", 4, r#"{"seq":4,"subject":null}"#);
+        let items = vec![
+            prepared(3, Message::None),
+            prepared(4, Message::Fixed(announcement.clone())),
+            prepared(
+                5,
+                Message::Personal {
+                    key,
+                    opened,
+                    frame: frame("event", 5, json),
+                },
+            ),
+        ];
+        // Nothing forgotten since: as opened, without asking the vault.
+        let out = render_with(&items, opened, |_| unreachable!("not asked")).unwrap();
+        assert_eq!(&out[..announcement.len()], &announcement[..]);
+        assert_eq!(data_of(&out[announcement.len()..])["data"]["name"], "Dora");
+        // Another key forgotten: as opened.
+        let later = Forgetting {
+            forgets: 2,
+            clears: 0,
+        };
+        let out = render_with(&items, later, |_| false).unwrap();
+        assert_eq!(data_of(&out[announcement.len()..])["data"]["name"], "Dora");
+        // Its own key forgotten: erased, as reads show it (not upcast: the stored version).
+        let out = render_with(&items, later, |k| *k == key).unwrap();
+        let rest = &out[announcement.len()..];
+        assert!(rest.starts_with(b"id: 5\nevent: event\ndata: "));
+        assert!(!String::from_utf8_lossy(&out).contains("Dora"));
+        let v = data_of(rest);
+        assert_eq!(v["erased"], true);
+        assert!(v["data"].is_null());
+        assert_eq!(v["schema_version"], 1);
+        assert!(v.get("stored_schema_version").is_none());
+        // The cache was emptied: what comes before it, then stop at it.
+        let cleared = Forgetting {
+            forgets: 1,
+            clears: 1,
+        };
+        let (sent, at) = render_with(&items, cleared, |_| false).unwrap_err();
+        assert_eq!(at, 5);
+        assert_eq!(&sent[..], &announcement[..]);
+    }
 }
