@@ -144,6 +144,10 @@ pub(super) fn next_position(head: Option<ChainHead>) -> (Seq, EntryHash, i64) {
 #[derive(Default)]
 pub(super) struct SubjectKeys {
     by_mac: HashMap<[u8; 32], (SubjectHandle, Arc<DataKey>)>,
+    /// The links read for the whole batch in one query, and which MACs that query covered
+    /// (a MAC it covered without a link is a new subject).
+    links: HashMap<[u8; 32], LinkRow>,
+    looked_up: std::collections::HashSet<[u8; 32]>,
     created: Vec<(KeyRef, Arc<DataKey>)>,
     /// The current epoch, once read in this transaction.
     epoch: Option<Arc<EpochKek>>,
@@ -347,7 +351,12 @@ impl Writer {
         if let Some((h, k)) = keys.by_mac.get(&mac) {
             return Ok((*h, Arc::clone(k)));
         }
-        let (handle, key) = if let Some(link) = tx.subject_link(&mac).await? {
+        let link = if keys.looked_up.contains(&mac) {
+            keys.links.remove(&mac)
+        } else {
+            tx.subject_link(&mac).await?
+        };
+        let (handle, key) = if let Some(link) = link {
             let handle = match self.vault.open_link(&link).await {
                 // PostgreSQL: re-sealed under a new epoch, and the old one destroyed, since
                 // the row was read; read it again.
@@ -427,8 +436,31 @@ impl Writer {
         let (system_ref, system_key) = self.vault.system_key();
         let not_before = recorded_at.saturating_sub(self.idempotency_window_micros);
 
-        let mut versions: HashMap<StreamId, Option<u64>> = HashMap::new();
         let mut batch = BatchWrites::default();
+        // Every stream version and subject link the batch needs, read up front in one query
+        // each rather than one round trip per stream and per subject.
+        let mut streams: Vec<StreamId> = requests.iter().map(|(r, _)| r.stream.clone()).collect();
+        streams.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        streams.dedup();
+        let found = tx.stream_versions(&streams).await?;
+        let mut versions: HashMap<StreamId, Option<u64>> = streams
+            .into_iter()
+            .map(|s| {
+                let v = found.get(&s).copied();
+                (s, v)
+            })
+            .collect();
+        let macs: std::collections::HashSet<[u8; 32]> = requests
+            .iter()
+            .flat_map(|(r, _)| r.events.iter())
+            .filter_map(|e| e.subject.as_deref())
+            .map(|identifier| self.index.index(identifier))
+            .collect();
+        if !macs.is_empty() {
+            let macs: Vec<[u8; 32]> = macs.into_iter().collect();
+            batch.subjects.links = tx.subject_links(&macs).await?;
+            batch.subjects.looked_up = macs.into_iter().collect();
+        }
         let mut results = Vec::with_capacity(requests.len());
         for (req, idempotency) in requests {
             // Before the version check: a retry of a committed append must get its original

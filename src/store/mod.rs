@@ -674,6 +674,36 @@ pub trait AppendTx: Send {
     /// The version of the last event in `stream`, if it has any.
     async fn stream_version(&mut self, stream: &StreamId) -> Result<Option<u64>, StoreError>;
 
+    /// The versions of the last events of those of `streams` that have any, in as few round
+    /// trips as the backend allows (a batch's reads happen under the writer's lock).
+    async fn stream_versions(
+        &mut self,
+        streams: &[StreamId],
+    ) -> Result<HashMap<StreamId, u64>, StoreError> {
+        let mut out = HashMap::with_capacity(streams.len());
+        for s in streams {
+            if let Some(v) = self.stream_version(s).await? {
+                out.insert(s.clone(), v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sealed links of those of `index_macs` whose subjects are live, in as few round trips
+    /// as the backend allows.
+    async fn subject_links(
+        &mut self,
+        index_macs: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], LinkRow>, StoreError> {
+        let mut out = HashMap::with_capacity(index_macs.len());
+        for mac in index_macs {
+            if let Some(link) = self.subject_link(mac).await? {
+                out.insert(*mac, link);
+            }
+        }
+        Ok(out)
+    }
+
     /// Inserts records, which continue the head in order.
     async fn insert(&mut self, records: &[Record]) -> Result<(), StoreError>;
 

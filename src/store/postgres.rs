@@ -915,6 +915,45 @@ impl AppendTx for PgAppendTx {
         Ok(v.map(to_u64))
     }
 
+    async fn stream_versions(
+        &mut self,
+        streams: &[StreamId],
+    ) -> Result<HashMap<StreamId, u64>, StoreError> {
+        let names: Vec<&str> = streams.iter().map(StreamId::as_str).collect();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT stream_id, MAX(stream_version) FROM entries \
+             WHERE stream_id = ANY($1) GROUP BY stream_id",
+        )
+        .bind(&names)
+        .fetch_all(self.tx.conn())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(stream, v)| {
+                streams
+                    .iter()
+                    .find(|s| s.as_str() == stream)
+                    .map(|id| (id.clone(), to_u64(v)))
+            })
+            .collect())
+    }
+
+    async fn subject_links(
+        &mut self,
+        index_macs: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], LinkRow>, StoreError> {
+        let macs: Vec<Vec<u8>> = index_macs.iter().map(|m| m.to_vec()).collect();
+        let rows: Vec<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT index_mac, sealed_handle, kek_id FROM subject_links WHERE index_mac = ANY($1)",
+        )
+        .bind(&macs)
+        .fetch_all(self.tx.conn())
+        .await?;
+        rows.into_iter()
+            .map(|(m, sealed, kek)| link_row(&m, sealed, kek).map(|l| (l.index_mac, l)))
+            .collect()
+    }
+
     async fn insert(&mut self, records: &[Record]) -> Result<(), StoreError> {
         for chunk in records.chunks(INSERT_CHUNK_ROWS) {
             let mut seq = Vec::with_capacity(chunk.len());

@@ -731,6 +731,54 @@ impl AppendTx for SqliteAppendTx {
         Ok(v.map(to_u64))
     }
 
+    async fn stream_versions(
+        &mut self,
+        streams: &[StreamId],
+    ) -> Result<HashMap<StreamId, u64>, StoreError> {
+        let mut out = HashMap::with_capacity(streams.len());
+        for chunk in streams.chunks(INSERT_CHUNK_ROWS) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT stream_id, MAX(stream_version) FROM entries WHERE stream_id IN (",
+            );
+            let mut list = qb.separated(", ");
+            for s in chunk {
+                list.push_bind(s.as_str().to_owned());
+            }
+            qb.push(") GROUP BY stream_id");
+            let rows: Vec<(String, i64)> = qb.build_query_as().fetch_all(self.tx.conn()).await?;
+            for (stream, v) in rows {
+                if let Some(id) = chunk.iter().find(|s| s.as_str() == stream) {
+                    out.insert(id.clone(), to_u64(v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn subject_links(
+        &mut self,
+        index_macs: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], LinkRow>, StoreError> {
+        let mut out = HashMap::with_capacity(index_macs.len());
+        for chunk in index_macs.chunks(INSERT_CHUNK_ROWS) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT index_mac, sealed_handle, kek_id FROM subject_links WHERE index_mac IN (",
+            );
+            let mut list = qb.separated(", ");
+            for mac in chunk {
+                list.push_bind(mac.to_vec());
+            }
+            qb.push(")");
+            let rows: Vec<(Vec<u8>, Vec<u8>, String)> =
+                qb.build_query_as().fetch_all(self.tx.conn()).await?;
+            for (m, sealed, kek) in rows {
+                let link = link_row(&m, sealed, kek)?;
+                out.insert(link.index_mac, link);
+            }
+        }
+        Ok(out)
+    }
+
     async fn insert(&mut self, records: &[Record]) -> Result<(), StoreError> {
         for chunk in records.chunks(INSERT_CHUNK_ROWS) {
             let mut qb: QueryBuilder<Sqlite> =
