@@ -920,9 +920,10 @@ impl AppendTx for PgAppendTx {
         streams: &[StreamId],
     ) -> Result<HashMap<StreamId, u64>, StoreError> {
         let names: Vec<&str> = streams.iter().map(StreamId::as_str).collect();
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT stream_id, MAX(stream_version) FROM entries \
-             WHERE stream_id = ANY($1) GROUP BY stream_id",
+        // One scalar subquery per stream, each a backward index probe.
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT s, (SELECT MAX(stream_version) FROM entries WHERE stream_id = s) \
+             FROM unnest($1::text[]) AS s",
         )
         .bind(&names)
         .fetch_all(self.tx.conn())
@@ -930,6 +931,7 @@ impl AppendTx for PgAppendTx {
         Ok(rows
             .into_iter()
             .filter_map(|(stream, v)| {
+                let v = v?;
                 streams
                     .iter()
                     .find(|s| s.as_str() == stream)
