@@ -166,9 +166,10 @@ async fn a_hundred_concurrent_appenders_make_one_dense_chain_that_verifies(b: Ba
         assert_eq!(&events[*seq as usize]["entry_hash"], hash);
     }
     // Stream versions are dense within every stream, the shared one too.
-    let mut by_stream: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let mut by_stream: std::collections::BTreeMap<String, Vec<u64>> =
+        std::collections::BTreeMap::new();
     // One identifier, one handle, whichever batch and stream first named it.
-    let mut handles: std::collections::BTreeMap<u64, String> = Default::default();
+    let mut handles: std::collections::BTreeMap<u64, String> = std::collections::BTreeMap::new();
     for e in &events {
         by_stream
             .entry(e["stream_id"].as_str().unwrap().to_owned())

@@ -424,6 +424,39 @@ impl Writer {
         Ok(epoch)
     }
 
+    /// Every stream version and subject link a batch needs, read up front in one query each
+    /// rather than one round trip per stream and per subject: the versions (`None` for a
+    /// stream without events), and the links into `subjects`.
+    async fn prefetch(
+        &self,
+        tx: &mut dyn AppendTx,
+        requests: &[(AppendRequest, Option<IdempotencyTag>)],
+        subjects: &mut SubjectKeys,
+    ) -> Result<HashMap<StreamId, Option<u64>>, WriteError> {
+        let mut streams: Vec<StreamId> = requests.iter().map(|(r, _)| r.stream.clone()).collect();
+        streams.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        streams.dedup();
+        let found = tx.stream_versions(&streams).await?;
+        let macs: std::collections::HashSet<[u8; 32]> = requests
+            .iter()
+            .flat_map(|(r, _)| r.events.iter())
+            .filter_map(|e| e.subject.as_deref())
+            .map(|identifier| self.index.index(identifier))
+            .collect();
+        if !macs.is_empty() {
+            let macs: Vec<[u8; 32]> = macs.into_iter().collect();
+            subjects.links = tx.subject_links(&macs).await?;
+            subjects.looked_up = macs.into_iter().collect();
+        }
+        Ok(streams
+            .into_iter()
+            .map(|s| {
+                let v = found.get(&s).copied();
+                (s, v)
+            })
+            .collect())
+    }
+
     /// Runs one transaction for `requests`; returns one result per request, in order.
     async fn write_batch(
         &mut self,
@@ -437,30 +470,9 @@ impl Writer {
         let not_before = recorded_at.saturating_sub(self.idempotency_window_micros);
 
         let mut batch = BatchWrites::default();
-        // Every stream version and subject link the batch needs, read up front in one query
-        // each rather than one round trip per stream and per subject.
-        let mut streams: Vec<StreamId> = requests.iter().map(|(r, _)| r.stream.clone()).collect();
-        streams.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-        streams.dedup();
-        let found = tx.stream_versions(&streams).await?;
-        let mut versions: HashMap<StreamId, Option<u64>> = streams
-            .into_iter()
-            .map(|s| {
-                let v = found.get(&s).copied();
-                (s, v)
-            })
-            .collect();
-        let macs: std::collections::HashSet<[u8; 32]> = requests
-            .iter()
-            .flat_map(|(r, _)| r.events.iter())
-            .filter_map(|e| e.subject.as_deref())
-            .map(|identifier| self.index.index(identifier))
-            .collect();
-        if !macs.is_empty() {
-            let macs: Vec<[u8; 32]> = macs.into_iter().collect();
-            batch.subjects.links = tx.subject_links(&macs).await?;
-            batch.subjects.looked_up = macs.into_iter().collect();
-        }
+        let mut versions = self
+            .prefetch(tx.as_mut(), &requests, &mut batch.subjects)
+            .await?;
         let mut results = Vec::with_capacity(requests.len());
         for (req, idempotency) in requests {
             // Before the version check: a retry of a committed append must get its original
