@@ -59,6 +59,8 @@ pub struct Vault {
     /// subscribers' feed) compares to learn that something it opened may be erased now.
     forgets: AtomicU64,
     clears: AtomicU64,
+    /// Woken whenever either count grows.
+    forgot: tokio::sync::Notify,
 }
 
 /// How much the vault had forgotten at some moment ([`Vault::forgetting`]).
@@ -125,6 +127,7 @@ impl Vault {
             cache: Mutex::new(Cache::default()),
             forgets: AtomicU64::new(0),
             clears: AtomicU64::new(0),
+            forgot: tokio::sync::Notify::new(),
         };
         let system_key = vault.unwrap_row(&row, "system key").await?;
         Ok(Vault {
@@ -260,6 +263,8 @@ impl Vault {
         // Counted under the lock, after the key is marked: whoever reads the count before
         // opening with a key sees either the mark or a changed count.
         self.forgets.fetch_add(1, Ordering::SeqCst);
+        drop(cache);
+        self.forgot.notify_waiters();
     }
 
     /// Drops every cached subject key (each is unwrapped again on demand): for when this
@@ -268,6 +273,14 @@ impl Vault {
         let mut cache = self.lock_cache();
         cache.keys.clear();
         self.clears.fetch_add(1, Ordering::SeqCst);
+        drop(cache);
+        self.forgot.notify_waiters();
+    }
+
+    /// Resolves once the vault forgets anything after this is called (a cache of opened data
+    /// drops what it holds then, not at its next look).
+    pub fn forgot(&self) -> tokio::sync::futures::Notified<'_> {
+        self.forgot.notified()
     }
 
     /// How much has been forgotten so far: read it before opening data that is kept for

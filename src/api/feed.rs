@@ -31,6 +31,9 @@ use crate::subscription::{AtSend, Delivery, Filter, Forgetting, at_send};
 
 /// Entries the live feed keeps: a subscriber further behind reads the database instead.
 pub const RING: usize = 16_384;
+/// Bytes of messages the live feed keeps at most: fewer entries when they are large (an event
+/// may hold up to a MiB; 16,384 of them would be 16 GiB).
+pub const RING_BYTES: usize = 64 << 20;
 /// Entries read from the log at a time.
 pub const PAGE: u32 = 1000;
 
@@ -216,7 +219,8 @@ fn render_with(
 }
 
 impl Prepared {
-    fn len(&self) -> usize {
+    /// The size of its message.
+    pub(super) fn len(&self) -> usize {
         match &self.message {
             Message::None => 0,
             Message::Fixed(f) | Message::Personal { frame: f, .. } => f.len(),
@@ -245,6 +249,8 @@ struct Ring {
     /// The seq after the newest entry held.
     next: u64,
     entries: VecDeque<Arc<Prepared>>,
+    /// The size of the messages held.
+    bytes: usize,
     /// The vault's forgetting when it was last emptied.
     opened: Forgetting,
 }
@@ -314,6 +320,7 @@ impl Feed {
             first: next,
             next,
             entries: VecDeque::new(),
+            bytes: 0,
             opened,
         };
         drop(ring);
@@ -341,7 +348,10 @@ async fn follow(app: Weak<App>) {
         let feed = &state.0.feed;
         let mut commits = state.0.ledger.commits();
         commits.borrow_and_update();
-        let vault_now = state.0.ledger.vault().forgetting();
+        // Made before the count is read: a forget after it wakes the wait below.
+        let vault = Arc::clone(state.0.ledger.vault());
+        let forgot = vault.forgot();
+        let vault_now = vault.forgetting();
         let at = match next {
             Some(n) if feed.lock().opened == vault_now => n,
             // Starting, or the vault forgot something: keep nothing opened before.
@@ -366,6 +376,8 @@ async fn follow(app: Weak<App>) {
                 drop(state);
                 tokio::select! {
                     _ = commits.changed() => {}
+                    // Drop what was opened before at once, not at the next commit or poll.
+                    () = forgot => {}
                     () = tokio::time::sleep(poll) => {}
                 }
             }
@@ -404,12 +416,17 @@ async fn step(state: &AppState, at: u64) -> Result<Option<u64>, super::error::Ap
         return Ok(Some(ring.next));
     }
     let next = prepared.last().map_or(at, |p| p.seq + 1);
-    ring.entries.extend(prepared.into_iter().map(Arc::new));
+    for p in prepared {
+        ring.bytes += p.len();
+        ring.entries.push_back(Arc::new(p));
+    }
     ring.next = next;
-    while ring.entries.len() > RING {
-        if let Some(p) = ring.entries.pop_front() {
-            ring.first = p.seq + 1;
-        }
+    while ring.entries.len() > RING || ring.bytes > RING_BYTES {
+        let Some(p) = ring.entries.pop_front() else {
+            break;
+        };
+        ring.first = p.seq + 1;
+        ring.bytes -= p.len();
     }
     drop(ring);
     feed.head.send_replace(next);

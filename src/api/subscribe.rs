@@ -100,6 +100,7 @@ pub async fn subscribe(
     let out = Outgoing {
         state,
         rx,
+        pending: std::collections::VecDeque::new(),
         final_rx: Some(final_rx),
         done: false,
     };
@@ -121,11 +122,18 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Prepared messages on their way to a connection.
 type Chunk = Vec<Arc<Prepared>>;
 
+/// Most bytes rendered for the connection at a time (but always one message): what is rendered
+/// is out of the vault's reach (the HTTP layer buffers a few hundred KB of it ahead of the
+/// socket), so a chunk is rendered a little at a time, each part checked as it is handed over.
+const RENDER_BYTES: usize = 64 * 1024;
+
 /// The connection's side: takes chunks, checks each message against the vault at the moment
 /// it goes out (`feed::render`), and ends with the producer's final message, if any.
 struct Outgoing {
     state: AppState,
     rx: mpsc::Receiver<Chunk>,
+    /// Taken from `rx`, not yet rendered.
+    pending: std::collections::VecDeque<Arc<Prepared>>,
     final_rx: Option<oneshot::Receiver<Bytes>>,
     done: bool,
 }
@@ -135,27 +143,39 @@ impl Outgoing {
         if self.done {
             return None;
         }
-        tokio::select! {
-            chunk = self.rx.recv() => {
-                let Some(chunk) = chunk else {
-                    self.done = true;
-                    let last = self.final_rx.take()?.await.ok()?;
-                    return Some((Ok(last), self));
-                };
-                match feed::render(&self.state, &chunk) {
-                    Ok(bytes) => Some((Ok(bytes), self)),
-                    Err((sent, resume_from)) => {
-                        // The vault emptied its cache since these were opened: send what is
-                        // safe, then end; the client resumes and reads the rest afresh.
+        if self.pending.is_empty() {
+            tokio::select! {
+                chunk = self.rx.recv() => {
+                    let Some(chunk) = chunk else {
                         self.done = true;
-                        let mut all = sent.to_vec();
-                        all.extend_from_slice(&lagged(resume_from));
-                        Some((Ok(Bytes::from(all)), self))
-                    }
+                        let last = self.final_rx.take()?.await.ok()?;
+                        return Some((Ok(last), self));
+                    };
+                    self.pending.extend(chunk);
+                }
+                () = tokio::time::sleep(KEEP_ALIVE) => {
+                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), self));
                 }
             }
-            () = tokio::time::sleep(KEEP_ALIVE) => {
-                Some((Ok(Bytes::from_static(b": keep-alive\n\n")), self))
+        }
+        let mut part = Vec::new();
+        let mut size = 0;
+        while let Some(p) = self.pending.front() {
+            if !part.is_empty() && size + p.len() > RENDER_BYTES {
+                break;
+            }
+            size += p.len();
+            part.extend(self.pending.pop_front());
+        }
+        match feed::render(&self.state, &part) {
+            Ok(bytes) => Some((Ok(bytes), self)),
+            Err((sent, resume_from)) => {
+                // The vault emptied its cache since these were opened: send what is
+                // safe, then end; the client resumes and reads the rest afresh.
+                self.done = true;
+                let mut all = sent.to_vec();
+                all.extend_from_slice(&lagged(resume_from));
+                Some((Ok(Bytes::from(all)), self))
             }
         }
     }
@@ -193,9 +213,12 @@ async fn produce(
             .as_ref()
             .and_then(|_| state.0.feed.take(next, feed::PAGE as usize));
         let from_feed = shared.is_some();
-        let (page, full) = match shared {
+        // `scanned`: the position after the last entry looked at, delivered or skipped (a page
+        // of entries this subscriber skips must move it on too).
+        let (page, full, scanned) = match shared {
             Some(items) => {
                 let full = items.len() == feed::PAGE as usize;
+                let scanned = items.last().map(|p| p.seq + 1);
                 let page: Chunk = items
                     .into_iter()
                     .filter(|p| p.delivery(&filter) != Delivery::Skip)
@@ -204,7 +227,7 @@ async fn produce(
                     tracing::warn!(error = %e, "a subscription could not record its access; it ends");
                     break;
                 }
-                (page, full)
+                (page, full, scanned)
             }
             None => match read(&state, &caller, &filter, next).await {
                 Ok(read) => read,
@@ -214,8 +237,8 @@ async fn produce(
                 }
             },
         };
-        if let Some(last) = page.last() {
-            next = next.max(last.seq + 1);
+        if let Some(scanned) = scanned {
+            next = next.max(scanned);
         }
         for chunk in page.chunks(CHUNK) {
             match tokio::time::timeout(limits.slow_client, tx.send(chunk.to_vec())).await {
@@ -259,15 +282,17 @@ async fn record(
 }
 
 /// A page of the log from `next` read and opened for this subscriber alone (its access entry
-/// appended while the rows are opened); whether the page was full.
+/// appended while the rows are opened); whether the page was full; the position after its last
+/// row.
 async fn read(
     state: &AppState,
     caller: &Caller,
     filter: &Filter,
     next: u64,
-) -> Result<(Chunk, bool), ApiError> {
+) -> Result<(Chunk, bool, Option<u64>), ApiError> {
     let rows = state.0.ledger.global_rows(Seq(next), feed::PAGE).await?;
     let full = rows.len() == feed::PAGE as usize;
+    let scanned = rows.last().map(|r| r.disclosure_fields().0 + 1);
     let mut d = Disclosure::default();
     for r in &rows {
         let (seq, stream, subject) = r.disclosure_fields();
@@ -285,7 +310,7 @@ async fn read(
         .filter(|p| p.delivery(filter) != Delivery::Skip)
         .map(Arc::new)
         .collect();
-    Ok((page, full))
+    Ok((page, full, scanned))
 }
 
 fn gone() {
