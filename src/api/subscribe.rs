@@ -94,9 +94,19 @@ pub async fn subscribe(
         stream_prefix: q.stream_prefix,
         event_type: q.event_type,
     };
-    let (tx, rx) = mpsc::channel::<Chunk>((state.0.subscriptions.buffered / CHUNK).max(1));
+    // At most `buffered` messages wait: in chunks of up to CHUNK (smaller when the buffer is).
+    let buffered = state.0.subscriptions.buffered.max(1);
+    let chunk = CHUNK.min(buffered);
+    let (tx, rx) = mpsc::channel::<Chunk>(buffered / chunk);
     let (final_tx, final_rx) = oneshot::channel::<Bytes>();
-    tokio::spawn(produce(state.clone(), caller, filter, from, tx, final_tx));
+    tokio::spawn(produce(
+        state.clone(),
+        caller,
+        filter,
+        (from, chunk),
+        tx,
+        final_tx,
+    ));
     let out = Outgoing {
         state,
         rx,
@@ -197,7 +207,7 @@ async fn produce(
     state: AppState,
     caller: Caller,
     filter: Filter,
-    mut next: u64,
+    (mut next, chunk_size): (u64, usize),
     tx: mpsc::Sender<Chunk>,
     final_tx: oneshot::Sender<Bytes>,
 ) {
@@ -240,7 +250,7 @@ async fn produce(
         if let Some(scanned) = scanned {
             next = next.max(scanned);
         }
-        for chunk in page.chunks(CHUNK) {
+        for chunk in page.chunks(chunk_size) {
             match tokio::time::timeout(limits.slow_client, tx.send(chunk.to_vec())).await {
                 Ok(Ok(())) => {}
                 // The client went away.
