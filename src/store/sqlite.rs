@@ -148,13 +148,8 @@ impl SqliteStore {
             // The default page size; a quota is approximate by nature.
             write_options = write_options.pragma("max_page_count", (bytes / 4096).to_string());
         }
-        // No ping before each use: these are local files, a failed statement surfaces the
-        // same error a ping would, and a connection whose transaction failed is closed rather
-        // than returned (store::tx). The ping cost one round trip to the connection's thread
-        // per transaction and per read.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .test_before_acquire(false)
             .connect_with(write_options)
             .await?;
         sqlx::migrate::Migrator::new(super::Embedded(MIGRATIONS))
@@ -163,7 +158,6 @@ impl SqliteStore {
             .await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
-            .test_before_acquire(false)
             .connect_with(options(path))
             .await?;
         let cleaner = SqlitePoolOptions::new()
