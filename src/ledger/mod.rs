@@ -409,7 +409,6 @@ impl Ledger {
                 Arc::clone(&store),
                 config.idempotency_window,
             )),
-            tokio::spawn(checkpoint_wal(Arc::clone(&store))),
         ];
         Ledger {
             id: keys.ledger_id,
@@ -923,27 +922,5 @@ async fn relay_commit_notices(
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// How often the write-ahead log is checkpointed outside the writer.
-const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Runs for ever: checkpoints SQLite's WAL in the background (see `Store::checkpoint_wal`),
-/// warning at most once a minute while it fails.
-async fn checkpoint_wal(store: Arc<dyn Store>) {
-    let mut warned: Option<std::time::Instant> = None;
-    loop {
-        tokio::time::sleep(WAL_CHECKPOINT_EVERY).await;
-        match store.checkpoint_wal().await {
-            Ok(false) => return,
-            Ok(true) => warned = None,
-            Err(e) => {
-                if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                    tracing::warn!(error = %e, "the write-ahead log could not be checkpointed");
-                    warned = Some(std::time::Instant::now());
-                }
-            }
-        }
     }
 }

@@ -663,13 +663,6 @@ pub trait Store:
 
     /// Closes connections (SQLite also checkpoints its WAL).
     async fn close(&self);
-
-    /// Copies what the write-ahead log holds into the database file, without waiting on
-    /// anyone, so that the writer never has to do it on a commit's path (SQLite; nothing to do
-    /// on PostgreSQL). Returns whether the backend has such a log (so whether to go on).
-    async fn checkpoint_wal(&self) -> Result<bool, StoreError> {
-        Ok(false)
-    }
 }
 
 /// A write transaction holding the ledger head.

@@ -138,12 +138,7 @@ impl SqliteStore {
     /// With `max_bytes`, writes that would grow the database beyond it fail as on a full disk
     /// (a quota; SQLite's `max_page_count` on the writing connection).
     pub async fn open(path: &Path, max_bytes: Option<u64>) -> Result<SqliteStore, StoreError> {
-        // The writer never checkpoints on a commit's path: `Ledger` runs `checkpoint_wal` in
-        // the background instead (a checkpoint copies and syncs the database file, which
-        // would stall the commit that happened to cross the threshold).
-        let mut write_options = options(path)
-            .create_if_missing(true)
-            .pragma("wal_autocheckpoint", "0");
+        let mut write_options = options(path).create_if_missing(true);
         if let Some(bytes) = max_bytes {
             // The default page size; a quota is approximate by nature.
             write_options = write_options.pragma("max_page_count", (bytes / 4096).to_string());
@@ -600,19 +595,6 @@ impl Store for SqliteStore {
         .execute(&self.write)
         .await?;
         self.ledger_id().await?.ok_or_else(malformed_meta)
-    }
-
-    async fn checkpoint_wal(&self) -> Result<bool, StoreError> {
-        // PASSIVE: copies the frames no reader still needs and never waits for a lock; busy
-        // (the erasure cleaner truncating on this connection's lock) is tried again later.
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&self.cleaner)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_busy(&e) => Ok(true),
-            Err(e) => Err(e.into()),
-        }
     }
 
     async fn close(&self) {
