@@ -679,30 +679,13 @@ pub trait AppendTx: Send {
     async fn stream_versions(
         &mut self,
         streams: &[StreamId],
-    ) -> Result<HashMap<StreamId, u64>, StoreError> {
-        let mut out = HashMap::with_capacity(streams.len());
-        for s in streams {
-            if let Some(v) = self.stream_version(s).await? {
-                out.insert(s.clone(), v);
-            }
-        }
-        Ok(out)
-    }
+    ) -> Result<HashMap<StreamId, u64>, StoreError>;
 
-    /// The sealed links of those of `index_macs` whose subjects are live, in as few round trips
-    /// as the backend allows.
+    /// The sealed links of those of `index_macs` whose subjects are live, in one query.
     async fn subject_links(
         &mut self,
         index_macs: &[[u8; 32]],
-    ) -> Result<HashMap<[u8; 32], LinkRow>, StoreError> {
-        let mut out = HashMap::with_capacity(index_macs.len());
-        for mac in index_macs {
-            if let Some(link) = self.subject_link(mac).await? {
-                out.insert(*mac, link);
-            }
-        }
-        Ok(out)
-    }
+    ) -> Result<HashMap<[u8; 32], LinkRow>, StoreError>;
 
     /// Inserts records, which continue the head in order.
     async fn insert(&mut self, records: &[Record]) -> Result<(), StoreError>;
