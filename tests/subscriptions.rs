@@ -248,6 +248,29 @@ async fn a_slow_subscriber_is_cut_off_with_its_position_and_appends_go_on() {
     s.terminate().await;
 }
 
+/// Reads events until the erasure's announcement: how many came with their data and how many
+/// erased (an erased one has no data; any other has its data).
+async fn count_until_erasure(sub: &mut Subscriber) -> (usize, usize) {
+    let (mut with_data, mut erased) = (0, 0);
+    loop {
+        let m = sub
+            .next(Duration::from_secs(30))
+            .await
+            .expect("stream ended");
+        if m.event == "erasure" {
+            return (with_data, erased);
+        }
+        assert_eq!(m.event, "event", "{m:?}");
+        if m.data["erased"] == true {
+            assert!(m.data["data"].is_null());
+            erased += 1;
+        } else {
+            assert!(m.data["data"].is_object());
+            with_data += 1;
+        }
+    }
+}
+
 /// An event opened for a subscriber before an erasure but not yet handed to the connection when
 /// the erasure commits goes out erased: what waits in the service's queue for a client that is
 /// not reading is checked again at the moment it is sent. (Only what the operating system's
@@ -287,24 +310,9 @@ async fn queued_events_go_out_erased_after_an_erasure(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (mut with_data, mut erased) = (1, 0);
-    loop {
-        let m = sub
-            .next(Duration::from_secs(30))
-            .await
-            .expect("stream ended");
-        if m.event == "erasure" {
-            break;
-        }
-        assert_eq!(m.event, "event", "{m:?}");
-        if m.data["erased"] == true {
-            assert!(m.data["data"].is_null());
-            erased += 1;
-        } else {
-            assert!(m.data["data"].is_object());
-            with_data += 1;
-        }
-    }
+    // The first event, read before the erasure, came with its data.
+    let (with_data, erased) = count_until_erasure(&mut sub).await;
+    let with_data = with_data + 1;
     println!("QUEUED RESULT: with_data={with_data} erased={erased} total={total}");
     assert_eq!(with_data + erased, total);
     // The socket buffers hold at most a few megabytes (a few hundred to a couple of thousand
@@ -497,22 +505,9 @@ async fn events_queued_on_another_instance_go_out_erased_after_an_erasure() {
     assert_eq!(status, StatusCode::OK, "{body}");
     // Within the bound every instance has forgotten the key.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (mut with_data, mut erased) = (1, 0);
-    loop {
-        let m = sub
-            .next(Duration::from_secs(30))
-            .await
-            .expect("stream ended");
-        if m.event == "erasure" {
-            break;
-        }
-        assert_eq!(m.event, "event", "{m:?}");
-        if m.data["erased"] == true {
-            erased += 1;
-        } else {
-            with_data += 1;
-        }
-    }
+    // The first event, read before the erasure, came with its data.
+    let (with_data, erased) = count_until_erasure(&mut sub).await;
+    let with_data = with_data + 1;
     println!("TWO INSTANCES: with_data={with_data} erased={erased} total={total}");
     assert_eq!(with_data + erased, total);
     assert!(
