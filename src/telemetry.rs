@@ -41,6 +41,8 @@ pub const COMMIT_BATCH_EVENTS: &str = "auditledger_commit_batch_events";
 pub const COMMIT_SECONDS: &str = "auditledger_commit_seconds";
 /// Transactions rolled back.
 pub const COMMIT_FAILURES: &str = "auditledger_commit_failures_total";
+/// Batches prepared ahead that found the head moved under the lock, and were prepared again.
+pub const STALE_BATCHES: &str = "auditledger_stale_batches_total";
 /// Write transactions the database failed.
 pub const WRITE_FAILURES: &str = "auditledger_write_failures_total";
 /// 1 while the service can write, 0 while not.

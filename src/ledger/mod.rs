@@ -1,6 +1,7 @@
 //! The ledger: appends and erasures through the writer task (see `writer`), reads and subject
 //! access straight from the store, payloads opened through the vault.
 
+mod batch;
 mod cleaner;
 pub mod compensation;
 mod durable;
@@ -358,6 +359,8 @@ impl Ledger {
             health: Arc::clone(&health),
             idempotency_window_micros,
             commits: Arc::clone(&commits),
+            last_head: None,
+            quiet_rounds: 0,
         };
         let handle = tokio::spawn(writer.run(receiver));
         let tick_sender = sender.clone();

@@ -9,36 +9,43 @@
 //! visible. An erasure runs alone, in its own transaction, after the appends queued before it,
 //! so an append racing an erasure is either wholly before it (and erased) or wholly after it
 //! (under a fresh handle and key).
+//!
+//! Batches are pipelined (`batch`): while one commits in a task of its own, the next is read,
+//! sealed, hashed and signed on top of what the first writes, and lands only if, under the
+//! lock, the head is still the entry it was built on. Callers are still answered in order and
+//! only after their own batch's commit.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use rand::RngCore;
 use rayon::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
+use super::batch::{
+    self, Carry, Lander, Landing, Prepared, Preparer, Request, answers, resolve_lost_commit,
+};
 use super::erasure::{EraseError, EraseRequest};
 use super::health::WriteHealth;
-use super::{AppendError, AppendRequest, Appended, Committed, StageStats};
+use super::{AppendError, AppendRequest, Committed, StageStats};
 use crate::checkpoint::{Checkpoint, CheckpointBinding, TreeHead};
 use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, SubjectIndexKey, seal};
-use crate::entry::{
-    Entry, EntryHash, EntryHeader, GENESIS_PREV_HASH, LedgerId, Seq, StreamId, SubjectHandle,
-};
-use crate::epochs::EpochKek;
+use crate::entry::{Entry, EntryHash, EntryHeader, GENESIS_PREV_HASH, LedgerId, Seq};
 use crate::merkle::{CompactRange, MerkleHash, NodeId, decompose, leaf_hash};
 use crate::receipt::ReceiptJson;
 use crate::record::Record;
-use crate::store::{AppendTx, ChainHead, IdempotencyRow, LinkRow, Store, StoreError, VaultRow};
+use crate::store::{AppendTx, ChainHead, Store, StoreError};
 use crate::telemetry;
 use crate::timefmt::now_micros;
 use crate::vault::{Vault, VaultError};
 
 /// Below this many entries, signing on the writer's own thread beats fanning out.
 const PARALLEL_SIGN_MIN: usize = 32;
+
+/// Rounds in a row without another writer before batches are prepared ahead: with two
+/// instances writing by turns, a batch prepared ahead is nearly always stale.
+const QUIET_ROUNDS_BEFORE_SPECULATING: u32 = 4;
 
 pub(super) enum WriterMsg {
     Append(Pending),
@@ -68,31 +75,6 @@ enum Solo {
 pub(super) struct IdempotencyTag {
     pub key_hash: [u8; 32],
     pub digest: [u8; 32],
-}
-
-/// What one append transaction writes, gathered request by request.
-#[derive(Default)]
-struct BatchWrites {
-    drafts: Vec<Draft>,
-    /// Idempotency keys recorded by this transaction.
-    keys: HashMap<[u8; 32], IdempotencyRow>,
-    subjects: SubjectKeys,
-}
-
-impl BatchWrites {
-    /// The idempotency key's record, if this batch or an earlier append recorded it.
-    async fn recorded(
-        &self,
-        tx: &mut dyn AppendTx,
-        tag: Option<IdempotencyTag>,
-        not_before: i64,
-    ) -> Result<Option<IdempotencyRow>, StoreError> {
-        let Some(tag) = tag else { return Ok(None) };
-        match self.keys.get(&tag.key_hash) {
-            Some(row) => Ok(Some(*row)),
-            None => tx.idempotency(&tag.key_hash, not_before).await,
-        }
-    }
 }
 
 pub(super) struct Pending {
@@ -140,19 +122,6 @@ pub(super) fn next_position(head: Option<ChainHead>) -> (Seq, EntryHash, i64) {
     )
 }
 
-/// Subjects resolved within one transaction, and the keys it created.
-#[derive(Default)]
-pub(super) struct SubjectKeys {
-    by_mac: HashMap<[u8; 32], (SubjectHandle, Arc<DataKey>)>,
-    /// The links read for the whole batch in one query, and which MACs that query covered
-    /// (a MAC it covered without a link is a new subject).
-    links: HashMap<[u8; 32], LinkRow>,
-    looked_up: std::collections::HashSet<[u8; 32]>,
-    created: Vec<(KeyRef, Arc<DataKey>)>,
-    /// The current epoch, once read in this transaction.
-    epoch: Option<Arc<EpochKek>>,
-}
-
 pub(super) struct Writer {
     pub ledger_id: LedgerId,
     pub store: Arc<dyn Store>,
@@ -176,122 +145,339 @@ pub(super) struct Writer {
     pub idempotency_window_micros: i64,
     /// Bumped after each round of commits: wakes this instance's subscribers.
     pub commits: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The head as this writer's last batch left it.
+    pub last_head: Option<ChainHead>,
+    /// Batches prepared under the lock in a row that found the head where `last_head` left it.
+    pub quiet_rounds: u32,
 }
 
 impl Writer {
     pub(super) async fn run(mut self, mut receiver: mpsc::Receiver<WriterMsg>) {
         let mut shutdown_acks = Vec::new();
-        while let Some(first) = receiver.recv().await {
-            let mut batch = Vec::new();
-            let mut solo = None;
-            let mut events = 0;
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    WriterMsg::Append(p) => {
-                        events += p.request.events.len();
-                        batch.push(p);
+        let mut in_flight: Option<InFlight> = None;
+        loop {
+            let wake = match in_flight.as_mut() {
+                None => Wake::Message(receiver.recv().await),
+                Some(f) => tokio::select! {
+                    landed = &mut f.landing => Wake::Landed(landed),
+                    msg = receiver.recv() => Wake::Message(msg),
+                },
+            };
+            let first = match wake {
+                Wake::Landed(result) => {
+                    if let Some(f) = in_flight.take() {
+                        self.conclude(f.requests, f.replies, f.carry.head, joined(result))
+                            .await;
                     }
-                    WriterMsg::Erase(e) => {
-                        // Runs alone, after the appends that were queued before it.
-                        solo = Some(Solo::Erase(e));
-                        break;
-                    }
-                    WriterMsg::Checkpoint(reply) => {
-                        solo = Some(Solo::Checkpoint(reply));
-                        break;
-                    }
-                    WriterMsg::Rotate(r) => {
-                        solo = Some(Solo::Rotate(r));
-                        break;
-                    }
-                    WriterMsg::Probe(reply) => {
-                        solo = Some(Solo::Probe(reply));
-                        break;
-                    }
-                    WriterMsg::Hold(h) => {
-                        solo = Some(Solo::Hold(h));
-                        break;
-                    }
-                    WriterMsg::Shutdown(ack) => {
-                        // Refuse new sends; what is already queued still gets committed.
-                        receiver.close();
-                        shutdown_acks.push(ack);
-                    }
+                    continue;
                 }
-                if events < self.max_batch_events {
-                    next = receiver.try_recv().ok();
-                }
-            }
+                Wake::Message(None) => break,
+                Wake::Message(Some(msg)) => msg,
+            };
+            let (batch, solo) = self.gather(first, &mut receiver, &mut shutdown_acks);
             if !batch.is_empty() {
-                self.commit_batch(batch).await;
+                in_flight = self.start(batch, in_flight.take()).await;
             }
-            match solo {
-                Some(Solo::Erase(e)) => {
-                    let result = self.erase(e.request).await;
-                    let _ = e.reply.send(result);
+            if let Some(solo) = solo {
+                // Runs alone: after the appends queued before it have landed.
+                if let Some(f) = in_flight.take() {
+                    self.settle(f).await;
                 }
-                Some(Solo::Hold(h)) => {
-                    let result = self.hold(h.request).await;
-                    let _ = h.reply.send(result);
-                }
-                Some(Solo::Rotate(r)) => {
-                    let result = self.rotate(r.new_key).await;
-                    if let Some(reply) = r.reply {
-                        let _ = reply.send(result);
-                    }
-                }
-                Some(Solo::Probe(reply)) => {
-                    let result = self.probe().await;
-                    self.record_health("probe", result.as_ref().copied());
-                    let _ = reply.send(result.is_ok());
-                }
-                Some(Solo::Checkpoint(reply)) => {
-                    let result = self.checkpoint_now().await;
-                    self.record_health("checkpoint", result.as_ref().map(|_| ()));
-                    let result = result.map_err(|e| {
-                        tracing::error!(error = %e, "checkpoint rolled back");
-                    });
-                    if let Some(reply) = reply {
-                        let _ = reply.send(result);
-                    }
-                }
-                None => {}
+                self.run_solo(solo).await;
+                self.commits.send_modify(|n| *n = n.wrapping_add(1));
             }
-            self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if let Some(f) = in_flight.take() {
+            self.settle(f).await;
         }
         for ack in shutdown_acks {
             let _ = ack.send(());
         }
     }
 
-    async fn commit_batch(&mut self, batch: Vec<Pending>) {
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut requests = Vec::with_capacity(batch.len());
-        for p in batch {
-            replies.push(p.reply);
-            requests.push((p.request, p.idempotency));
+    /// Takes `first` and as many waiting appends as fit in a batch; stops at work that must
+    /// run alone.
+    fn gather(
+        &self,
+        first: WriterMsg,
+        receiver: &mut mpsc::Receiver<WriterMsg>,
+        shutdown_acks: &mut Vec<oneshot::Sender<()>>,
+    ) -> (Vec<Pending>, Option<Solo>) {
+        let mut batch = Vec::new();
+        let mut events = 0;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            let solo = match msg {
+                WriterMsg::Append(p) => {
+                    events += p.request.events.len();
+                    batch.push(p);
+                    None
+                }
+                WriterMsg::Erase(e) => Some(Solo::Erase(e)),
+                WriterMsg::Checkpoint(reply) => Some(Solo::Checkpoint(reply)),
+                WriterMsg::Rotate(r) => Some(Solo::Rotate(r)),
+                WriterMsg::Probe(reply) => Some(Solo::Probe(reply)),
+                WriterMsg::Hold(h) => Some(Solo::Hold(h)),
+                WriterMsg::Shutdown(ack) => {
+                    // Refuse new sends; what is already queued still gets committed.
+                    receiver.close();
+                    shutdown_acks.push(ack);
+                    None
+                }
+            };
+            if solo.is_some() {
+                return (batch, solo);
+            }
+            if events < self.max_batch_events {
+                next = receiver.try_recv().ok();
+            }
         }
-        let outcome = self.write_batch(requests).await;
-        self.record_health("append", outcome.as_ref().map(|_| ()));
-        match outcome {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
+        (batch, None)
+    }
+
+    async fn run_solo(&mut self, solo: Solo) {
+        match solo {
+            Solo::Erase(e) => {
+                let result = self.erase(e.request).await;
+                let _ = e.reply.send(result);
+            }
+            Solo::Hold(h) => {
+                let result = self.hold(h.request).await;
+                let _ = h.reply.send(result);
+            }
+            Solo::Rotate(r) => {
+                let result = self.rotate(r.new_key).await;
+                if let Some(reply) = r.reply {
                     let _ = reply.send(result);
                 }
             }
-            Err(err) => {
-                tracing::error!(error = %err, "append batch rolled back");
-                metrics::counter!(telemetry::COMMIT_FAILURES).increment(1);
-                let answer = if matches!(err, WriteError::OutcomeUnknown(_)) {
-                    AppendError::OutcomeUnknown
-                } else {
-                    AppendError::Unavailable("the database refused the write".to_owned())
-                };
-                for reply in replies {
-                    let _ = reply.send(Err(answer.clone()));
+            Solo::Probe(reply) => {
+                let result = self.probe().await;
+                self.record_health("probe", result.as_ref().copied());
+                let _ = reply.send(result.is_ok());
+            }
+            Solo::Checkpoint(reply) => {
+                let result = self.checkpoint_now().await;
+                self.record_health("checkpoint", result.as_ref().map(|_| ()));
+                let result = result.map_err(|e| {
+                    tracing::error!(error = %e, "checkpoint rolled back");
+                });
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
                 }
             }
+        }
+    }
+
+    /// Starts landing `batch`. With a batch still in flight (`previous`) and no other writer
+    /// seen lately, `batch` is prepared (read, sealed, hashed, signed) while `previous`
+    /// commits, on top of what `previous` writes; otherwise under the lock once `previous` has
+    /// landed.
+    async fn start(&mut self, batch: Vec<Pending>, previous: Option<InFlight>) -> Option<InFlight> {
+        let (requests, replies): (Vec<Request>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| ((p.request, p.idempotency), p.reply))
+            .unzip();
+        if let Some(previous) = previous {
+            if self.quiet_rounds >= QUIET_ROUNDS_BEFORE_SPECULATING {
+                let prepared = self.prepare_speculatively(&requests, &previous.carry).await;
+                let landed_as_built = self.settle(previous).await;
+                match prepared {
+                    Ok(prepared) if landed_as_built => {
+                        return Some(self.launch(None, prepared, requests, replies));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a batch prepared ahead failed; preparing it under the lock");
+                    }
+                }
+            } else {
+                self.settle(previous).await;
+            }
+        }
+        self.start_locked(requests, replies).await
+    }
+
+    /// Prepares `requests` without the lock, on top of the batch in flight (`carried`).
+    async fn prepare_speculatively(
+        &self,
+        requests: &[Request],
+        carried: &Carry,
+    ) -> Result<Prepared, WriteError> {
+        let mut reads = self.store.begin_snapshot().await?;
+        let prepared = self
+            .preparer()
+            .prepare(reads.as_mut(), carried.head, carried, requests, true)
+            .await;
+        reads.rollback().await;
+        prepared
+    }
+
+    /// Prepares `requests` in a write transaction of their own and starts landing them in it.
+    async fn start_locked(
+        &mut self,
+        requests: Vec<Request>,
+        replies: Vec<Reply>,
+    ) -> Option<InFlight> {
+        let mut tx = match self.store.begin_append().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                self.fail(replies, &e.into());
+                return None;
+            }
+        };
+        match self.prepare_locked(tx.as_mut(), &requests).await {
+            Ok(prepared) => Some(self.launch(Some(tx), prepared, requests, replies)),
+            Err(e) => {
+                tx.rollback().await;
+                self.fail(replies, &e);
+                None
+            }
+        }
+    }
+
+    async fn prepare_locked(
+        &mut self,
+        tx: &mut dyn AppendTx,
+        requests: &[Request],
+    ) -> Result<Prepared, WriteError> {
+        let head = tx.head().await?;
+        // Whether anyone else wrote since this writer's last batch: speculation pays only
+        // while nobody does.
+        if head == self.last_head {
+            self.quiet_rounds = self.quiet_rounds.saturating_add(1);
+        } else {
+            self.quiet_rounds = 0;
+        }
+        self.ensure_current_key(head.as_ref()).await?;
+        self.preparer()
+            .prepare(tx, head, &Carry::default(), requests, false)
+            .await
+    }
+
+    fn preparer(&self) -> Preparer<'_> {
+        Preparer {
+            ledger_id: self.ledger_id,
+            vault: &self.vault,
+            index: &self.index,
+            signing: &self.signing,
+            stats: &self.stats,
+            idempotency_window_micros: self.idempotency_window_micros,
+        }
+    }
+
+    pub(super) fn lander(&self) -> Lander {
+        Lander {
+            store: Arc::clone(&self.store),
+            signing: Arc::clone(&self.signing),
+            ledger_id: self.ledger_id,
+            checkpoint_every: self.checkpoint_every,
+            stats: Arc::clone(&self.stats),
+        }
+    }
+
+    /// Lands `prepared` in a task of its own (in `tx` if it was prepared under the lock).
+    fn launch(
+        &self,
+        tx: Option<Box<dyn AppendTx>>,
+        mut prepared: Prepared,
+        requests: Vec<Request>,
+        replies: Vec<Reply>,
+    ) -> InFlight {
+        let carry = std::mem::take(&mut prepared.carry);
+        let landing = tokio::spawn(self.lander().land(tx, Box::new(prepared), self.key_marked));
+        InFlight {
+            landing,
+            requests,
+            replies,
+            carry,
+        }
+    }
+
+    /// Waits for `f` to land and answers its callers; whether it landed as it was built.
+    async fn settle(&mut self, f: InFlight) -> bool {
+        let result = joined(f.landing.await);
+        self.conclude(f.requests, f.replies, f.carry.head, result)
+            .await
+    }
+
+    /// Answers a landed batch's callers; a stale one is prepared and landed again under the
+    /// lock. Whether it landed as it was built.
+    async fn conclude(
+        &mut self,
+        requests: Vec<Request>,
+        replies: Vec<Reply>,
+        head: Option<ChainHead>,
+        result: Result<Landing, WriteError>,
+    ) -> bool {
+        match self.finish(requests, replies, head, result) {
+            Settled::Landed => true,
+            Settled::Failed => false,
+            Settled::Stale(requests, replies) => {
+                metrics::counter!(telemetry::STALE_BATCHES).increment(1);
+                self.quiet_rounds = 0;
+                if let Some(again) = self.start_locked(requests, replies).await {
+                    let result = joined(again.landing.await);
+                    if let Settled::Stale(_, replies) =
+                        self.finish(again.requests, again.replies, again.carry.head, result)
+                    {
+                        let e = WriteError::Internal(
+                            "a batch prepared under the lock was stale".to_owned(),
+                        );
+                        self.fail(replies, &e);
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        requests: Vec<Request>,
+        replies: Vec<Reply>,
+        head: Option<ChainHead>,
+        result: Result<Landing, WriteError>,
+    ) -> Settled {
+        match result {
+            Ok(Landing::Done(mut prepared, checkpoint)) => {
+                self.record_health("append", Ok(()));
+                if prepared.writes() {
+                    self.key_marked = true;
+                    self.last_head = head;
+                }
+                for (key_ref, key) in prepared.created.drain(..) {
+                    self.vault.remember(key_ref, key);
+                }
+                if let Some(cp) = checkpoint {
+                    self.publish(cp);
+                }
+                for (reply, answer) in replies.into_iter().zip(answers(&mut prepared, requests)) {
+                    let _ = reply.send(answer);
+                }
+                self.commits.send_modify(|n| *n = n.wrapping_add(1));
+                Settled::Landed
+            }
+            Ok(Landing::Stale) => Settled::Stale(requests, replies),
+            Err(e) => {
+                self.fail(replies, &e);
+                Settled::Failed
+            }
+        }
+    }
+
+    /// Answers every caller of a batch that was rolled back.
+    fn fail(&self, replies: Vec<Reply>, err: &WriteError) {
+        self.record_health("append", Err(err));
+        tracing::error!(error = %err, "append batch rolled back");
+        metrics::counter!(telemetry::COMMIT_FAILURES).increment(1);
+        let answer = if matches!(err, WriteError::OutcomeUnknown(_)) {
+            AppendError::OutcomeUnknown
+        } else {
+            AppendError::Unavailable("the database refused the write".to_owned())
+        };
+        for reply in replies {
+            let _ = reply.send(Err(answer.clone()));
         }
     }
 
@@ -314,290 +500,18 @@ impl Writer {
         tx.commit().await?;
         Ok(())
     }
+}
 
-    /// COMMIT of the transaction ending with the entry (`seq`, `hash`) failed: finds out on
-    /// another connection whether it took effect. `Ok` if it did (the caller goes on as after a
-    /// commit); the commit's error if it did not (nothing was written); `OutcomeUnknown` if it
-    /// cannot tell.
+impl Writer {
+    /// COMMIT of the transaction ending with the entry (`seq`, `hash`) failed: whether it took
+    /// effect (see `batch::resolve_lost_commit`).
     pub(super) async fn resolve_lost_commit(
         &self,
         error: StoreError,
         seq: Seq,
         hash: EntryHash,
     ) -> Result<(), WriteError> {
-        let outcome = commit_outcome(self.store.as_ref(), seq, hash).await;
-        let label = match outcome {
-            Some(true) => "committed",
-            Some(false) => "not_committed",
-            None => "unknown",
-        };
-        metrics::counter!(telemetry::COMMIT_OUTCOMES_RESOLVED, "outcome" => label).increment(1);
-        tracing::warn!(error = %error, seq = seq.0, outcome = label, "a commit failed; its outcome was looked up");
-        match outcome {
-            Some(true) => Ok(()),
-            Some(false) => Err(error.into()),
-            None => Err(WriteError::OutcomeUnknown(error)),
-        }
-    }
-
-    /// The data key of the subject named by `identifier`, creating subject and key if new.
-    async fn subject_key(
-        &self,
-        tx: &mut dyn AppendTx,
-        keys: &mut SubjectKeys,
-        identifier: &str,
-    ) -> Result<(SubjectHandle, Arc<DataKey>), WriteError> {
-        let mac = self.index.index(identifier);
-        if let Some((h, k)) = keys.by_mac.get(&mac) {
-            return Ok((*h, Arc::clone(k)));
-        }
-        let link = if keys.looked_up.contains(&mac) {
-            keys.links.remove(&mac)
-        } else {
-            tx.subject_link(&mac).await?
-        };
-        let (handle, key) = if let Some(link) = link {
-            let handle = match self.vault.open_link(&link).await {
-                // PostgreSQL: re-sealed under a new epoch, and the old one destroyed, since
-                // the row was read; read it again.
-                Err(VaultError::NoSuchKek { .. }) => {
-                    let link = tx.subject_link(&mac).await?.ok_or_else(|| {
-                        WriteError::Internal("a subject link vanished mid-transaction".to_owned())
-                    })?;
-                    self.vault.open_link(&link).await?
-                }
-                other => other?,
-            };
-            let key = self
-                .vault
-                .key(&KeyRef::Subject(handle))
-                .await?
-                .ok_or_else(|| {
-                    WriteError::Internal(format!(
-                        "subject {} is indexed but its key is missing",
-                        handle.to_hex()
-                    ))
-                })?;
-            (handle, key)
-        } else {
-            let mut id = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut id);
-            let handle = SubjectHandle(id);
-            let key = Arc::new(DataKey::generate());
-            let key_ref = KeyRef::Subject(handle);
-            let epoch = self.current_epoch(tx, keys).await?;
-            let row = VaultRow {
-                key_ref,
-                wrapped: epoch.kek.wrap(&key, &key_ref),
-                kek_id: epoch.kek_id.clone(),
-            };
-            let link = LinkRow {
-                index_mac: mac,
-                sealed_handle: epoch.kek.seal_link(&handle, &mac),
-                kek_id: epoch.kek_id.clone(),
-            };
-            tx.insert_subject(&link, &row).await?;
-            keys.created.push((key_ref, Arc::clone(&key)));
-            (handle, key)
-        };
-        keys.by_mac.insert(mac, (handle, Arc::clone(&key)));
-        Ok((handle, key))
-    }
-
-    /// The epoch new keys are wrapped under in this transaction: the current one as the
-    /// database says inside it (so it cannot be destroyed before the commit), never an epoch
-    /// this process merely remembers.
-    pub(super) async fn current_epoch(
-        &self,
-        tx: &mut dyn AppendTx,
-        keys: &mut SubjectKeys,
-    ) -> Result<Arc<EpochKek>, WriteError> {
-        if let Some(e) = &keys.epoch {
-            return Ok(Arc::clone(e));
-        }
-        let row = tx
-            .current_epoch()
-            .await?
-            .ok_or_else(|| WriteError::Internal("no KEK epoch is recorded".to_owned()))?;
-        let epoch = self.vault.kek_by_id(&row.kek_id).await?;
-        keys.epoch = Some(Arc::clone(&epoch));
-        Ok(epoch)
-    }
-
-    /// Every stream version and subject link a batch needs, read up front in one query each
-    /// rather than one round trip per stream and per subject: the versions (`None` for a
-    /// stream without events), and the links into `subjects`.
-    async fn prefetch(
-        &self,
-        tx: &mut dyn AppendTx,
-        requests: &[(AppendRequest, Option<IdempotencyTag>)],
-        subjects: &mut SubjectKeys,
-    ) -> Result<HashMap<StreamId, Option<u64>>, WriteError> {
-        let mut streams: Vec<StreamId> = requests.iter().map(|(r, _)| r.stream.clone()).collect();
-        streams.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-        streams.dedup();
-        let found = tx.stream_versions(&streams).await?;
-        let macs: std::collections::HashSet<[u8; 32]> = requests
-            .iter()
-            .flat_map(|(r, _)| r.events.iter())
-            .filter_map(|e| e.subject.as_deref())
-            .map(|identifier| self.index.index(identifier))
-            .collect();
-        if !macs.is_empty() {
-            let macs: Vec<[u8; 32]> = macs.into_iter().collect();
-            subjects.links = tx.subject_links(&macs).await?;
-            subjects.looked_up = macs.into_iter().collect();
-        }
-        Ok(streams
-            .into_iter()
-            .map(|s| {
-                let v = found.get(&s).copied();
-                (s, v)
-            })
-            .collect())
-    }
-
-    /// Runs one transaction for `requests`; returns one result per request, in order.
-    async fn write_batch(
-        &mut self,
-        requests: Vec<(AppendRequest, Option<IdempotencyTag>)>,
-    ) -> Result<Vec<Result<Committed, AppendError>>, WriteError> {
-        let mut tx = self.store.begin_append().await?;
-        let head = tx.head().await?;
-        self.ensure_current_key(head.as_ref()).await?;
-        let (mut next_seq, prev_hash, recorded_at) = next_position(head);
-        let (system_ref, system_key) = self.vault.system_key();
-        let not_before = recorded_at.saturating_sub(self.idempotency_window_micros);
-
-        let mut batch = BatchWrites::default();
-        let mut versions = self
-            .prefetch(tx.as_mut(), &requests, &mut batch.subjects)
-            .await?;
-        let mut results = Vec::with_capacity(requests.len());
-        for (req, idempotency) in requests {
-            // Before the version check: a retry of a committed append must get its original
-            // answer, although its expectation no longer holds.
-            if let Some(row) = batch.recorded(tx.as_mut(), idempotency, not_before).await? {
-                results.push(Ok(Committed::Duplicate(row, Box::new(req))));
-                continue;
-            }
-            let current = if let Some(v) = versions.get(&req.stream) {
-                *v
-            } else {
-                let v = tx.stream_version(&req.stream).await?;
-                versions.insert(req.stream.clone(), v);
-                v
-            };
-            if !req.expected.admits(current) {
-                results.push(Err(AppendError::VersionConflict {
-                    stream: req.stream,
-                    expected: req.expected,
-                    actual: current,
-                }));
-                continue;
-            }
-            let first_version = current.map_or(0, |v| v + 1);
-            let first_seq = next_seq;
-            let count = req.events.len() as u64;
-            for (i, ev) in (0u64..).zip(req.events) {
-                let (subject, key_ref, key) = match &ev.subject {
-                    None => (None, system_ref, Arc::clone(&system_key)),
-                    Some(identifier) => {
-                        let (handle, key) = self
-                            .subject_key(tx.as_mut(), &mut batch.subjects, identifier)
-                            .await?;
-                        (Some(handle), KeyRef::Subject(handle), key)
-                    }
-                };
-                batch.drafts.push(Draft {
-                    header: EntryHeader {
-                        ledger_id: Some(self.ledger_id),
-                        seq: next_seq,
-                        stream_id: req.stream.clone(),
-                        stream_version: first_version + i,
-                        event_type: ev.event_type,
-                        schema_version: ev.schema_version,
-                        subject,
-                        recorded_at_micros: recorded_at,
-                        metadata: ev.metadata,
-                    },
-                    data: ev.data,
-                    key_ref,
-                    key,
-                });
-                next_seq = next_seq.next();
-            }
-            let last_version = first_version + count - 1;
-            let last_seq = Seq(next_seq.0 - 1);
-            versions.insert(req.stream, Some(last_version));
-            if let Some(tag) = idempotency {
-                batch.keys.insert(
-                    tag.key_hash,
-                    IdempotencyRow {
-                        key_hash: tag.key_hash,
-                        request_digest: tag.digest,
-                        first_seq,
-                        last_seq,
-                        created_at_micros: recorded_at,
-                    },
-                );
-            }
-            results.push(Ok(Committed::New(Appended {
-                first_seq,
-                last_seq,
-                stream_version: last_version,
-                entries: (first_seq.0..next_seq.0)
-                    .map(|s| (Seq(s), EntryHash([0; 32])))
-                    .collect(),
-                replayed: false,
-            })));
-        }
-        let conflicts = results.iter().filter(|r| r.is_err()).count() as u64;
-        metrics::counter!(telemetry::VERSION_CONFLICTS).increment(conflicts);
-        if batch.drafts.is_empty() {
-            // Only conflicts and repeats: nothing to write.
-            tx.rollback().await;
-            return Ok(results);
-        }
-        let records = self.write_drafts(tx, head, prev_hash, batch).await?;
-        fill_hashes(&mut results, &records);
-        Ok(results)
-    }
-
-    /// Builds the batch's records, inserts them with its idempotency keys, and commits.
-    async fn write_drafts(
-        &mut self,
-        mut tx: Box<dyn AppendTx>,
-        head: Option<ChainHead>,
-        prev_hash: EntryHash,
-        batch: BatchWrites,
-    ) -> Result<Vec<Record>, WriteError> {
-        let records = self.build(batch.drafts, prev_hash).await?;
-        let started = Instant::now();
-        let checkpoint = self.insert_records(tx.as_mut(), head, &records).await?;
-        let recorded: Vec<IdempotencyRow> = batch.keys.into_values().collect();
-        tx.insert_idempotency(&recorded).await?;
-        if let Err(e) = tx.commit().await {
-            let last = &records[records.len() - 1];
-            self.resolve_lost_commit(e, last.entry.header.seq, last.entry_hash)
-                .await?;
-        }
-        self.key_marked = true;
-        if let Some(cp) = checkpoint {
-            self.publish(cp);
-        }
-        for (key_ref, key) in batch.subjects.created {
-            self.vault.remember(key_ref, key);
-        }
-        record_commit_metrics(&records, started);
-        self.stats
-            .insert_ns
-            .fetch_add(elapsed_ns(started), Ordering::Relaxed);
-        self.stats
-            .entries
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(records)
+        resolve_lost_commit(self.store.as_ref(), error, seq, hash).await
     }
 
     /// Inserts records and the tree nodes they complete; signs and inserts a checkpoint if one
@@ -608,22 +522,9 @@ impl Writer {
         head: Option<ChainHead>,
         records: &[Record],
     ) -> Result<Option<Checkpoint>, WriteError> {
-        // `head` was read under this transaction's lock: nobody has appended since.
-        let mut tree = load_tree(tx, head).await?;
-        let nodes = extend_tree(&mut tree, records);
-        tx.insert(records).await?;
-        tx.insert_merkle_nodes(&nodes).await?;
-        if !self.key_marked {
-            tx.mark_signing_key_used(&self.signing.key_id(), records[0].entry.header.seq)
-                .await?;
-        }
-        let last_checkpoint = tx.latest_checkpoint().await?.map_or(0, |c| c.tree_size);
-        if tree.size() - last_checkpoint < self.checkpoint_every {
-            return Ok(None);
-        }
-        let cp = self.sign_checkpoint(&tree, &records[records.len() - 1], last_checkpoint);
-        tx.insert_checkpoint(&cp).await?;
-        Ok(Some(cp))
+        self.lander()
+            .insert_records(tx, head, records, self.key_marked)
+            .await
     }
 
     /// Seals, hashes and signs drafts on a blocking thread.
@@ -632,12 +533,43 @@ impl Writer {
         drafts: Vec<Draft>,
         prev_hash: EntryHash,
     ) -> Result<Vec<Record>, WriteError> {
-        let signing = Arc::clone(&self.signing);
-        let stats = Arc::clone(&self.stats);
-        tokio::task::spawn_blocking(move || build_records(drafts, prev_hash, &signing, &stats))
-            .await
-            .map_err(|e| WriteError::Internal(format!("record builder failed: {e}")))
+        batch::build(drafts, prev_hash, &self.signing, &self.stats).await
     }
+}
+
+/// A caller waiting for its append's answer.
+type Reply = oneshot::Sender<Result<Committed, AppendError>>;
+
+/// A batch landing in a task of its own, and what the next batch may build on meanwhile.
+struct InFlight {
+    landing: tokio::task::JoinHandle<Result<Landing, WriteError>>,
+    requests: Vec<Request>,
+    replies: Vec<Reply>,
+    carry: Carry,
+}
+
+/// What woke the writer.
+enum Wake {
+    Message(Option<WriterMsg>),
+    Landed(Result<Result<Landing, WriteError>, tokio::task::JoinError>),
+}
+
+/// How a batch's landing was settled.
+enum Settled {
+    Landed,
+    Failed,
+    /// Prepared ahead on a state that no longer holds: to prepare again under the lock.
+    Stale(Vec<Request>, Vec<Reply>),
+}
+
+fn joined(
+    result: Result<Result<Landing, WriteError>, tokio::task::JoinError>,
+) -> Result<Landing, WriteError> {
+    result.unwrap_or_else(|e| {
+        Err(WriteError::Internal(format!(
+            "a batch's landing failed: {e}"
+        )))
+    })
 }
 
 impl Writer {
@@ -756,37 +688,6 @@ pub(super) fn extend_tree(
     nodes
 }
 
-#[expect(
-    clippy::cast_precision_loss,
-    reason = "counts and seqs as metric samples"
-)]
-fn record_commit_metrics(records: &[Record], started: Instant) {
-    metrics::counter!(telemetry::EVENTS_APPENDED).increment(records.len() as u64);
-    metrics::counter!(telemetry::COMMITS).increment(1);
-    metrics::histogram!(telemetry::COMMIT_BATCH_EVENTS).record(records.len() as f64);
-    metrics::histogram!(telemetry::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-    if let Some(last) = records.last() {
-        metrics::gauge!(telemetry::HEAD_SEQ).set(last.entry.header.seq.0 as f64);
-    }
-}
-
-/// Fills in each acknowledged entry's hash, now that it exists; records are in seq order.
-fn fill_hashes(results: &mut [Result<Committed, AppendError>], records: &[Record]) {
-    let base = records[0].entry.header.seq.0;
-    let committed = results.iter_mut().filter_map(|r| match r {
-        Ok(Committed::New(appended)) => Some(appended),
-        _ => None,
-    });
-    for appended in committed {
-        for (seq, hash) in &mut appended.entries {
-            let idx = usize::try_from(seq.0 - base).unwrap_or(usize::MAX);
-            if let Some(r) = records.get(idx) {
-                *hash = r.entry_hash;
-            }
-        }
-    }
-}
-
 /// How long a lost commit's outcome is looked for before it is reported unknown.
 const OUTCOME_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -795,7 +696,7 @@ const OUTCOME_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10)
 /// its own, so it waits for the writer's lock, and thus for the failed transaction to end
 /// (PostgreSQL releases its advisory lock only when its session has committed or aborted):
 /// what it sees then is final.
-async fn commit_outcome(store: &dyn Store, seq: Seq, hash: EntryHash) -> Option<bool> {
+pub(super) async fn commit_outcome(store: &dyn Store, seq: Seq, hash: EntryHash) -> Option<bool> {
     let deadline = tokio::time::Instant::now() + OUTCOME_DEADLINE;
     loop {
         let attempt = async {
@@ -821,7 +722,7 @@ pub(super) fn elapsed_ns(t: Instant) -> u64 {
 }
 
 /// Seals, hashes and signs drafts that continue a chain whose last hash is `prev_hash`.
-fn build_records(
+pub(super) fn build_records(
     drafts: Vec<Draft>,
     mut prev_hash: EntryHash,
     signing: &LedgerSigningKey,

@@ -515,6 +515,11 @@ pub trait Store:
     /// it commits or is dropped (which rolls it back).
     async fn begin_append(&self) -> Result<Box<dyn AppendTx>, StoreError>;
 
+    /// A transaction without the writer's lock, for reading what a batch needs while the batch
+    /// before it commits (see `ledger::batch`). Only its reads may be used: it is always
+    /// rolled back, and what it shows is trusted only after the head is checked under the lock.
+    async fn begin_snapshot(&self) -> Result<Box<dyn AppendTx>, StoreError>;
+
     /// The last entry, if any.
     async fn head(&self) -> Result<Option<ChainHead>, StoreError>;
 

@@ -306,6 +306,12 @@ impl Store for PostgresStore {
         Ok(Box::new(PgAppendTx { tx }))
     }
 
+    async fn begin_snapshot(&self) -> Result<Box<dyn AppendTx>, StoreError> {
+        // No advisory lock: reads only, trusted after the head is checked under the lock.
+        let tx = TxConn::begin(&self.pool, "BEGIN").await?;
+        Ok(Box::new(PgAppendTx { tx }))
+    }
+
     async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         head_on(&mut conn).await

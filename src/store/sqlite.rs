@@ -215,6 +215,12 @@ impl Store for SqliteStore {
         Ok(Box::new(SqliteAppendTx { tx }))
     }
 
+    async fn begin_snapshot(&self) -> Result<Box<dyn AppendTx>, StoreError> {
+        // A deferred transaction on a reading connection: one snapshot, no lock.
+        let tx = TxConn::begin(&self.read, "BEGIN").await?;
+        Ok(Box::new(SqliteAppendTx { tx }))
+    }
+
     async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
         head_on(&self.read).await
     }
