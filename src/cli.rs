@@ -343,6 +343,7 @@ impl Service {
                 checkpoint_every: config.checkpoint_every,
                 checkpoint_interval: Duration::from_secs(config.checkpoint_interval_secs.max(1)),
                 max_batch_events: config.max_batch_events,
+                pipeline: config.pipeline,
                 tombstone_ttl: Duration::from_secs(
                     config.erasure_tombstone_hours.saturating_mul(3600),
                 ),
@@ -676,6 +677,7 @@ async fn rotate_offline(
             checkpoint_every: defaults.checkpoint_every,
             checkpoint_interval: Duration::from_secs(3600),
             max_batch_events: defaults.max_batch_events,
+            pipeline: false,
             tombstone_ttl: Duration::ZERO,
             rotation: defaults.rotation(),
             idempotency_window: Duration::from_secs(3600),

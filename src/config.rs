@@ -114,6 +114,10 @@ pub struct ServeConfig {
     /// Most events committed in one transaction (group commit).
     #[arg(long, env = "AUDITLEDGER_MAX_BATCH_EVENTS", default_value_t = DEFAULT_MAX_BATCH_EVENTS)]
     pub max_batch_events: usize,
+    /// Prepare each batch of appends while the one before commits (on by default; off only to
+    /// measure what it gains).
+    #[arg(long, env = "AUDITLEDGER_PIPELINE", default_value_t = true, action = clap::ArgAction::Set, hide = true)]
+    pub pipeline: bool,
     /// Length of a KEK epoch, in hours (fractions allowed). When it ends a new epoch starts,
     /// the live keys are re-wrapped under it, and the old epoch's KEK is destroyed: every
     /// erasure's `forgotten_by` is the end of its epoch plus an hour.
@@ -225,6 +229,7 @@ impl ServeConfig {
             witness_webhook: None,
             witness_webhook_ca: None,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
+            pipeline: true,
             kek_epoch_hours: crate::epochs::DEFAULT_EPOCH_HOURS,
             kek_rewrap_batch: DEFAULT_KEK_REWRAP_BATCH,
             idempotency_window_hours: DEFAULT_IDEMPOTENCY_WINDOW_HOURS,

@@ -222,6 +222,9 @@ pub struct StageStats {
 pub struct LedgerConfig {
     /// Most events in one commit.
     pub max_batch_events: usize,
+    /// Whether the next batch is prepared while the one before commits (`ledger::batch`);
+    /// off only to measure what it gains.
+    pub pipeline: bool,
     /// How long an erasure receipt stays retrievable by identifier (0: not at all).
     pub tombstone_ttl: Duration,
     /// A checkpoint is made in the commit that brings the log this many entries past the last.
@@ -359,8 +362,8 @@ impl Ledger {
             health: Arc::clone(&health),
             idempotency_window_micros,
             commits: Arc::clone(&commits),
-            last_head: None,
-            quiet_rounds: 0,
+            others: writer::OtherWriters::default(),
+            pipeline: config.pipeline,
         };
         let handle = tokio::spawn(writer.run(receiver));
         let tick_sender = sender.clone();

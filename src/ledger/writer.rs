@@ -145,10 +145,10 @@ pub(super) struct Writer {
     pub idempotency_window_micros: i64,
     /// Bumped after each round of commits: wakes this instance's subscribers.
     pub commits: Arc<tokio::sync::watch::Sender<u64>>,
-    /// The head as this writer's last batch left it.
-    pub last_head: Option<ChainHead>,
-    /// Batches prepared under the lock in a row that found the head where `last_head` left it.
-    pub quiet_rounds: u32,
+    /// Whether anyone else writes to the ledger lately.
+    pub others: OtherWriters,
+    /// Whether batches may be prepared while the one before commits.
+    pub pipeline: bool,
 }
 
 impl Writer {
@@ -279,7 +279,7 @@ impl Writer {
             .map(|p| ((p.request, p.idempotency), p.reply))
             .unzip();
         if let Some(previous) = previous {
-            if self.quiet_rounds >= QUIET_ROUNDS_BEFORE_SPECULATING {
+            if self.pipeline && self.others.quiet() {
                 let prepared = self.prepare_speculatively(&requests, &previous.carry).await;
                 let landed_as_built = self.settle(previous).await;
                 match prepared {
@@ -342,13 +342,7 @@ impl Writer {
         requests: &[Request],
     ) -> Result<Prepared, WriteError> {
         let head = tx.head().await?;
-        // Whether anyone else wrote since this writer's last batch: speculation pays only
-        // while nobody does.
-        if head == self.last_head {
-            self.quiet_rounds = self.quiet_rounds.saturating_add(1);
-        } else {
-            self.quiet_rounds = 0;
-        }
+        self.others.saw(head);
         self.ensure_current_key(head.as_ref()).await?;
         self.preparer()
             .prepare(tx, head, &Carry::default(), requests, false)
@@ -415,7 +409,7 @@ impl Writer {
             Settled::Failed => false,
             Settled::Stale(requests, replies) => {
                 metrics::counter!(telemetry::STALE_BATCHES).increment(1);
-                self.quiet_rounds = 0;
+                self.others.moved();
                 if let Some(again) = self.start_locked(requests, replies).await {
                     let result = joined(again.landing.await);
                     if let Settled::Stale(_, replies) =
@@ -444,7 +438,7 @@ impl Writer {
                 self.record_health("append", Ok(()));
                 if prepared.writes() {
                     self.key_marked = true;
-                    self.last_head = head;
+                    self.others.left(head);
                 }
                 for (key_ref, key) in prepared.created.drain(..) {
                     self.vault.remember(key_ref, key);
@@ -534,6 +528,41 @@ impl Writer {
         prev_hash: EntryHash,
     ) -> Result<Vec<Record>, WriteError> {
         batch::build(drafts, prev_hash, &self.signing, &self.stats).await
+    }
+}
+
+/// Whether another writer (another instance on the same database) moves the head lately:
+/// preparing a batch ahead pays only while nobody does.
+#[derive(Default)]
+pub(super) struct OtherWriters {
+    /// The head as this writer's last batch left it.
+    last_head: Option<ChainHead>,
+    /// Batches prepared under the lock in a row that found the head where `last_head` was.
+    quiet_rounds: u32,
+}
+
+impl OtherWriters {
+    /// This writer's batch left the head at `head`.
+    fn left(&mut self, head: Option<ChainHead>) {
+        self.last_head = head;
+    }
+
+    /// The head under the lock, before a batch prepared there.
+    fn saw(&mut self, head: Option<ChainHead>) {
+        if head == self.last_head {
+            self.quiet_rounds = self.quiet_rounds.saturating_add(1);
+        } else {
+            self.quiet_rounds = 0;
+        }
+    }
+
+    /// A batch prepared ahead found the head moved.
+    fn moved(&mut self) {
+        self.quiet_rounds = 0;
+    }
+
+    fn quiet(&self) -> bool {
+        self.quiet_rounds >= QUIET_ROUNDS_BEFORE_SPECULATING
     }
 }
 
