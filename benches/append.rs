@@ -24,81 +24,32 @@ use std::time::{Duration, Instant};
 
 use auditledger::cli::Service;
 use auditledger::config::ServeConfig;
-use auditledger::crypto::{DataKey, KeyRef, LedgerSigningKey, seal};
-use auditledger::entry::{
-    Entry, EntryHeader, EventType, GENESIS_PREV_HASH, Metadata, Seq, StreamId,
-};
-use auditledger::record::Record;
 use auditledger::store::{SqliteStore, Store};
 use serde_json::json;
 
-const STAGE_EVENTS: usize = 20_000;
+#[allow(
+    dead_code,
+    reason = "shared with benches/limits.rs, which uses all of it"
+)]
+mod stages;
 
-fn header(i: u64) -> EntryHeader {
-    EntryHeader {
-        ledger_id: Some(auditledger::entry::LedgerId([0x55; 16])),
-        seq: Seq(i),
-        stream_id: StreamId::parse(&format!("bench-{}", i % 1000)).unwrap(),
-        stream_version: i / 1000,
-        event_type: EventType::parse("PaymentInitiated").unwrap(),
-        schema_version: 1,
-        subject: None,
-        recorded_at_micros: 1_795_340_718_123_456,
-        metadata: Metadata::from([("source".to_owned(), "bench".to_owned())]),
-    }
-}
+const STAGE_EVENTS: usize = 20_000;
 
 fn per_event(d: Duration, n: usize) -> String {
     format!("{:.2} µs", d.as_secs_f64() * 1e6 / n as f64)
 }
 
 async fn stages() {
-    let key = DataKey::generate();
-    let key_ref = KeyRef::System([1; 16]);
-    let signing = LedgerSigningKey::generate();
+    let keys = stages::Keys::generate();
     let data = serde_json::to_vec(
         &json!({"amount": 1250, "currency": "EUR", "iban": "DE89370400440532013000"}),
     )
     .unwrap();
-    let headers: Vec<EntryHeader> = (0..STAGE_EVENTS as u64).map(header).collect();
-
-    let t = Instant::now();
-    let sealed: Vec<_> = headers
-        .iter()
-        .map(|h| seal(&key, &key_ref, &h.payload_aad(), &data))
+    let headers = (0..STAGE_EVENTS as u64)
+        .map(|i| stages::header(i, false))
         .collect();
-    let seal_t = t.elapsed();
-
-    let t = Instant::now();
-    let mut prev = GENESIS_PREV_HASH;
-    let mut entries = Vec::with_capacity(STAGE_EVENTS);
-    for (h, p) in headers.into_iter().zip(&sealed) {
-        let e = Entry {
-            header: h,
-            payload_digest: p.digest(),
-            prev_hash: prev,
-        };
-        prev = e.hash();
-        entries.push((e, prev));
-    }
-    let hash_t = t.elapsed();
-
-    let t = Instant::now();
-    let sigs: Vec<_> = entries.iter().map(|(_, h)| signing.sign_entry(h)).collect();
-    let sign_t = t.elapsed();
-
-    let records: Vec<Record> = entries
-        .into_iter()
-        .zip(sealed)
-        .zip(sigs)
-        .map(|(((entry, entry_hash), payload), signature)| Record {
-            entry,
-            payload: Some(payload),
-            entry_hash,
-            signature,
-            key_id: signing.key_id(),
-        })
-        .collect();
+    let (times, records) = stages::run(&keys, headers, &data);
+    let (seal_t, hash_t, sign_t) = (times.seal, times.hash, times.sign);
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("ledger.db"), None)
         .await
