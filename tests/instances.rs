@@ -464,3 +464,93 @@ async fn batches_prepared_ahead_that_another_instance_overtook_are_prepared_agai
     Arc::try_unwrap(a).ok().unwrap().terminate().await;
     Arc::try_unwrap(b).ok().unwrap().terminate().await;
 }
+
+#[tokio::test]
+async fn appends_on_one_instance_never_land_under_a_key_the_other_instance_erased() {
+    let env = Env::new(Backend::Postgres).await;
+    let a = Arc::new(env.serve(&[]).await);
+    let second_dir = common::workdir();
+    common::copy_keys(&env.path().join("keys"), &second_dir.path().join("keys"));
+    let b = env.serve_in(second_dir.path(), &[]).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A keeps the writer busy with one subject, so that its batches are prepared ahead on top
+    // of the one in flight, carrying the subject's handle and key.
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (a, stop) = (Arc::clone(&a), Arc::clone(&stop));
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (status, body) = a
+                    .append(
+                        &format!("acct-{w}"),
+                        &json!({"events": [{"type": "T", "subject": "carol", "data": {"w": w, "n": n}}]}),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                acked.push((body["first_seq"].as_u64().unwrap(), body["entries"][0]["entry_hash"].clone()));
+                n += 1;
+            }
+            acked
+        }));
+    }
+    // B erases her again and again while A appends.
+    let mut receipts = Vec::new();
+    for round in 0..5 {
+        a.wait_for_stream("acct-0", 10 * (round + 1)).await;
+        let (status, receipt) = b
+            .post_raw(
+                "/v1/subjects/erase",
+                json!({"subject": "carol", "reason": "r", "request_ref": format!("x{round}")})
+                    .to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{receipt}");
+        receipts.push(receipt);
+    }
+    a.wait_for_stream("acct-0", 60).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    // A's batches prepared ahead with her old handle were found stale and prepared again.
+    assert!(counter(&a, "auditledger_stale_batches_total").await > 0);
+    let events = a.all_entries().await;
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64);
+    }
+    for (seq, hash) in &acked {
+        assert_eq!(
+            &events[*seq as usize]["entry_hash"], hash,
+            "acknowledged {seq}"
+        );
+    }
+    let erased: std::collections::HashMap<&str, u64> = receipts
+        .iter()
+        .map(|r| {
+            (
+                r["subject_handle"].as_str().unwrap(),
+                r["erasure_seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for e in events.iter().filter(|e| e["type"] == "T") {
+        let seq = e["seq"].as_u64().unwrap();
+        match erased.get(e["subject"].as_str().unwrap()) {
+            Some(at) => {
+                assert!(seq < *at, "seq {seq} landed under a key erased at {at}");
+                assert_eq!(e["erased"], true, "seq {seq}");
+            }
+            None => {
+                assert_eq!(e["erased"], false, "seq {seq}");
+                assert!(e["data"]["n"].is_number(), "seq {seq}");
+            }
+        }
+    }
+    let (code, out, err) = env.cli(&["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    Arc::try_unwrap(a).ok().unwrap().terminate().await;
+    b.terminate().await;
+}
