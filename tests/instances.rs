@@ -289,7 +289,7 @@ async fn keyed_load(
             let mut acked = Vec::new();
             let mut i = 0u64;
             while started.elapsed() < deadline {
-                let stream = if i % 2 == 0 {
+                let stream = if i.is_multiple_of(2) {
                     "shared".to_owned()
                 } else {
                     format!("{tag}-{w}")
@@ -351,6 +351,10 @@ async fn counter(s: &common::Server, name: &str) -> u64 {
 }
 
 #[tokio::test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, checked from every side"
+)]
 async fn batches_prepared_ahead_that_another_instance_overtook_are_prepared_again() {
     let env = Env::new(Backend::Postgres).await;
     let a = Arc::new(env.serve(&["--checkpoint-every", "64"]).await);
@@ -391,7 +395,8 @@ async fn batches_prepared_ahead_that_another_instance_overtook_are_prepared_agai
         }
     }
     // Every stream's versions are dense.
-    let mut versions: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    let mut versions: std::collections::HashMap<String, Vec<u64>> =
+        std::collections::HashMap::default();
     for e in &events {
         versions
             .entry(e["stream_id"].as_str().unwrap().to_owned())
@@ -402,7 +407,7 @@ async fn batches_prepared_ahead_that_another_instance_overtook_are_prepared_agai
         assert_eq!(v, &(0..v.len() as u64).collect::<Vec<_>>(), "{stream}");
     }
     // Every acknowledged append is there exactly once, as acknowledged.
-    let mut written: std::collections::HashMap<&str, u64> = Default::default();
+    let mut written: std::collections::HashMap<&str, u64> = std::collections::HashMap::default();
     for e in &events {
         if let Some(id) = e["data"]["id"].as_str() {
             *written.entry(id).or_default() += 1;
@@ -427,7 +432,8 @@ async fn batches_prepared_ahead_that_another_instance_overtook_are_prepared_agai
         "only acknowledged appends were written"
     );
     // Each identifier is one subject, whichever instance first wrote it.
-    let mut subjects: std::collections::HashMap<String, &Value> = Default::default();
+    let mut subjects: std::collections::HashMap<String, &Value> =
+        std::collections::HashMap::default();
     for (acked, e) in acked_a.iter().chain(&acked_b).map(|acked| {
         let seq = acked.answer["first_seq"].as_u64().unwrap() as usize;
         (acked, &events[seq])
@@ -538,15 +544,12 @@ async fn appends_on_one_instance_never_land_under_a_key_the_other_instance_erase
         .collect();
     for e in events.iter().filter(|e| e["type"] == "T") {
         let seq = e["seq"].as_u64().unwrap();
-        match erased.get(e["subject"].as_str().unwrap()) {
-            Some(at) => {
-                assert!(seq < *at, "seq {seq} landed under a key erased at {at}");
-                assert_eq!(e["erased"], true, "seq {seq}");
-            }
-            None => {
-                assert_eq!(e["erased"], false, "seq {seq}");
-                assert!(e["data"]["n"].is_number(), "seq {seq}");
-            }
+        if let Some(at) = erased.get(e["subject"].as_str().unwrap()) {
+            assert!(seq < *at, "seq {seq} landed under a key erased at {at}");
+            assert_eq!(e["erased"], true, "seq {seq}");
+        } else {
+            assert_eq!(e["erased"], false, "seq {seq}");
+            assert!(e["data"]["n"].is_number(), "seq {seq}");
         }
     }
     let (code, out, err) = env.cli(&["verify"]);
