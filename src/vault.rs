@@ -249,9 +249,14 @@ impl Vault {
         Ok(Some(key))
     }
 
-    /// Remembers a key the writer just created.
+    /// Remembers a key the writer created, once its batch has committed. Its subject may have
+    /// been erased by another instance (and the key forgotten here) since that commit: then
+    /// the key stays forgotten.
     pub fn remember(&self, key_ref: KeyRef, key: Arc<DataKey>) {
-        self.lock_cache().insert(key_ref, key);
+        let mut cache = self.lock_cache();
+        if !cache.destroyed.contains(&key_ref) {
+            cache.insert(key_ref, key);
+        }
     }
 
     /// Marks a key destroyed and drops it from the cache (it is zeroized once the last user

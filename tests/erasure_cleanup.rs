@@ -472,3 +472,57 @@ async fn every_postgres_instance_drops_an_erased_key_within_the_stated_bound() {
     first.stop().await.unwrap();
     second.stop().await.unwrap();
 }
+
+/// The writer remembers the keys a batch created when it answers the batch's callers, which,
+/// with batches pipelined, can be well after the commit: time enough for another instance to
+/// erase the new subject and for this one to forget its key. Remembering it then must not put
+/// the erased key back (nothing would ever forget it again).
+#[tokio::test]
+async fn a_key_remembered_after_its_subject_was_erased_stays_forgotten() {
+    let dir = common::workdir();
+    let mut config = auditledger::config::ServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("keys"),
+    );
+    config.insecure_no_auth = true;
+    let s = auditledger::cli::Service::start(&config).await.unwrap();
+    let client = common::client_with(None);
+    let r = client
+        .post(format!("http://{}/v1/streams/crm/events", s.addr))
+        .json(&subject_event("zoe@example.com", json!({"n": 1})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let page: Value = client
+        .get(format!("http://{}/v1/events?from_seq=0&limit=1", s.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let handle = SubjectHandle::from_hex(page["events"][0]["subject"].as_str().unwrap()).unwrap();
+    let key = KeyRef::Subject(handle);
+    let r = client
+        .post(format!("http://{}/v1/subjects/erase", s.addr))
+        .header("content-type", "application/json")
+        .body(erase_body("zoe@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let vault = s.app.ledger.vault();
+    assert!(vault.is_destroyed(&key));
+    // The late remember of the batch that created the subject.
+    vault.remember(
+        key,
+        std::sync::Arc::new(auditledger::crypto::DataKey::generate()),
+    );
+    assert!(
+        !vault.is_cached(&key),
+        "an erased subject's key is back in memory"
+    );
+    s.stop().await.unwrap();
+}

@@ -389,10 +389,102 @@ async fn a_rotation_killed_halfway_finishes_after_restart_and_loses_nothing(b: B
     assert_eq!(env.cli(&["verify"]).0, 0);
 }
 
+/// Epochs start and end while several callers keep the writer busy with new subjects, so that
+/// batches are prepared ahead of the one committing, with the epoch read outside the lock: no
+/// key or link is ever left under an epoch that was destroyed, and every event stays readable.
+async fn epochs_end_under_a_pipelined_load_of_new_subjects(b: Backend) {
+    let env = Env::new(b).await;
+    let s = std::sync::Arc::new(
+        env.serve(&["--kek-epoch-hours", "0.0005", "--kek-rewrap-batch", "100"])
+            .await,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6 {
+        let (s, stop) = (std::sync::Arc::clone(&s), std::sync::Arc::clone(&stop));
+        writers.push(tokio::spawn(async move {
+            let mut acked = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (code, body) = s
+                    .append(
+                        &format!("acct-{w}"),
+                        &json!({"events": [
+                            {"type": "Opened", "subject": format!("w{w}-{acked}@example.org"), "data": {"i": acked}},
+                            {"type": "Noted", "subject": format!("w{w}-{acked}-b@example.org"), "data": {"i": acked}},
+                        ]}),
+                    )
+                    .await;
+                assert_eq!(code, StatusCode::CREATED, "{body}");
+                acked += 2;
+                // Enough callers for batches to overlap, few enough keys to re-wrap quickly.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        }));
+    }
+    let started = std::time::Instant::now();
+    while !epochs_destroyed(&env, 2).await {
+        if started.elapsed() > Duration::from_secs(90) {
+            let rows = env
+                .sql_rows(
+                    "SELECT CAST(e.epoch AS TEXT), CAST(COUNT(k.key_ref) AS TEXT), \
+                     COALESCE(CAST(e.destroyed_at AS TEXT), 'live') FROM kek_epochs e \
+                     LEFT JOIN data_keys k ON k.kek_id = e.kek_id GROUP BY e.epoch, e.destroyed_at",
+                )
+                .await;
+            let rows: Vec<_> = rows
+                .iter()
+                .map(|(a, b, c)| {
+                    (
+                        String::from_utf8_lossy(a).into_owned(),
+                        String::from_utf8_lossy(b).into_owned(),
+                        c.clone(),
+                    )
+                })
+                .collect();
+            panic!("epochs did not rotate: {rows:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acked = 0;
+    for w in writers {
+        acked += w.await.unwrap();
+    }
+    // Nothing live is wrapped under a destroyed epoch (a key made under an epoch read without
+    // the lock and landed after that epoch ended would be).
+    for table in ["data_keys", "subject_links"] {
+        assert_eq!(
+            env.sql_count(&format!(
+                "SELECT COUNT(*) FROM {table} WHERE kek_id IN \
+                 (SELECT kek_id FROM kek_epochs WHERE destroyed_at IS NOT NULL)"
+            ))
+            .await,
+            0,
+            "{table} under a destroyed epoch"
+        );
+    }
+    let events = s.all_events().await;
+    assert_eq!(events.len(), acked);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["erased"] == false && !e["data"].is_null()),
+        "every event still opens"
+    );
+    std::sync::Arc::try_unwrap(s)
+        .ok()
+        .unwrap()
+        .terminate()
+        .await;
+    assert_eq!(env.cli(&["verify"]).0, 0);
+}
+
 on_both_backends!(
     a_rotation_killed_halfway_finishes_after_restart_and_loses_nothing,
     a_backup_from_before_the_erasure_neither_decrypts_nor_relinks_once_the_epoch_ends,
     a_receipt_lost_in_a_crash_is_fetched_again_with_tombstones_off,
     a_tombstone_dies_with_its_epoch,
     epochs_end_on_schedule_while_appends_go_on,
+    epochs_end_under_a_pipelined_load_of_new_subjects,
 );

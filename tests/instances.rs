@@ -262,3 +262,298 @@ async fn an_instance_whose_connections_are_cut_mid_load_loses_no_acknowledged_ev
     assert!(out.contains("running service"), "{out}");
     Arc::try_unwrap(s).ok().unwrap().terminate().await;
 }
+
+/// One acknowledged keyed append: its key, stream, body and the answer.
+struct Acked {
+    key: String,
+    stream: String,
+    body: Value,
+    answer: Value,
+}
+
+/// Appends from `writers` tasks to `s` until `deadline`, each request with an idempotency key
+/// and a subject shared with the other instance, `pause` between a task's requests; returns
+/// every acknowledged append. Any answer but 201 fails the test.
+async fn keyed_load(
+    s: Arc<common::Server>,
+    tag: &'static str,
+    writers: usize,
+    deadline: Duration,
+    pause: Duration,
+) -> Vec<Acked> {
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while started.elapsed() < deadline {
+                let stream = if i.is_multiple_of(2) {
+                    "shared".to_owned()
+                } else {
+                    format!("{tag}-{w}")
+                };
+                let key = format!("{tag}-{w}-{i}");
+                let body = json!({"events": [
+                    {"type": "Load", "subject": format!("person-{}", i % 5), "data": {"id": key}},
+                    {"type": "Load", "data": {"id": key, "second": true}},
+                ]});
+                let r = s
+                    .client
+                    .post(s.url(&format!("/v1/streams/{stream}/events")))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", &key)
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                let answer: Value = r.json().await.unwrap();
+                assert_eq!(status, StatusCode::CREATED, "{key}: {answer}");
+                acked.push(Acked {
+                    key,
+                    stream,
+                    body,
+                    answer,
+                });
+                i += 1;
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            acked
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.extend(t.await.unwrap());
+    }
+    out
+}
+
+/// The value of an integer counter in a server's /metrics (0 if it was never incremented).
+async fn counter(s: &common::Server, name: &str) -> u64 {
+    let text = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, checked from every side"
+)]
+async fn batches_prepared_ahead_that_another_instance_overtook_are_prepared_again() {
+    let env = Env::new(Backend::Postgres).await;
+    let a = Arc::new(env.serve(&["--checkpoint-every", "64"]).await);
+    let second_dir = common::workdir();
+    common::copy_keys(&env.path().join("keys"), &second_dir.path().join("keys"));
+    let b = Arc::new(
+        env.serve_in(second_dir.path(), &["--checkpoint-every", "64"])
+            .await,
+    );
+    // A under continuous load prepares its batches ahead; B's occasional appends to the same
+    // stream and subjects land between two of A's batches and make the one prepared ahead stale.
+    let load_a = tokio::spawn(keyed_load(
+        Arc::clone(&a),
+        "a",
+        8,
+        Duration::from_secs(8),
+        Duration::ZERO,
+    ));
+    let load_b = tokio::spawn(keyed_load(
+        Arc::clone(&b),
+        "b",
+        1,
+        Duration::from_secs(8),
+        Duration::from_millis(300),
+    ));
+    let acked_a = load_a.await.unwrap();
+    let acked_b = load_b.await.unwrap();
+    let stale = counter(&a, "auditledger_stale_batches_total").await
+        + counter(&b, "auditledger_stale_batches_total").await;
+    assert!(stale > 0, "no batch prepared ahead went stale");
+
+    let events = a.all_events().await;
+    // One linear chain.
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64, "gap or duplicate at {i}");
+        if i > 0 {
+            assert_eq!(e["prev_hash"], events[i - 1]["entry_hash"], "fork at {i}");
+        }
+    }
+    // Every stream's versions are dense.
+    let mut versions: std::collections::HashMap<String, Vec<u64>> =
+        std::collections::HashMap::default();
+    for e in &events {
+        versions
+            .entry(e["stream_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e["stream_version"].as_u64().unwrap());
+    }
+    for (stream, v) in &versions {
+        assert_eq!(v, &(0..v.len() as u64).collect::<Vec<_>>(), "{stream}");
+    }
+    // Every acknowledged append is there exactly once, as acknowledged.
+    let mut written: std::collections::HashMap<&str, u64> = std::collections::HashMap::default();
+    for e in &events {
+        if let Some(id) = e["data"]["id"].as_str() {
+            *written.entry(id).or_default() += 1;
+        }
+    }
+    for acked in acked_a.iter().chain(&acked_b) {
+        assert_eq!(written.get(acked.key.as_str()), Some(&2), "{}", acked.key);
+        for entry in acked.answer["entries"].as_array().unwrap() {
+            let seq = entry["seq"].as_u64().unwrap() as usize;
+            assert_eq!(
+                events[seq]["entry_hash"], entry["entry_hash"],
+                "{}",
+                acked.key
+            );
+            assert_eq!(events[seq]["data"]["id"], acked.key.as_str());
+            assert_eq!(events[seq]["stream_id"], acked.stream.as_str());
+        }
+    }
+    assert_eq!(
+        written.len(),
+        acked_a.len() + acked_b.len(),
+        "only acknowledged appends were written"
+    );
+    // Each identifier is one subject, whichever instance first wrote it.
+    let mut subjects: std::collections::HashMap<String, &Value> =
+        std::collections::HashMap::default();
+    for (acked, e) in acked_a.iter().chain(&acked_b).map(|acked| {
+        let seq = acked.answer["first_seq"].as_u64().unwrap() as usize;
+        (acked, &events[seq])
+    }) {
+        let person = acked.body["events"][0]["subject"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let handle = subjects.entry(person).or_insert(&e["subject"]);
+        assert_eq!(*handle, &e["subject"], "{}", acked.key);
+    }
+    // A retry on either instance gets the original answer.
+    for (i, acked) in acked_a.iter().chain(&acked_b).enumerate().step_by(7) {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let r = s
+            .client
+            .post(s.url(&format!("/v1/streams/{}/events", acked.stream)))
+            .header("content-type", "application/json")
+            .header("idempotency-key", &acked.key)
+            .body(acked.body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(r.headers()["idempotency-replayed"], "true");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["entries"], acked.answer["entries"], "{}", acked.key);
+    }
+    let (status, _, report) = b.get("/v1/audit/verify").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["ok"], true, "{report}");
+    let (code, out, err) = env.cli(&["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    Arc::try_unwrap(a).ok().unwrap().terminate().await;
+    Arc::try_unwrap(b).ok().unwrap().terminate().await;
+}
+
+#[tokio::test]
+async fn appends_on_one_instance_never_land_under_a_key_the_other_instance_erased() {
+    let env = Env::new(Backend::Postgres).await;
+    let a = Arc::new(env.serve(&[]).await);
+    let second_dir = common::workdir();
+    common::copy_keys(&env.path().join("keys"), &second_dir.path().join("keys"));
+    let b = env.serve_in(second_dir.path(), &[]).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A keeps the writer busy with one subject, so that its batches are prepared ahead on top
+    // of the one in flight, carrying the subject's handle and key.
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (a, stop) = (Arc::clone(&a), Arc::clone(&stop));
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (status, body) = a
+                    .append(
+                        &format!("acct-{w}"),
+                        &json!({"events": [{"type": "T", "subject": "carol", "data": {"w": w, "n": n}}]}),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                acked.push((body["first_seq"].as_u64().unwrap(), body["entries"][0]["entry_hash"].clone()));
+                n += 1;
+            }
+            acked
+        }));
+    }
+    // B erases her again and again while A appends.
+    let mut receipts = Vec::new();
+    for round in 0..5 {
+        a.wait_for_stream("acct-0", 10 * (round + 1)).await;
+        let (status, receipt) = b
+            .post_raw(
+                "/v1/subjects/erase",
+                json!({"subject": "carol", "reason": "r", "request_ref": format!("x{round}")})
+                    .to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{receipt}");
+        receipts.push(receipt);
+    }
+    a.wait_for_stream("acct-0", 60).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    // A's batches prepared ahead with her old handle were found stale and prepared again.
+    assert!(counter(&a, "auditledger_stale_batches_total").await > 0);
+    let events = a.all_entries().await;
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64);
+    }
+    for (seq, hash) in &acked {
+        assert_eq!(
+            &events[*seq as usize]["entry_hash"], hash,
+            "acknowledged {seq}"
+        );
+    }
+    let erased: std::collections::HashMap<&str, u64> = receipts
+        .iter()
+        .map(|r| {
+            (
+                r["subject_handle"].as_str().unwrap(),
+                r["erasure_seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for e in events.iter().filter(|e| e["type"] == "T") {
+        let seq = e["seq"].as_u64().unwrap();
+        if let Some(at) = erased.get(e["subject"].as_str().unwrap()) {
+            assert!(seq < *at, "seq {seq} landed under a key erased at {at}");
+            assert_eq!(e["erased"], true, "seq {seq}");
+        } else {
+            assert_eq!(e["erased"], false, "seq {seq}");
+            assert!(e["data"]["n"].is_number(), "seq {seq}");
+        }
+    }
+    let (code, out, err) = env.cli(&["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    Arc::try_unwrap(a).ok().unwrap().terminate().await;
+    b.terminate().await;
+}
