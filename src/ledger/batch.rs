@@ -432,48 +432,90 @@ pub(super) async fn build(
     .map_err(|e| WriteError::Internal(format!("record builder failed: {e}")))
 }
 
+/// A caller waiting for its append's answer.
+pub(super) type Reply = tokio::sync::oneshot::Sender<Result<Committed, AppendError>>;
+
 /// What landing a batch needs: owned, so that it runs as a task of its own while the writer
-/// prepares the next batch.
+/// prepares the next batch, and answers its callers the moment their commit returns.
 #[derive(Clone)]
 pub(super) struct Lander {
     pub store: Arc<dyn Store>,
+    pub vault: Arc<Vault>,
     pub signing: Arc<LedgerSigningKey>,
     pub ledger_id: LedgerId,
     pub checkpoint_every: u64,
     pub stats: Arc<StageStats>,
+    pub health: Arc<super::health::WriteHealth>,
+    /// Newly committed checkpoints go to the witness publisher.
+    pub published: Option<tokio::sync::mpsc::UnboundedSender<Checkpoint>>,
+    /// Bumped after each commit: wakes this instance's subscribers.
+    pub commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// How a batch's landing ended.
 pub(super) enum Landing {
-    /// Committed (or, writing nothing, confirmed): with the checkpoint it made, if one was due.
-    Done(Box<Prepared>, Option<Checkpoint>),
-    /// Prepared without the lock on a state that no longer holds: nothing was written.
-    Stale,
+    /// Committed (or, writing nothing, confirmed) and its callers answered; whether it wrote.
+    Done(bool),
+    /// Prepared without the lock on a state that no longer holds: nothing was written; to be
+    /// prepared again under the lock.
+    Stale(Vec<Request>, Vec<Reply>),
+    /// Rolled back (or its outcome lost): its callers are still to be answered.
+    Failed(Vec<Reply>, WriteError),
 }
 
 impl Lander {
     /// Inserts and commits `prepared` in `tx` (already holding the lock, the batch prepared in
     /// it), or, with no `tx`, in a transaction of its own after checking that the batch still
-    /// continues the head. `key_marked`: whether the signing key's first use is recorded.
+    /// continues the head; then answers its callers. `key_marked`: whether the signing key's
+    /// first use is recorded.
     pub async fn land(
         self,
         tx: Option<Box<dyn AppendTx>>,
-        prepared: Box<Prepared>,
+        mut prepared: Prepared,
+        (requests, replies): (Vec<Request>, Vec<Reply>),
         key_marked: bool,
-    ) -> Result<Landing, WriteError> {
+    ) -> Landing {
+        let checkpoint = match self.commit(tx, &prepared, key_marked).await {
+            Ok(Some(checkpoint)) => checkpoint,
+            Ok(None) => return Landing::Stale(requests, replies),
+            Err(e) => return Landing::Failed(replies, e),
+        };
+        self.health.succeeded();
+        for (key_ref, key) in prepared.created.drain(..) {
+            self.vault.remember(key_ref, key);
+        }
+        if let Some(cp) = checkpoint {
+            publish(self.published.as_ref(), cp);
+        }
+        let wrote = prepared.writes();
+        for (reply, answer) in replies.into_iter().zip(answers(&mut prepared, requests)) {
+            let _ = reply.send(answer);
+        }
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        Landing::Done(wrote)
+    }
+
+    /// The commit of `land`: `None` if the batch is stale; else the checkpoint it made, if one
+    /// was due.
+    async fn commit(
+        &self,
+        tx: Option<Box<dyn AppendTx>>,
+        prepared: &Prepared,
+        key_marked: bool,
+    ) -> Result<Option<Option<Checkpoint>>, WriteError> {
         let mut tx = if let Some(tx) = tx {
             tx
         } else {
             let mut tx = self.store.begin_append().await?;
-            if !self.still_holds(tx.as_mut(), &prepared).await? {
+            if !self.still_holds(tx.as_mut(), prepared).await? {
                 tx.rollback().await;
-                return Ok(Landing::Stale);
+                return Ok(None);
             }
             tx
         };
         if !prepared.writes() {
             tx.rollback().await;
-            return Ok(Landing::Done(prepared, None));
+            return Ok(Some(None));
         }
         let started = Instant::now();
         for (link, row) in &prepared.subjects {
@@ -501,7 +543,7 @@ impl Lander {
             .entries
             .fetch_add(prepared.records.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(Landing::Done(prepared, checkpoint))
+        Ok(Some(checkpoint))
     }
 
     /// Whether a batch prepared without the lock still continues the head: the head is the
@@ -576,12 +618,22 @@ impl Lander {
     }
 }
 
+/// Hands a committed checkpoint to the witness publisher.
+pub(super) fn publish(
+    published: Option<&tokio::sync::mpsc::UnboundedSender<Checkpoint>>,
+    cp: Checkpoint,
+) {
+    metrics::counter!(crate::telemetry::CHECKPOINTS).increment(1);
+    #[expect(clippy::cast_precision_loss, reason = "a tree size as a gauge value")]
+    metrics::gauge!(crate::telemetry::CHECKPOINT_TREE_SIZE).set(cp.tree_size as f64);
+    if let Some(p) = published {
+        let _ = p.send(cp);
+    }
+}
+
 /// The answers to a landed batch's requests, in order: each entry's hash filled in now that it
 /// exists; a repeated request comes back to be compared with the original.
-pub(super) fn answers(
-    prepared: &mut Prepared,
-    requests: Vec<Request>,
-) -> Vec<Result<Committed, AppendError>> {
+fn answers(prepared: &mut Prepared, requests: Vec<Request>) -> Vec<Result<Committed, AppendError>> {
     let base = prepared.records.first().map_or(0, |r| r.entry.header.seq.0);
     let plans = std::mem::take(&mut prepared.plans);
     let conflicts = plans

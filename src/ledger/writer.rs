@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use super::batch::{
-    self, Carry, Lander, Landing, Prepared, Preparer, Request, answers, resolve_lost_commit,
+    self, Carry, Lander, Landing, Prepared, Preparer, Reply, Request, resolve_lost_commit,
 };
 use super::erasure::{EraseError, EraseRequest};
 use super::health::WriteHealth;
@@ -166,8 +166,7 @@ impl Writer {
             let first = match wake {
                 Wake::Landed(result) => {
                     if let Some(f) = in_flight.take() {
-                        self.conclude(f.requests, f.replies, f.carry.head, joined(result))
-                            .await;
+                        self.conclude(f.carry.head, result).await;
                     }
                     continue;
                 }
@@ -363,14 +362,19 @@ impl Writer {
     pub(super) fn lander(&self) -> Lander {
         Lander {
             store: Arc::clone(&self.store),
+            vault: Arc::clone(&self.vault),
             signing: Arc::clone(&self.signing),
             ledger_id: self.ledger_id,
             checkpoint_every: self.checkpoint_every,
             stats: Arc::clone(&self.stats),
+            health: Arc::clone(&self.health),
+            published: self.published.clone(),
+            commits: Arc::clone(&self.commits),
         }
     }
 
-    /// Lands `prepared` in a task of its own (in `tx` if it was prepared under the lock).
+    /// Lands `prepared` in a task of its own (in `tx` if it was prepared under the lock), which
+    /// answers its callers.
     fn launch(
         &self,
         tx: Option<Box<dyn AppendTx>>,
@@ -379,83 +383,65 @@ impl Writer {
         replies: Vec<Reply>,
     ) -> InFlight {
         let carry = std::mem::take(&mut prepared.carry);
-        let landing = tokio::spawn(self.lander().land(tx, Box::new(prepared), self.key_marked));
-        InFlight {
-            landing,
-            requests,
-            replies,
-            carry,
-        }
+        let landing =
+            tokio::spawn(
+                self.lander()
+                    .land(tx, prepared, (requests, replies), self.key_marked),
+            );
+        InFlight { landing, carry }
     }
 
-    /// Waits for `f` to land and answers its callers; whether it landed as it was built.
+    /// Waits for `f` to land; whether it landed as it was built.
     async fn settle(&mut self, f: InFlight) -> bool {
-        let result = joined(f.landing.await);
-        self.conclude(f.requests, f.replies, f.carry.head, result)
-            .await
+        let result = f.landing.await;
+        self.conclude(f.carry.head, result).await
     }
 
-    /// Answers a landed batch's callers; a stale one is prepared and landed again under the
-    /// lock. Whether it landed as it was built.
+    /// Takes note of a batch's landing; a stale one is prepared and landed again under the
+    /// lock, a failed one's callers answered. Whether it landed as it was built.
     async fn conclude(
         &mut self,
-        requests: Vec<Request>,
-        replies: Vec<Reply>,
         head: Option<ChainHead>,
-        result: Result<Landing, WriteError>,
+        result: Result<Landing, tokio::task::JoinError>,
     ) -> bool {
-        match self.finish(requests, replies, head, result) {
-            Settled::Landed => true,
-            Settled::Failed => false,
-            Settled::Stale(requests, replies) => {
+        match result {
+            Ok(Landing::Done(wrote)) => {
+                if wrote {
+                    self.key_marked = true;
+                    self.others.left(head);
+                }
+                true
+            }
+            Ok(Landing::Failed(replies, e)) => {
+                self.fail(replies, &e);
+                false
+            }
+            Ok(Landing::Stale(requests, replies)) => {
                 metrics::counter!(telemetry::STALE_BATCHES).increment(1);
                 self.others.moved();
                 if let Some(again) = self.start_locked(requests, replies).await {
-                    let result = joined(again.landing.await);
-                    if let Settled::Stale(_, replies) =
-                        self.finish(again.requests, again.replies, again.carry.head, result)
-                    {
-                        let e = WriteError::Internal(
-                            "a batch prepared under the lock was stale".to_owned(),
-                        );
-                        self.fail(replies, &e);
+                    match again.landing.await {
+                        Ok(Landing::Done(wrote)) => {
+                            if wrote {
+                                self.key_marked = true;
+                                self.others.left(again.carry.head);
+                            }
+                        }
+                        Ok(Landing::Failed(replies, e)) => self.fail(replies, &e),
+                        Ok(Landing::Stale(_, replies)) => {
+                            let e = WriteError::Internal(
+                                "a batch prepared under the lock was stale".to_owned(),
+                            );
+                            self.fail(replies, &e);
+                        }
+                        Err(e) => lost_landing(&e),
                     }
                 }
                 false
             }
-        }
-    }
-
-    fn finish(
-        &mut self,
-        requests: Vec<Request>,
-        replies: Vec<Reply>,
-        head: Option<ChainHead>,
-        result: Result<Landing, WriteError>,
-    ) -> Settled {
-        match result {
-            Ok(Landing::Done(mut prepared, checkpoint)) => {
-                self.record_health("append", Ok(()));
-                if prepared.writes() {
-                    self.key_marked = true;
-                    self.others.left(head);
-                }
-                for (key_ref, key) in prepared.created.drain(..) {
-                    self.vault.remember(key_ref, key);
-                }
-                if let Some(cp) = checkpoint {
-                    self.publish(cp);
-                }
-                for (reply, answer) in replies.into_iter().zip(answers(&mut prepared, requests)) {
-                    let _ = reply.send(answer);
-                }
-                self.commits.send_modify(|n| *n = n.wrapping_add(1));
-                Settled::Landed
-            }
-            Ok(Landing::Stale) => Settled::Stale(requests, replies),
             Err(e) => {
-                self.fail(replies, &e);
-                Settled::Failed
+                lost_landing(&e);
+                false
             }
         }
     }
@@ -566,39 +552,24 @@ impl OtherWriters {
     }
 }
 
-/// A caller waiting for its append's answer.
-type Reply = oneshot::Sender<Result<Committed, AppendError>>;
-
 /// A batch landing in a task of its own, and what the next batch may build on meanwhile.
 struct InFlight {
-    landing: tokio::task::JoinHandle<Result<Landing, WriteError>>,
-    requests: Vec<Request>,
-    replies: Vec<Reply>,
+    landing: tokio::task::JoinHandle<Landing>,
     carry: Carry,
 }
 
 /// What woke the writer.
 enum Wake {
     Message(Option<WriterMsg>),
-    Landed(Result<Result<Landing, WriteError>, tokio::task::JoinError>),
+    Landed(Result<Landing, tokio::task::JoinError>),
 }
 
-/// How a batch's landing was settled.
-enum Settled {
-    Landed,
-    Failed,
-    /// Prepared ahead on a state that no longer holds: to prepare again under the lock.
-    Stale(Vec<Request>, Vec<Reply>),
-}
-
-fn joined(
-    result: Result<Result<Landing, WriteError>, tokio::task::JoinError>,
-) -> Result<Landing, WriteError> {
-    result.unwrap_or_else(|e| {
-        Err(WriteError::Internal(format!(
-            "a batch's landing failed: {e}"
-        )))
-    })
+/// A landing task that panicked: its callers' reply slots were dropped with it, so each gets
+/// "writer stopped" (`Ledger::append`); whether it committed is for the next batch's head read
+/// to find out.
+fn lost_landing(e: &tokio::task::JoinError) {
+    tracing::error!(error = %e, "a batch's landing task failed");
+    metrics::counter!(telemetry::COMMIT_FAILURES).increment(1);
 }
 
 impl Writer {
@@ -627,12 +598,7 @@ impl Writer {
 
     /// Hands a committed checkpoint to the witness publisher.
     pub(super) fn publish(&self, cp: Checkpoint) {
-        metrics::counter!(telemetry::CHECKPOINTS).increment(1);
-        #[expect(clippy::cast_precision_loss, reason = "a tree size as a gauge value")]
-        metrics::gauge!(telemetry::CHECKPOINT_TREE_SIZE).set(cp.tree_size as f64);
-        if let Some(p) = &self.published {
-            let _ = p.send(cp);
-        }
+        batch::publish(self.published.as_ref(), cp);
     }
 
     /// Makes a checkpoint of the current head if the log grew since the last one.
