@@ -2,7 +2,8 @@
 //! process, driven from this one (tokio tasks, not a process per client), realistic events
 //! (~500 bytes of data, a subject each), access control on.
 //!
-//! 1. Live delivery: SUBSCRIBERS SSE subscribers while appenders write RATE events/s in
+//! 1. Live delivery: SUBSCRIBERS SSE subscribers while WRITERS appenders offer RATE events/s (open
+//!    loop: a request every interval, answered or not) in
 //!    100-event requests; latency = arrival minus the event's `recorded_at` (stamped before the
 //!    commit, so it includes the commit).
 //! 2. Loading a 10,000-event stream with a snapshot 100 events back.
@@ -247,25 +248,31 @@ async fn main() {
     );
     let per_writer = rate / writers;
     let stop = Instant::now() + Duration::from_secs(seconds);
+    // Open loop: each writer starts a request every interval whether or not the one before has
+    // been answered (as many independent clients would), so the rate asked is the rate offered
+    // and a slow answer shows as latency, not as a lower rate.
     let apps: Vec<_> = (0..writers)
         .map(|w| {
             let (client, base) = (client.clone(), base.clone());
             tokio::spawn(async move {
                 let interval = Duration::from_secs_f64(100.0 / per_writer as f64);
                 let mut next = Instant::now();
-                let mut sent = 0u64;
+                let mut posts = Vec::new();
                 #[expect(clippy::cast_possible_truncation, reason = "a stream number")]
                 let w = w as usize;
                 while Instant::now() < stop {
-                    post(
+                    posts.push(tokio::spawn(post(
                         client.clone(),
                         format!("{base}/v1/streams/live-{w}/events"),
                         events(100, w, 0),
-                    )
-                    .await;
-                    sent += 100;
+                    )));
                     next += interval;
                     tokio::time::sleep_until(next.into()).await;
+                }
+                let mut sent = 0u64;
+                for p in posts {
+                    p.await.unwrap();
+                    sent += 100;
                 }
                 sent
             })

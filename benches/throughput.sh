@@ -12,6 +12,7 @@
 #   BACKENDS=sqlite,postgres   which backends (default both)
 #   BENCH_POSTGRES=postgres://postgres@127.0.0.1:5432   the server; a database is created and
 #                 dropped for every cell
+#   SERVE_FLAGS="--pipeline=false"   extra flags for every service instance
 #   CARGO_TARGET_DIR   where the build, the venv and the cells' data dirs go (default ./target)
 #
 # Installs, if missing: wrk (Debian's package) and eventsourcing 9.5.6 with pycryptodome and
@@ -112,7 +113,8 @@ start_service() { # dir keys_dir [database_url]; sets $addr
   out="$dir/serve.out"
   local db_args=()
   [ -n "$url" ] && db_args=(--database-url "$url")
-  "$bin" serve --bind 127.0.0.1:0 --data-dir "$dir/data" --keys-dir "$keys" "${db_args[@]}" \
+  # shellcheck disable=SC2086 # SERVE_FLAGS: extra flags, split on spaces
+  "$bin" serve --bind 127.0.0.1:0 --data-dir "$dir/data" --keys-dir "$keys" "${db_args[@]}" ${SERVE_FLAGS:-} \
     > "$out" 2> "$dir/serve.log" &
   local pid=$!
   pids+=("$pid")
