@@ -371,7 +371,7 @@ async fn main() {
     }
     let log_rate = n as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut m = 0;
+    let mut in_streams = 0;
     for c in 0..k.min(pages) {
         let body = client
             .get(format!("{base}/v1/streams/live-c{c}/events?limit=1000"))
@@ -381,11 +381,11 @@ async fn main() {
             .bytes()
             .await
             .unwrap();
-        m += count(&body);
+        in_streams += count(&body);
     }
-    let stream_rate = m as f64 / t.elapsed().as_secs_f64();
+    let stream_rate = in_streams as f64 / t.elapsed().as_secs_f64();
     println!(
-        "reads, 1,000-event pages, one client: log {log_rate:.0} events/s ({n} events, {:.3} of the open limit), streams {stream_rate:.0} events/s ({m} events, {:.3})",
+        "reads, 1,000-event pages, one client: log {log_rate:.0} events/s ({n} events, {:.3} of the open limit), streams {stream_rate:.0} events/s ({in_streams} events, {:.3})",
         log_rate / limit,
         stream_rate / limit
     );

@@ -253,39 +253,13 @@ async fn produce(
                 }
                 (page, full, scanned)
             }
-            None => {
-                let rows = match rows_ahead {
-                    Some(task) => task
-                        .await
-                        .map_err(|e| ApiError::Internal(e.to_string()))
-                        .and_then(|rows| rows.map_err(ApiError::from)),
-                    None => state
-                        .0
-                        .ledger
-                        .global_rows(Seq(next), feed::PAGE)
-                        .await
-                        .map_err(ApiError::from),
-                };
-                let rows = match rows {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a subscription could not read the log; it ends");
-                        break;
-                    }
-                };
-                if rows.len() == feed::PAGE as usize
-                    && let Some(r) = rows.last()
-                {
-                    ahead = Some(ReadAhead::start(&state, r.disclosure_fields().0 + 1));
+            None => match read_log(&state, &caller, &filter, next, rows_ahead, &mut ahead).await {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a subscription could not read the log; it ends");
+                    break;
                 }
-                match read(&state, &caller, &filter, rows).await {
-                    Ok(read) => read,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a subscription could not read the log; it ends");
-                        break;
-                    }
-                }
-            }
+            },
         };
         if let Some(scanned) = scanned {
             next = next.max(scanned);
@@ -331,11 +305,38 @@ async fn record(
     audited::record_disclosure(state, caller, AccessAction::ReadLog, None, d).await
 }
 
+/// The page of the log from `next` (its rows read ahead, if they were), opened for this
+/// subscriber; when it is full, the next page's rows start being read into `ahead`.
+async fn read_log(
+    state: &AppState,
+    caller: &Caller,
+    filter: &Filter,
+    next: u64,
+    rows_ahead: Option<RowsAhead>,
+    ahead: &mut Option<ReadAhead>,
+) -> Result<(Chunk, bool, Option<u64>), ApiError> {
+    let rows = match rows_ahead {
+        Some(task) => task
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??,
+        None => state.0.ledger.global_rows(Seq(next), feed::PAGE).await?,
+    };
+    if rows.len() == feed::PAGE as usize
+        && let Some(r) = rows.last()
+    {
+        *ahead = Some(ReadAhead::start(state, r.disclosure_fields().0 + 1));
+    }
+    read(state, caller, filter, rows).await
+}
+
+/// Rows of the log being read ahead.
+type RowsAhead = tokio::task::JoinHandle<Result<Vec<EntryRow>, crate::ledger::ReadError>>;
+
 /// The rows of the page after the current one, being read.
 struct ReadAhead {
     /// Their first seq.
     from: u64,
-    rows: tokio::task::JoinHandle<Result<Vec<EntryRow>, crate::ledger::ReadError>>,
+    rows: RowsAhead,
 }
 
 impl ReadAhead {

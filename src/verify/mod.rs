@@ -316,7 +316,7 @@ pub struct Verifier {
     pending: Vec<PendingSignature>,
     /// The round being verified in the background, if any: its first seq, and where its
     /// result arrives (the first bad signature, or none).
-    in_flight: Option<(Seq, std::sync::mpsc::Receiver<Option<(Seq, String)>>)>,
+    in_flight: Option<(Seq, RoundResult)>,
     entries: u64,
     checkpoints: u64,
     last_checkpoint: Option<u64>,
@@ -330,6 +330,9 @@ pub struct Verifier {
 
 /// Verifies a batch of entry signatures: `true` only if all verify.
 type BatchRule = fn(&[(&PublicKey, &EntryHash, &Signature)]) -> bool;
+
+/// Where a background round's result arrives: its first bad signature, or none.
+type RoundResult = std::sync::mpsc::Receiver<Option<(Seq, String)>>;
 
 /// An entry's signature waiting for its round: seq, key id and key, entry hash, signature.
 type PendingSignature = (Seq, KeyId, PublicKey, EntryHash, Signature);

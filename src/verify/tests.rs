@@ -495,7 +495,7 @@ fn long_history() -> (Builder, PublicKey) {
     for i in 0..(SIGNATURE_BATCH * BATCHES_PER_ROUND + 300) {
         b.event(
             "s",
-            (i % 3 == 0).then_some(SubjectHandle([(i % 7) as u8; 16])),
+            (i % 3 == 0).then_some(SubjectHandle([u8::try_from(i % 7).unwrap(); 16])),
         );
     }
     (b, public)
