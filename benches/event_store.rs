@@ -8,6 +8,13 @@
 //!    commit, so it includes the commit).
 //! 2. Loading a 10,000-event stream with a snapshot 100 events back.
 //! 3. Catch-up: one subscriber from seq 0.
+//! 4. Decrypting reads of 1,000-event pages, one client: the global log (`GET /v1/events`)
+//!    and streams of 1,000 events (`GET /v1/streams/{id}/events`), each page with its access
+//!    entry.
+//!
+//! Beside them, measured in the same run on the same cores: what opening alone costs (the
+//! sealed payloads of such events opened on every core, nothing else), the limit no read can
+//! pass.
 //!
 //! `cargo bench --bench event_store` (env: RATE, SUBSCRIBERS, WRITERS, SECONDS, CATCHUP,
 //! SERVE_FLAGS).
@@ -342,9 +349,76 @@ async fn main() {
         buf.drain(..start);
     }
     let dt = t.elapsed().as_secs_f64();
+    drop(r);
+    let catchup_rate = n as f64 / dt;
+    let limit = open_limit();
     println!(
-        "catch-up: {n} events in {dt:.2} s = {:.0} events/s, one subscriber",
-        n as f64 / dt
+        "catch-up: {n} events in {dt:.2} s = {catchup_rate:.0} events/s, one subscriber ({:.3} of the open limit)",
+        catchup_rate / limit
+    );
+
+    // 4. Decrypting reads of 1,000-event pages.
+    let pages = env_or("READ_PAGES", 100).min(have / 1000);
+    let count = |body: &[u8]| {
+        let key = b"\"entry_hash\":";
+        body.windows(key.len()).filter(|w| w == key).count() as u64
+    };
+    let t = Instant::now();
+    let mut n = 0;
+    for p in 0..pages {
+        let body = client
+            .get(format!("{base}/v1/events?from_seq={}&limit=1000", p * 1000))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        n += count(&body);
+    }
+    let log_rate = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut in_streams = 0;
+    for c in 0..k.min(pages) {
+        let body = client
+            .get(format!("{base}/v1/streams/live-c{c}/events?limit=1000"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        in_streams += count(&body);
+    }
+    let stream_rate = in_streams as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "reads, 1,000-event pages, one client: log {log_rate:.0} events/s ({n} events, {:.3} of the open limit), streams {stream_rate:.0} events/s ({in_streams} events, {:.3})",
+        log_rate / limit,
+        stream_rate / limit
+    );
+    println!(
+        "open limit (same run): {limit:.0} events/s: sealed payloads of these events (~500 bytes) opened on {} threads, nothing else",
+        rayon::current_num_threads()
     );
     child.kill().await.ok();
+}
+
+/// Events per second that opening their sealed payloads alone reaches on every core (rayon):
+/// what no decrypting read can exceed on this machine.
+fn open_limit() -> f64 {
+    use auditledger::crypto::{DataKey, KeyRef, open, seal};
+    use rayon::prelude::*;
+    let key = DataKey::generate();
+    let key_ref = KeyRef::Subject(auditledger::entry::SubjectHandle([7; 16]));
+    let data = events(1, 0, 0)["events"][0]["data"].to_string();
+    let aad = [0u8; 120];
+    let sealed = seal(&key, &key_ref, &aad, data.as_bytes());
+    let n = 200_000;
+    let t = Instant::now();
+    let opened = (0..n)
+        .into_par_iter()
+        .filter(|_| open(&key, &sealed, &aad).is_ok())
+        .count();
+    assert_eq!(opened, n);
+    n as f64 / t.elapsed().as_secs_f64()
 }

@@ -15,7 +15,10 @@ use crate::merkle::{self, MerkleHash};
 use crate::report::AuditReport;
 use crate::store::{Store, StoreError};
 use crate::timefmt::now_micros;
-use crate::verify::{Failure, FailureKind, Proven, Start, Trusted, TrustedKeys, Verifier, vault};
+use crate::verify::{
+    Failure, FailureKind, Hashed, Proven, Start, Trusted, TrustedKeys, Verifier, vault,
+};
+use rayon::prelude::*;
 
 /// Rows verified per chunk.
 const AUDIT_CHUNK_ROWS: u32 = 10_000;
@@ -220,12 +223,16 @@ pub async fn verify_snapshot(
     }
     let mut failure: Option<Failure> = None;
     if let Some(last) = last {
-        let mut next = from;
-        while next <= last && failure.is_none() {
-            let rows = store
-                .read_global(next, Some(last), AUDIT_CHUNK_ROWS)
-                .await?;
+        // The next chunk is read while this one is verified (one chunk ahead at most).
+        let (sender, mut chunks) = tokio::sync::mpsc::channel(1);
+        let reader = tokio::spawn(read_chunks(Arc::clone(&store), from, last, sender));
+        while failure.is_none() {
+            let Some(chunk) = chunks.recv().await else {
+                break;
+            };
+            let Chunk { rows, checkpoints } = chunk?;
             if rows.is_empty() {
+                let next = verifier.next_seq();
                 failure = Some(Failure::new(
                     next,
                     FailureKind::SeqMismatch,
@@ -233,8 +240,6 @@ pub async fn verify_snapshot(
                 ));
                 break;
             }
-            let chunk_end = next.0 + rows.len() as u64;
-            let checkpoints = store.checkpoints(next.0 + 1, chunk_end, u32::MAX).await?;
             let progress = Arc::clone(&progress);
             let (back, result) = tokio::task::spawn_blocking(move || {
                 let result = verify_chunk(&mut verifier, rows, &checkpoints, &progress);
@@ -243,11 +248,12 @@ pub async fn verify_snapshot(
             .await
             .map_err(|e| AuditError::Task(e.to_string()))?;
             verifier = back;
-            match result {
-                Ok(n) => next = n,
-                Err(f) => failure = Some(f),
+            if let Err(f) = result {
+                failure = Some(f);
             }
         }
+        drop(chunks);
+        reader.await.map_err(|e| AuditError::Task(e.to_string()))?;
     }
     if let Some(f) = failure {
         report.entries_checked = progress.load(Ordering::Relaxed);
@@ -313,25 +319,75 @@ fn finished(mut report: AuditReport, outcome: Result<Proven, Failure>) -> Verifi
     Verification { report, proven }
 }
 
-/// Feeds one chunk of rows, and the checkpoints they complete, to the verifier. Returns the
-/// next seq expected, or the first failure.
+/// Rows of the range read from the database, and the stored checkpoints they complete.
+struct Chunk {
+    rows: Vec<crate::store::EntryRow>,
+    checkpoints: Vec<crate::checkpoint::Checkpoint>,
+}
+
+/// Reads `from..=last` a chunk at a time and hands each over, until the range is read, a chunk
+/// comes back empty (entries missing: the verifier reports where), or the verification stops
+/// taking them.
+async fn read_chunks(
+    store: Arc<dyn Store>,
+    from: Seq,
+    last: Seq,
+    chunks: tokio::sync::mpsc::Sender<Result<Chunk, StoreError>>,
+) {
+    let mut next = from;
+    while next <= last {
+        let chunk = read_chunk(store.as_ref(), next, last).await;
+        let read_to = match &chunk {
+            Ok(c) => c.rows.last().map(|r| r.disclosure_fields().0),
+            Err(_) => None,
+        };
+        if chunks.send(chunk).await.is_err() {
+            return;
+        }
+        // Nothing more after an empty chunk or an error: the verification ends there.
+        let Some(read_to) = read_to else { return };
+        next = Seq(read_to.saturating_add(1));
+    }
+}
+
+async fn read_chunk(store: &dyn Store, next: Seq, last: Seq) -> Result<Chunk, StoreError> {
+    let rows = store
+        .read_global(next, Some(last), AUDIT_CHUNK_ROWS)
+        .await?;
+    let checkpoints = match rows.last() {
+        Some(r) => {
+            let chunk_end = r.disclosure_fields().0.saturating_add(1);
+            store.checkpoints(next.0 + 1, chunk_end, u32::MAX).await?
+        }
+        None => Vec::new(),
+    };
+    Ok(Chunk { rows, checkpoints })
+}
+
+/// Feeds one chunk of rows, and the checkpoints they complete, to the verifier: decoded and
+/// hashed on every core first, then checked in order. Returns the next seq expected, or the
+/// first failure.
 fn verify_chunk(
     verifier: &mut Verifier,
     rows: Vec<crate::store::EntryRow>,
     checkpoints: &[crate::checkpoint::Checkpoint],
     progress: &AtomicU64,
 ) -> Result<Seq, Failure> {
+    let hashed: Vec<Result<Hashed, crate::store::MalformedRow>> = rows
+        .into_par_iter()
+        .map(|row| row.into_record().map(Hashed::new))
+        .collect();
     let mut cps = checkpoints.iter().peekable();
-    for row in rows {
-        let record = row.into_record().map_err(|m| {
+    for hashed in hashed {
+        let hashed = hashed.map_err(|m| {
             Failure::new(
                 m.seq,
                 FailureKind::MalformedRecord,
                 format!("column {} does not decode", m.what),
             )
         })?;
-        let seq = record.entry.header.seq;
-        verifier.push_record(&record)?;
+        let seq = hashed.record().entry.header.seq;
+        verifier.push_hashed(&hashed)?;
         while let Some(cp) = cps.next_if(|c| c.tree_size <= seq.0 + 1) {
             verifier.push_checkpoint(cp)?;
         }

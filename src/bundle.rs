@@ -275,7 +275,13 @@ impl EntryLine {
                 if p.bytes().any(|b| b.is_ascii_uppercase()) {
                     return Err(bad("payload"));
                 }
-                Some(SealedPayload(hex::decode(p).map_err(|_| bad("payload"))?))
+                // Into a buffer of the right size at once (`hex::decode` grows its vector as
+                // it goes: a tenth of the offline verifier's time on ~600-byte payloads).
+                let mut bytes = vec![0u8; p.len() / 2];
+                if p.len() % 2 != 0 || hex::decode_to_slice(p, &mut bytes).is_err() {
+                    return Err(bad("payload"));
+                }
+                Some(SealedPayload(bytes))
             }
         };
         Ok(Record {

@@ -166,12 +166,10 @@ pub async fn prepare(
         .collect();
     let mut events: Vec<EventOut> = opened_events.into_iter().map(EventOut::from).collect();
     super::events::upcast(state, &mut events).await?;
-    for ((slot, event), key) in slots.into_iter().zip(events).zip(keys) {
-        let json = serde_json::to_string(&event)
-            .map_err(|e| super::error::ApiError::Internal(e.to_string()))?;
+    let frames = event_frames(events).await?;
+    for ((slot, (erased, f)), key) in slots.into_iter().zip(frames).zip(keys) {
         let p = &mut out[slot];
-        p.decrypted = !event.erased;
-        let f = frame("event", p.seq, &json);
+        p.decrypted = !erased;
         p.message = match key {
             Some(key) => Message::Personal {
                 key,
@@ -182,6 +180,33 @@ pub async fn prepare(
         };
     }
     Ok(out)
+}
+
+/// Events rendered from this many on are rendered on a blocking thread, spread over every
+/// core.
+const PARALLEL_RENDER_EVENTS: usize = 64;
+
+/// Each event's message, and whether it is erased.
+async fn event_frames(events: Vec<EventOut>) -> Result<Vec<(bool, Bytes)>, super::error::ApiError> {
+    let render = |event: EventOut| {
+        let mut out = format!("id: {}\nevent: event\ndata: ", event.seq).into_bytes();
+        serde_json::to_writer(&mut out, &event)
+            .map_err(|e| super::error::ApiError::Internal(e.to_string()))?;
+        out.extend_from_slice(b"\n\n");
+        Ok((event.erased, Bytes::from(out)))
+    };
+    let rendered: Vec<Result<(bool, Bytes), super::error::ApiError>> =
+        if events.len() >= PARALLEL_RENDER_EVENTS {
+            tokio::task::spawn_blocking(move || {
+                use rayon::prelude::*;
+                events.into_par_iter().map(render).collect()
+            })
+            .await
+            .map_err(|e| super::error::ApiError::Internal(e.to_string()))?
+        } else {
+            events.into_iter().map(render).collect()
+        };
+    rendered.into_iter().collect()
 }
 
 /// What a connection is handed for `items`, checked against the vault now; `Err` with what

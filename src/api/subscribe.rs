@@ -215,13 +215,27 @@ async fn produce(
     let mut head = state.0.feed.changed();
     let mut commits = state.0.ledger.commits();
     let limits = state.0.subscriptions;
+    // While catching up, the next page's rows are read while this page is opened and sent.
+    let mut ahead: Option<ReadAhead> = None;
     metrics::gauge!("auditledger_subscribers").increment(1);
     loop {
         commits.borrow_and_update();
         head.borrow_and_update();
-        let shared = feed_use
-            .as_ref()
-            .and_then(|_| state.0.feed.take(next, feed::PAGE as usize));
+        let rows_ahead = match ahead.take() {
+            Some(a) if a.from == next => Some(a.rows),
+            Some(a) => {
+                a.rows.abort();
+                None
+            }
+            None => None,
+        };
+        let shared = if rows_ahead.is_some() {
+            None
+        } else {
+            feed_use
+                .as_ref()
+                .and_then(|_| state.0.feed.take(next, feed::PAGE as usize))
+        };
         let from_feed = shared.is_some();
         // `scanned`: the position after the last entry looked at, delivered or skipped (a page
         // of entries this subscriber skips must move it on too).
@@ -239,7 +253,7 @@ async fn produce(
                 }
                 (page, full, scanned)
             }
-            None => match read(&state, &caller, &filter, next).await {
+            None => match read_log(&state, &caller, &filter, next, rows_ahead, &mut ahead).await {
                 Ok(read) => read,
                 Err(e) => {
                     tracing::warn!(error = %e, "a subscription could not read the log; it ends");
@@ -291,16 +305,60 @@ async fn record(
     audited::record_disclosure(state, caller, AccessAction::ReadLog, None, d).await
 }
 
-/// A page of the log from `next` read and opened for this subscriber alone (its access entry
-/// appended while the rows are opened); whether the page was full; the position after its last
-/// row.
-async fn read(
+/// The page of the log from `next` (its rows read ahead, if they were), opened for this
+/// subscriber; when it is full, the next page's rows start being read into `ahead`.
+async fn read_log(
     state: &AppState,
     caller: &Caller,
     filter: &Filter,
     next: u64,
+    rows_ahead: Option<RowsAhead>,
+    ahead: &mut Option<ReadAhead>,
 ) -> Result<(Chunk, bool, Option<u64>), ApiError> {
-    let rows = state.0.ledger.global_rows(Seq(next), feed::PAGE).await?;
+    let rows = match rows_ahead {
+        Some(task) => task
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??,
+        None => state.0.ledger.global_rows(Seq(next), feed::PAGE).await?,
+    };
+    if rows.len() == feed::PAGE as usize
+        && let Some(r) = rows.last()
+    {
+        *ahead = Some(ReadAhead::start(state, r.disclosure_fields().0 + 1));
+    }
+    read(state, caller, filter, rows).await
+}
+
+/// Rows of the log being read ahead.
+type RowsAhead = tokio::task::JoinHandle<Result<Vec<EntryRow>, crate::ledger::ReadError>>;
+
+/// The rows of the page after the current one, being read.
+struct ReadAhead {
+    /// Their first seq.
+    from: u64,
+    rows: RowsAhead,
+}
+
+impl ReadAhead {
+    fn start(state: &AppState, from: u64) -> ReadAhead {
+        let state = state.clone();
+        ReadAhead {
+            from,
+            rows: tokio::spawn(
+                async move { state.0.ledger.global_rows(Seq(from), feed::PAGE).await },
+            ),
+        }
+    }
+}
+
+/// A page of the log's `rows` opened for this subscriber alone (its access entry appended
+/// while the rows are opened); whether the page was full; the position after its last row.
+async fn read(
+    state: &AppState,
+    caller: &Caller,
+    filter: &Filter,
+    rows: Vec<EntryRow>,
+) -> Result<(Chunk, bool, Option<u64>), ApiError> {
     let full = rows.len() == feed::PAGE as usize;
     let scanned = rows.last().map(|r| r.disclosure_fields().0 + 1);
     let mut d = Disclosure::default();

@@ -187,6 +187,9 @@ pub enum ReadError {
         /// What the sealing layer said.
         reason: SealError,
     },
+    /// The thread that opened payloads failed.
+    #[error("opening payloads failed: {0}")]
+    Task(String),
 }
 
 /// An entry read back, with its payload opened when its key still exists.
@@ -707,23 +710,85 @@ impl Ledger {
 
     /// Decodes rows and opens their payloads (erased ones read as erased).
     pub async fn open_rows(&self, rows: Vec<EntryRow>) -> Result<Vec<ReadEvent>, ReadError> {
-        let mut out = Vec::with_capacity(rows.len());
+        // First, in order, each row's key (the vault may have to unwrap it); then the payloads
+        // are opened, on every core when there are many. The first error in row order wins, as
+        // if the rows were opened one by one.
+        let mut keyed = Vec::with_capacity(rows.len());
+        let mut stopped = None;
         for row in rows {
-            let erased = row.erased();
-            let record = row.into_record()?;
-            // A subject erased by any instance reads as erased here too, whatever this
-            // process's key cache still holds; the erasure entry itself stays readable.
-            if erased && record.entry.header.stream_id.as_str() != ERASURE_STREAM {
-                out.push(ReadEvent {
-                    record,
-                    data: None,
-                    erased: true,
-                });
-            } else {
-                out.push(self.open_record(record).await?);
+            match self.key_for(row).await {
+                Ok(k) => keyed.push(k),
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
             }
         }
-        Ok(out)
+        let opened = if keyed.len() >= PARALLEL_OPEN_ROWS {
+            tokio::task::spawn_blocking(move || {
+                use rayon::prelude::*;
+                keyed.into_par_iter().map(Keyed::open).collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| ReadError::Task(e.to_string()))?
+        } else {
+            keyed.into_iter().map(Keyed::open).collect()
+        };
+        let mut out = Vec::with_capacity(opened.len());
+        for event in opened {
+            out.push(event?);
+        }
+        match stopped {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// A row decoded, with the key that opens its payload (`None`: it reads as erased).
+    async fn key_for(&self, row: EntryRow) -> Result<Keyed, ReadError> {
+        let erased = row.erased();
+        let record = row.into_record()?;
+        // A subject erased by any instance reads as erased here too, whatever this process's
+        // key cache still holds; the erasure entry itself stays readable.
+        if erased && record.entry.header.stream_id.as_str() != ERASURE_STREAM {
+            return Ok(Keyed { record, key: None });
+        }
+        let seq = record.entry.header.seq;
+        let Some(payload) = &record.payload else {
+            return Err(missing(seq, "payload"));
+        };
+        let key_ref = payload
+            .key_ref()
+            .map_err(|reason| ReadError::Tampered { seq, reason })?;
+        match self.vault.key(&key_ref).await? {
+            Some(key) => Ok(Keyed {
+                record,
+                key: Some(key),
+            }),
+            None => {
+                if self.erased_now(seq, &key_ref).await? {
+                    Ok(Keyed { record, key: None })
+                } else {
+                    Err(missing(seq, "data key"))
+                }
+            }
+        }
+    }
+
+    /// Whether the entry at `seq`, whose key the vault no longer has, was erased meanwhile (an
+    /// erasure may have committed since its row was read: ask the database again).
+    async fn erased_now(
+        &self,
+        seq: Seq,
+        key_ref: &crate::crypto::KeyRef,
+    ) -> Result<bool, ReadError> {
+        let erased_now = self
+            .store
+            .read_global(seq, Some(seq), 1)
+            .await?
+            .first()
+            .is_some_and(EntryRow::erased);
+        Ok(erased_now && matches!(key_ref, crate::crypto::KeyRef::Subject(_)))
     }
 
     /// Opens a record's payload. Its subject's erasure (as the database records it) is the only
@@ -738,14 +803,7 @@ impl Ledger {
             .key_ref()
             .map_err(|reason| ReadError::Tampered { seq, reason })?;
         let Some(key) = self.vault.key(&key_ref).await? else {
-            // An erasure may have committed since the row was read: ask again.
-            let erased_now = self
-                .store
-                .read_global(seq, Some(seq), 1)
-                .await?
-                .first()
-                .is_some_and(EntryRow::erased);
-            if erased_now && matches!(key_ref, crate::crypto::KeyRef::Subject(_)) {
+            if self.erased_now(seq, &key_ref).await? {
                 return Ok(ReadEvent {
                     record,
                     data: None,
@@ -753,6 +811,39 @@ impl Ledger {
                 });
             }
             return Err(missing(seq, "data key"));
+        };
+        Keyed {
+            record,
+            key: Some(key),
+        }
+        .open()
+    }
+}
+
+/// Rows opened on a blocking thread, spread over every core, from this many on (fewer are
+/// opened in place: the hand-over would cost more than it saves).
+const PARALLEL_OPEN_ROWS: usize = 64;
+
+/// A decoded row and the key that opens it; `None`: it reads as erased.
+struct Keyed {
+    record: Record,
+    key: Option<Arc<crate::crypto::DataKey>>,
+}
+
+impl Keyed {
+    /// Opens the payload and parses its data.
+    fn open(self) -> Result<ReadEvent, ReadError> {
+        let Keyed { record, key } = self;
+        let Some(key) = key else {
+            return Ok(ReadEvent {
+                record,
+                data: None,
+                erased: true,
+            });
+        };
+        let seq = record.entry.header.seq;
+        let Some(payload) = &record.payload else {
+            return Err(missing(seq, "payload"));
         };
         let plain = crate::crypto::open(&key, payload, &record.entry.header.payload_aad())
             .map_err(|reason| ReadError::Tampered { seq, reason })?;

@@ -876,8 +876,20 @@ pub(crate) fn filtered_sql(
         binds.push(bind);
         conds.push(cond.replace('?', &placeholder(binds.len())));
     };
-    push("seq >= ?", FilterBind::Int(to_i64(f.seqs.lo)));
-    push("seq < ?", FilterBind::Int(to_i64(f.seqs.hi)));
+    // A cursor on the log itself narrows the seq range instead of adding a second bound on
+    // seq: SQLite's planner starts a rowid range at one lower bound and tests the other row by
+    // row, so `seq >= 0 AND seq >= 900000` walked every row before the page (a page deep in
+    // the log cost as much as reading everything before it).
+    let (mut lo, mut hi) = (f.seqs.lo, f.seqs.hi);
+    if f.stream.is_none() {
+        match (f.direction, f.from) {
+            (Direction::Forward, from) => lo = lo.max(from.unwrap_or(0)),
+            (Direction::Backward, Some(from)) => hi = hi.min(from.saturating_add(1)),
+            (Direction::Backward, None) => {}
+        }
+    }
+    push("seq >= ?", FilterBind::Int(to_i64(lo)));
+    push("seq < ?", FilterBind::Int(to_i64(hi)));
     if let Some(stream) = &f.stream {
         push(
             "stream_id = ?",
@@ -894,14 +906,18 @@ pub(crate) fn filtered_sql(
     };
     let order = match (f.direction, f.from) {
         (Direction::Forward, from) => {
-            push(
-                &format!("{position} >= ?"),
-                FilterBind::Int(to_i64(from.unwrap_or(0))),
-            );
+            if f.stream.is_some() {
+                push(
+                    &format!("{position} >= ?"),
+                    FilterBind::Int(to_i64(from.unwrap_or(0))),
+                );
+            }
             "ASC"
         }
         (Direction::Backward, Some(from)) => {
-            push(&format!("{position} <= ?"), FilterBind::Int(to_i64(from)));
+            if f.stream.is_some() {
+                push(&format!("{position} <= ?"), FilterBind::Int(to_i64(from)));
+            }
             "DESC"
         }
         (Direction::Backward, None) => "DESC",

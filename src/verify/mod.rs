@@ -34,8 +34,8 @@ use std::fmt;
 use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
-use crate::crypto::{KeyId, PublicKey, Signature, verify_entries_batch};
-use crate::entry::{EntryHash, GENESIS_PREV_HASH, LedgerId, Seq};
+use crate::crypto::{KeyId, PublicKey, SealedPayload, Signature, verify_entries_batch};
+use crate::entry::{EntryHash, GENESIS_PREV_HASH, LedgerId, PayloadDigest, Seq};
 use crate::merkle::{CompactRange, MerkleHash, leaf_hash};
 use crate::record::Record;
 use crate::rotation::{Rotation, RotationPoint};
@@ -239,6 +239,52 @@ pub struct Proven {
     pub keys: Vec<KeyUse>,
 }
 
+/// What the verifier recomputes from one record by itself: the sealed payload's digest, the
+/// entry hash from the fields, and the Merkle leaf of the stored entry hash. None of it depends
+/// on the records before, so it can be computed ahead, for many records at once on every core
+/// ([`Hashed`]), while the checks that do depend on them stay in order.
+#[derive(Clone, Copy, Debug)]
+struct Digests {
+    payload: Option<PayloadDigest>,
+    entry: EntryHash,
+    leaf: MerkleHash,
+}
+
+impl Digests {
+    fn of(record: &Record) -> Digests {
+        Digests {
+            payload: record.payload.as_ref().map(SealedPayload::digest),
+            entry: record.entry.hash(),
+            leaf: leaf_hash(&record.entry_hash.0),
+        }
+    }
+}
+
+/// A record with its digests computed (the payload's, the entry hash, the Merkle leaf), ready
+/// for [`Verifier::push_hashed`]: build many on every core (`rayon`), push them in order. Only
+/// built here, from the record it holds, so a caller cannot pair a record with digests of its
+/// own.
+#[derive(Debug)]
+pub struct Hashed {
+    record: Record,
+    digests: Digests,
+}
+
+impl Hashed {
+    /// Hashes one record.
+    #[must_use]
+    pub fn new(record: Record) -> Hashed {
+        let digests = Digests::of(&record);
+        Hashed { record, digests }
+    }
+
+    /// The record.
+    #[must_use]
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+}
+
 /// A key the verifier can check signatures with.
 #[derive(Clone, Copy, Debug)]
 struct Known {
@@ -266,7 +312,11 @@ pub struct Verifier {
     /// First seq signed by a key not (yet) anchored to a trusted one.
     unanchored_from: Option<Seq>,
     key_uses: Vec<KeyUse>,
-    pending: Vec<(Seq, KeyId, EntryHash, Signature)>,
+    /// Signatures queued for the next round, each with the key the checks resolved for it.
+    pending: Vec<PendingSignature>,
+    /// The round being verified in the background, if any: its first seq, and where its
+    /// result arrives (the first bad signature, or none).
+    in_flight: Option<(Seq, RoundResult)>,
     entries: u64,
     checkpoints: u64,
     last_checkpoint: Option<u64>,
@@ -280,6 +330,41 @@ pub struct Verifier {
 
 /// Verifies a batch of entry signatures: `true` only if all verify.
 type BatchRule = fn(&[(&PublicKey, &EntryHash, &Signature)]) -> bool;
+
+/// Where a background round's result arrives: its first bad signature, or none.
+type RoundResult = std::sync::mpsc::Receiver<Option<(Seq, String)>>;
+
+/// An entry's signature waiting for its round: seq, key id and key, entry hash, signature.
+type PendingSignature = (Seq, KeyId, PublicKey, EntryHash, Signature);
+
+/// The first bad signature of `pending` (by seq), verified in batches on every core. A batch
+/// that fails is a failure even if no single signature in it does (fail closed).
+fn first_bad_signature(pending: &[PendingSignature], batch: BatchRule) -> Option<(Seq, String)> {
+    pending
+        .par_chunks(SIGNATURE_BATCH)
+        .filter_map(|chunk| {
+            let items: Vec<_> = chunk.iter().map(|(_, _, k, h, s)| (k, h, s)).collect();
+            if batch(&items) {
+                return None;
+            }
+            // Which one? Check singly, by the same rule.
+            let single = chunk.iter().find_map(|(seq, id, k, h, s)| {
+                (k.verify_entry(h, s).is_err()).then(|| {
+                    (
+                        *seq,
+                        format!("the signature does not verify under key {id}"),
+                    )
+                })
+            });
+            Some(single.unwrap_or_else(|| {
+                (
+                    chunk[0].0,
+                    "batch verification of the signatures from this seq failed, although none failed alone: refusing to accept them".to_owned(),
+                )
+            }))
+        })
+        .min_by_key(|(seq, _)| *seq)
+}
 
 impl Verifier {
     /// A verifier of records from `start` on, trusting what `trusted` names.
@@ -340,6 +425,7 @@ impl Verifier {
             unanchored_from: None,
             key_uses: Vec::new(),
             pending: Vec::new(),
+            in_flight: None,
             entries: 0,
             checkpoints: 0,
             last_checkpoint: from_genesis.then_some(0),
@@ -508,23 +594,82 @@ impl Verifier {
     /// The first failure, at the earliest position: signatures pending for earlier entries are
     /// checked before a failure of this one is reported.
     pub fn push_record(&mut self, record: &Record) -> Result<(), Failure> {
-        if let Err(f) = self.check_record(record) {
+        self.push_digested(record, &Digests::of(record))
+    }
+
+    /// [`Verifier::push_record`] for a record hashed ahead ([`Hashed::all`]).
+    ///
+    /// # Errors
+    /// As [`Verifier::push_record`].
+    pub fn push_hashed(&mut self, hashed: &Hashed) -> Result<(), Failure> {
+        self.push_digested(&hashed.record, &hashed.digests)
+    }
+
+    fn push_digested(&mut self, record: &Record, digests: &Digests) -> Result<(), Failure> {
+        if let Err(f) = self.check_record(record, digests) {
             self.flush_signatures()?;
             return Err(f);
         }
+        let seq = record.entry.header.seq;
+        // `check_record` passed, so the key is known; fail closed all the same.
+        let Some(known) = self.known.get(&record.key_id).copied() else {
+            self.flush_signatures()?;
+            return Err(Failure::new(
+                seq,
+                FailureKind::UnknownKey,
+                format!("signed by key {}, which is not trusted", record.key_id),
+            ));
+        };
         self.pending.push((
-            record.entry.header.seq,
+            seq,
             record.key_id,
+            known.key,
             record.entry_hash,
             record.signature,
         ));
         if self.pending.len() >= SIGNATURE_BATCH * BATCHES_PER_ROUND {
-            self.flush_signatures()?;
+            self.start_round()?;
         }
         Ok(())
     }
 
-    fn check_record(&mut self, record: &Record) -> Result<(), Failure> {
+    /// Hands the pending signatures to a round verified in the background (on rayon's threads),
+    /// so that the checks of the entries after them go on meanwhile. At most one round is in
+    /// flight: the one before is waited for first, and its failure reported.
+    fn start_round(&mut self) -> Result<(), Failure> {
+        self.join_round()?;
+        let pending = std::mem::take(&mut self.pending);
+        let Some(&(first, ..)) = pending.first() else {
+            return Ok(());
+        };
+        let batch = self.batch;
+        let (result, receiver) = std::sync::mpsc::sync_channel(1);
+        rayon::spawn(move || {
+            // The receiver is gone only if the verifier was dropped: nothing waits for this.
+            let _ = result.send(first_bad_signature(&pending, batch));
+        });
+        self.in_flight = Some((first, receiver));
+        Ok(())
+    }
+
+    /// Waits for the round in flight, if any; its first bad signature is a failure. A round
+    /// that ends without a result (its thread failed) is a failure too: fail closed.
+    fn join_round(&mut self) -> Result<(), Failure> {
+        let Some((first, receiver)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        match receiver.recv() {
+            Ok(None) => Ok(()),
+            Ok(Some((seq, detail))) => Err(Failure::new(seq, FailureKind::BadSignature, detail)),
+            Err(_) => Err(Failure::new(
+                first,
+                FailureKind::BadSignature,
+                "the verification of the signatures from this seq did not finish: refusing to accept them",
+            )),
+        }
+    }
+
+    fn check_record(&mut self, record: &Record, digests: &Digests) -> Result<(), Failure> {
         let expected = self.next_seq;
         let fail = |kind, detail: String| Failure::new(expected, kind, detail);
         let header = &record.entry.header;
@@ -554,13 +699,13 @@ impl Verifier {
                     .to_owned(),
             ));
         };
-        if payload.digest() != record.entry.payload_digest {
+        if digests.payload != Some(record.entry.payload_digest) {
             return Err(fail(
                 FailureKind::PayloadDigestMismatch,
                 "the sealed payload does not hash to payload_digest".to_owned(),
             ));
         }
-        let computed = record.entry.hash();
+        let computed = digests.entry;
         if computed != record.entry_hash {
             return Err(fail(
                 FailureKind::EntryHashMismatch,
@@ -580,7 +725,7 @@ impl Verifier {
         self.prev_hash = record.entry_hash;
         self.next_seq = expected.next();
         self.entries += 1;
-        self.tree.append(leaf_hash(&record.entry_hash.0), |_, _| {});
+        self.tree.append(digests.leaf, |_, _| {});
         self.check_trusted_reached()
     }
 
@@ -900,43 +1045,12 @@ impl Verifier {
         Ok(())
     }
 
-    /// Verifies the signatures gathered so far, in parallel batches; names the first bad one.
-    /// A batch that fails is a failure even if no single signature in it does (fail closed).
+    /// Verifies every signature gathered so far (the round in flight first, then the rest, in
+    /// parallel batches); names the first bad one.
     fn flush_signatures(&mut self) -> Result<(), Failure> {
+        self.join_round()?;
         let pending = std::mem::take(&mut self.pending);
-        let known = &self.known;
-        let batch = self.batch;
-        let first_bad = pending
-            .par_chunks(SIGNATURE_BATCH)
-            .filter_map(|chunk| {
-                let items: Option<Vec<_>> = chunk
-                    .iter()
-                    .map(|(_, id, h, s)| known.get(id).map(|k| (&k.key, h, s)))
-                    .collect();
-                if items.as_deref().is_some_and(batch) {
-                    return None;
-                }
-                // Which one? Check singly, by the same rule.
-                let single = chunk.iter().find_map(|(seq, id, h, s)| {
-                    let ok = known
-                        .get(id)
-                        .is_some_and(|k| k.key.verify_entry(h, s).is_ok());
-                    (!ok).then(|| {
-                        (
-                            *seq,
-                            format!("the signature does not verify under key {id}"),
-                        )
-                    })
-                });
-                Some(single.unwrap_or_else(|| {
-                    (
-                        chunk[0].0,
-                        "batch verification of the signatures from this seq failed, although none failed alone: refusing to accept them".to_owned(),
-                    )
-                }))
-            })
-            .min_by_key(|(seq, _)| *seq);
-        if let Some((seq, detail)) = first_bad {
+        if let Some((seq, detail)) = first_bad_signature(&pending, self.batch) {
             return Err(Failure::new(seq, FailureKind::BadSignature, detail));
         }
         Ok(())

@@ -486,3 +486,72 @@ fn no_legacy_v1_entry_follows_a_v2_checkpoint() {
     let f = v.push_record(&b.records[4]).unwrap_err();
     assert_eq!((f.seq.0, f.kind), (4, FailureKind::LedgerMismatch));
 }
+
+/// More entries than one background round of signatures holds.
+fn long_history() -> (Builder, PublicKey) {
+    let key = LedgerSigningKey::generate();
+    let public = key.public_key();
+    let mut b = Builder::new(key);
+    for i in 0..(SIGNATURE_BATCH * BATCHES_PER_ROUND + 300) {
+        b.event(
+            "s",
+            (i % 3 == 0).then_some(SubjectHandle([u8::try_from(i % 7).unwrap(); 16])),
+        );
+    }
+    (b, public)
+}
+
+#[test]
+fn a_bad_signature_in_a_background_round_is_reported_before_a_later_failure() {
+    let (b, pk) = long_history();
+    let mut r = b.records.clone();
+    // A signature of another entry: well formed, but not over this entry hash.
+    r[5].signature = r[6].signature;
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &r)),
+        (5, FailureKind::BadSignature)
+    );
+    // A later entry missing: the round that holds entry 5 is already in the background when the
+    // gap is found, and its failure, earlier in the chain, is the one reported.
+    let last = r.len() - 1;
+    r.remove(last - 1);
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &r)),
+        (5, FailureKind::BadSignature)
+    );
+    // A bad signature in the last, partial round is found at the end.
+    let mut r = b.records.clone();
+    r[last].signature = r[0].signature;
+    assert_eq!(
+        kind_at(run(trusting(&[&pk]), &r)),
+        (last as u64, FailureKind::BadSignature)
+    );
+}
+
+#[test]
+fn records_hashed_ahead_verify_as_records_pushed_one_by_one() {
+    let (b, pk) = long_history();
+    let hashed_run = |records: Vec<Record>| {
+        let mut v = Verifier::new(trusting(&[&pk]), &Start::genesis())?;
+        let hashed: Vec<Hashed> = records.into_par_iter().map(Hashed::new).collect();
+        for h in &hashed {
+            v.push_hashed(h)?;
+        }
+        v.finish()
+    };
+    let good = b.records.clone();
+    assert_eq!(hashed_run(good.clone()), run(trusting(&[&pk]), &good));
+    assert!(hashed_run(good.clone()).is_ok());
+    let mut r = good.clone();
+    r[4000].entry.header.recorded_at_micros += 1;
+    assert_eq!(
+        kind_at(hashed_run(r.clone())),
+        (4000, FailureKind::EntryHashMismatch)
+    );
+    let mut r = good;
+    r[9].payload = r[8].payload.clone();
+    assert_eq!(
+        kind_at(hashed_run(r)),
+        (9, FailureKind::PayloadDigestMismatch)
+    );
+}
