@@ -13,7 +13,8 @@
 //! 7. the chain's invariants ([`invariants`]): sealed under the right key, time never runs
 //!    backwards, stream versions dense, reserved streams hold only the ledger's own entries, an
 //!    erased handle never appears again; a rotation entry hands over validly;
-//! 8. its signature verifies (ZIP-215; deferred and checked in parallel batches).
+//! 8. its signature verifies (ZIP-215; deferred and checked in parallel batches, a round at a
+//!    time in the background while the records after it are checked).
 //!
 //! Checkpoints ([`Verifier::push_checkpoint`]) must come right after the entry that completes
 //! them, be signed by the key of their position, chain to the previous checkpoint, and match the
