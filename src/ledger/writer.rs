@@ -278,7 +278,10 @@ impl Writer {
             .map(|p| ((p.request, p.idempotency), p.reply))
             .unzip();
         if let Some(previous) = previous {
-            if self.pipeline && self.others.quiet() {
+            // Prepared ahead only while `previous` is still landing: once it has landed there is
+            // nothing to overlap, and the lock-free read and the check under the lock only add
+            // round trips (a single client's appends).
+            if self.pipeline && self.others.quiet() && !previous.landing.is_finished() {
                 let prepared = self.prepare_speculatively(&requests, &previous.carry).await;
                 let landed_as_built = self.settle(previous).await;
                 match prepared {
