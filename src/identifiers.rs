@@ -69,8 +69,21 @@ pub enum IdentifierError {
 }
 
 /// The folded form of `text` that matching compares (see the module documentation).
+///
+/// ASCII text (stream ids, event types, most metadata and identifiers) takes a shortcut with
+/// the same result: every ASCII character is its own NFKD and NFKC, none is a combining mark or
+/// a format character (Cf), and lower → upper → lower case mapping of an ASCII letter is its
+/// ASCII lower case. A test compares the two for every ASCII character and on random texts.
 #[must_use]
 pub fn fold(text: &str) -> String {
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
+    fold_unicode(text)
+}
+
+/// [`fold`] by its definition, for any text.
+fn fold_unicode(text: &str) -> String {
     text.nfkd()
         .flat_map(char::to_lowercase)
         .flat_map(char::to_uppercase)
@@ -99,6 +112,9 @@ pub fn appears_in(identifier: &str, text: &str) -> bool {
     Identifiers::new([identifier]).appear_in(text)
 }
 
+/// Up to this many identifiers are looked for one by one rather than by an automaton.
+const FEW_IDENTIFIERS: usize = 4;
+
 /// A set of identifiers, folded once, to look for in many texts.
 ///
 /// A request may name thousands of subjects and carry thousands of texts; one automaton over
@@ -109,8 +125,8 @@ pub struct Identifiers {
     folded: Vec<Zeroizing<String>>,
     /// Identifiers that fold to nothing, matched by their raw text.
     raw: Vec<Zeroizing<String>>,
-    /// One automaton over `folded`; `None` when there is nothing to match or it could not be
-    /// built (then the texts are scanned once per identifier).
+    /// One automaton over `folded`; `None` for [`FEW_IDENTIFIERS`] or fewer, or when it could
+    /// not be built (then the texts are scanned once per identifier).
     automaton: Option<AhoCorasick>,
 }
 
@@ -144,7 +160,9 @@ impl Identifiers {
         }
         // The automaton's tables are not zeroized on drop, but hold nothing the request body
         // (which the server holds unzeroized too) did not.
-        let automaton = if folded.is_empty() {
+        // A handful of identifiers (a 1-event request has one) are searched for one by one:
+        // building an automaton costs more than the few substring searches it would save.
+        let automaton = if folded.len() <= FEW_IDENTIFIERS {
             None
         } else {
             AhoCorasick::new(folded.iter().map(|f| f.as_bytes())).ok()
@@ -214,6 +232,15 @@ mod tests {
                 appears_in(identifier, &format!("before {text} after")),
                 "{identifier:?} in {text:?}"
             );
+        }
+    }
+
+    #[test]
+    fn every_ascii_character_folds_by_the_shortcut_as_by_the_definition() {
+        for b in 0u8..=0x7f {
+            let c = char::from(b);
+            let text = format!("a{c}Z{c}");
+            assert_eq!(fold(&text), fold_unicode(&text), "{b:#04x}");
         }
     }
 
@@ -313,6 +340,24 @@ mod tests {
             // And the other way round: the variant as identifier, the original in the text.
             let text = format!("{before}{id}{after}");
             prop_assert!(appears_in(&variant(&id, how), &text));
+        }
+
+        #[test]
+        fn the_ascii_shortcut_folds_as_the_definition_does(s in "[\\x00-\\x7f]{0,60}") {
+            prop_assert_eq!(fold(&s), fold_unicode(&s));
+        }
+
+        #[test]
+        fn a_set_matches_where_one_of_its_identifiers_does(
+            ids in proptest::collection::vec(identifier(), 1..12),
+            text in context(), pick in any::<proptest::sample::Index>(), how in any::<u8>()
+        ) {
+            let set = Identifiers::new(ids.iter().map(String::as_str));
+            let alone = |t: &str| ids.iter().any(|id| appears_in(id, t));
+            prop_assert_eq!(set.appear_in(&text), alone(&text));
+            let id: &String = pick.get(&ids);
+            let planted = format!("{text}{}", variant(id, how));
+            prop_assert!(set.appear_in(&planted));
         }
 
         #[test]

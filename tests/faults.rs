@@ -242,9 +242,14 @@ struct FaultProxy {
 }
 
 const COMMIT_MESSAGE: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+const ROLLBACK_MESSAGE: &[u8] = b"Q\0\0\0\x0dROLLBACK\0";
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn last_position(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
 impl FaultProxy {
@@ -312,7 +317,16 @@ async fn pump(client: TcpStream, server: TcpStream, after: Arc<AtomicU32>, befor
             Ok(n) => n,
         };
         let chunk = &buf[..n];
-        if binds_lock_key(chunk) {
+        // A transaction that took the lock and rolled back (a lost commit's look-up, a stale
+        // batch) is no append: the connection's next COMMIT may be anything (a projection's).
+        // A dropped transaction's ROLLBACK goes out with the next query, so only what follows
+        // the last ROLLBACK of a chunk counts.
+        let after_rollback = last_position(chunk, ROLLBACK_MESSAGE)
+            .map_or(chunk, |at| &chunk[at + ROLLBACK_MESSAGE.len()..]);
+        if after_rollback.len() < chunk.len() {
+            in_append = false;
+        }
+        if binds_lock_key(after_rollback) {
             in_append = true;
         }
         if in_append && contains(chunk, COMMIT_MESSAGE) {

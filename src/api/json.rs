@@ -89,6 +89,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// each element of `events` an object. serde would otherwise accept an array in place of an
 /// object (a struct's fields in order) and ignore whatever follows the first value.
 fn check_shape(bytes: &[u8]) -> Result<(), ApiError> {
+    // The well-formed body, by far the common case, is checked without tracking paths (which
+    // costs as much as the check); only a body that fails is walked again for the message.
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    if Shape::deserialize(&mut *de).is_ok() && de.end().is_ok() {
+        return Ok(());
+    }
     let syntax = |inner: &serde_json::Error| {
         let what = if inner.to_string().starts_with("trailing characters") {
             "there is data after the JSON value"
@@ -136,7 +142,7 @@ impl<'de> Deserialize<'de> for Shape {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
-                let mut keys = std::collections::HashSet::new();
+                let mut keys = KeySet::default();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     if !keys.insert(key.clone()) {
                         return Err(de::Error::custom(DUPLICATE_KEY));
@@ -216,12 +222,39 @@ impl<'de> Deserialize<'de> for AnObject {
     }
 }
 
+/// An object's keys seen so far: a short list while it is short (most objects have a handful
+/// of keys, for which hashing each costs more than comparing), a hash set beyond.
+#[derive(Default)]
+struct KeySet<'de> {
+    few: Vec<std::borrow::Cow<'de, str>>,
+    many: std::collections::HashSet<std::borrow::Cow<'de, str>>,
+}
+
+impl<'de> KeySet<'de> {
+    const FEW: usize = 16;
+
+    /// Adds `key`; false if it was there already.
+    fn insert(&mut self, key: std::borrow::Cow<'de, str>) -> bool {
+        if self.many.is_empty() {
+            if self.few.contains(&key) {
+                return false;
+            }
+            if self.few.len() < Self::FEW {
+                self.few.push(key);
+                return true;
+            }
+            self.many.extend(self.few.drain(..));
+        }
+        self.many.insert(key)
+    }
+}
+
 /// The message of a duplicate key, told apart from serde's own errors.
 const DUPLICATE_KEY: &str = "an object has the same key twice";
 
 /// Skips a map's entries, refusing a key that repeats.
 fn unique_entries<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    let mut keys = std::collections::HashSet::new();
+    let mut keys = KeySet::default();
     while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
         if !keys.insert(key) {
             return Err(de::Error::custom(DUPLICATE_KEY));
@@ -275,6 +308,10 @@ impl<'de> Deserialize<'de> for Unique {
 }
 
 fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // As in `check_shape`: paths are tracked only to explain a failure.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let inner_text = e.inner().to_string();
@@ -429,5 +466,23 @@ mod tests {
             assert!(!d.contains("fiona"), "{d}");
         }
         assert!(detail("{}").starts_with("missing field `n`"));
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_however_many_keys_come_before_it() {
+        for keys in [1, KeySet::FEW - 1, KeySet::FEW, KeySet::FEW + 1, 100] {
+            let mut members: Vec<String> = (0..keys).map(|i| format!(r#""k{i}": {i}"#)).collect();
+            for repeated in [0, keys / 2, keys - 1] {
+                members.push(format!(r#""k{repeated}": 0"#));
+                let json = format!(r#"{{"n": 1, "x": {{{}}}}}"#, members.join(", "));
+                assert!(
+                    check_shape(json.as_bytes()).is_err(),
+                    "{keys} keys, k{repeated} again"
+                );
+                members.pop();
+            }
+            let json = format!(r#"{{"n": 1, "x": {{{}}}}}"#, members.join(", "));
+            assert!(check_shape(json.as_bytes()).is_ok(), "{keys} distinct keys");
+        }
     }
 }

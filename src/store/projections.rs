@@ -4,6 +4,10 @@
 use super::StoreError;
 use crate::projections::Delta;
 
+/// Rows per multi-row upsert when a delta is applied: 6 values each at most, far below
+/// SQLite's and PostgreSQL's limits on bound parameters.
+pub const PROJECTION_CHUNK_ROWS: usize = 1000;
+
 /// A stream in the catalogue.
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct CatalogueRow {
@@ -87,51 +91,66 @@ macro_rules! impl_projection_store {
                 if moved.rows_affected() != 1 {
                     return Ok(false);
                 }
-                for (id, s) in &delta.streams {
-                    sqlx::query(
+                // One multi-row upsert per table and chunk, not one statement per row: the
+                // transaction holds the ledger's single SQLite writer connection, and a chunk
+                // of 1-event appends touches thousands of streams.
+                let streams: Vec<_> = delta.streams.iter().collect();
+                for chunk in streams.chunks($crate::store::projections::PROJECTION_CHUNK_ROWS) {
+                    let mut qb = sqlx::QueryBuilder::new(
                         "INSERT INTO stream_catalogue (stream_id, events, first_seq, last_seq, \
-                         last_version, last_recorded_at) VALUES ($1, $2, $3, $4, $5, $6) \
-                         ON CONFLICT (stream_id) DO UPDATE SET \
+                         last_version, last_recorded_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, (id, s)| {
+                        b.push_bind(id.as_str())
+                            .push_bind(to_i64(s.events))
+                            .push_bind(to_i64(s.first_seq))
+                            .push_bind(to_i64(s.last_seq))
+                            .push_bind(to_i64(s.last_version))
+                            .push_bind(s.last_recorded_at);
+                    });
+                    qb.push(
+                        " ON CONFLICT (stream_id) DO UPDATE SET \
                          events = stream_catalogue.events + excluded.events, \
                          last_seq = excluded.last_seq, last_version = excluded.last_version, \
                          last_recorded_at = excluded.last_recorded_at",
-                    )
-                    .bind(id)
-                    .bind(to_i64(s.events))
-                    .bind(to_i64(s.first_seq))
-                    .bind(to_i64(s.last_seq))
-                    .bind(to_i64(s.last_version))
-                    .bind(s.last_recorded_at)
-                    .execute(&mut *tx)
-                    .await?;
+                    );
+                    qb.build().execute(&mut *tx).await?;
                 }
-                for ((subject, stream), s) in &delta.subjects {
-                    sqlx::query(
+                let subjects: Vec<_> = delta.subjects.iter().collect();
+                for chunk in subjects.chunks($crate::store::projections::PROJECTION_CHUNK_ROWS) {
+                    let mut qb = sqlx::QueryBuilder::new(
                         "INSERT INTO subject_streams (subject, stream_id, events, first_seq, \
-                         last_seq) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (subject, stream_id) DO UPDATE SET \
+                         last_seq) ",
+                    );
+                    qb.push_values(chunk, |mut b, ((subject, stream), s)| {
+                        b.push_bind(subject.to_vec())
+                            .push_bind(stream.as_str())
+                            .push_bind(to_i64(s.events))
+                            .push_bind(to_i64(s.first_seq))
+                            .push_bind(to_i64(s.last_seq));
+                    });
+                    qb.push(
+                        " ON CONFLICT (subject, stream_id) DO UPDATE SET \
                          events = subject_streams.events + excluded.events, \
                          last_seq = excluded.last_seq",
-                    )
-                    .bind(subject.to_vec())
-                    .bind(stream)
-                    .bind(to_i64(s.events))
-                    .bind(to_i64(s.first_seq))
-                    .bind(to_i64(s.last_seq))
-                    .execute(&mut *tx)
-                    .await?;
+                    );
+                    qb.build().execute(&mut *tx).await?;
                 }
-                for ((event_type, day), n) in &delta.type_days {
-                    sqlx::query(
-                        "INSERT INTO type_day_counts (event_type, day, events) VALUES ($1, $2, $3) \
-                         ON CONFLICT (event_type, day) DO UPDATE SET \
+                let type_days: Vec<_> = delta.type_days.iter().collect();
+                for chunk in type_days.chunks($crate::store::projections::PROJECTION_CHUNK_ROWS) {
+                    let mut qb = sqlx::QueryBuilder::new(
+                        "INSERT INTO type_day_counts (event_type, day, events) ",
+                    );
+                    qb.push_values(chunk, |mut b, ((event_type, day), n)| {
+                        b.push_bind(event_type.as_str())
+                            .push_bind(day.as_str())
+                            .push_bind(to_i64(**n));
+                    });
+                    qb.push(
+                        " ON CONFLICT (event_type, day) DO UPDATE SET \
                          events = type_day_counts.events + excluded.events",
-                    )
-                    .bind(event_type)
-                    .bind(day)
-                    .bind(to_i64(*n))
-                    .execute(&mut *tx)
-                    .await?;
+                    );
+                    qb.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(true)
