@@ -25,14 +25,14 @@ const POLL: Duration = Duration::from_secs(1);
 /// A read or write failed, or a row does not decode.
 pub async fn step(store: &dyn Store) -> Result<(usize, u64), ReadError> {
     let from = store.projection_position().await?;
-    let rows = store.read_global(Seq(from), None, CHUNK).await?;
-    let Some(last) = rows.last().map(|r| r.disclosure_fields().0) else {
+    let counted = store.read_counted(Seq(from), CHUNK).await?;
+    let Some(last) = counted.last().map(|c| c.seq.0) else {
         return Ok((0, from));
     };
-    let n = rows.len();
+    let n = counted.len();
     let mut delta = Delta::default();
-    for row in rows {
-        delta.add(&row.into_record()?.entry.header);
+    for c in &counted {
+        delta.add(c);
     }
     if store.apply_projection(from, last + 1, &delta).await? {
         Ok((n, last + 1))
