@@ -289,6 +289,7 @@ async fn main() {
     for a in apps {
         sent += a.await.unwrap();
     }
+    let answered = wall.elapsed().as_secs_f64();
     let mut lat = Vec::new();
     let mut counts = Vec::new();
     for s in subs {
@@ -304,7 +305,7 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     println!(
-        "live: {sent} events appended in {seconds} s ({:.0}/s), {subscribers} subscribers received {}-{} each; latency from recorded_at: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "live: {sent} events offered in {seconds} s ({:.0}/s), the last answered after {answered:.1} s; {subscribers} subscribers received {}-{} each; latency from recorded_at: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         sent as f64 / seconds as f64,
         counts.iter().min().unwrap_or(&0),
         counts.iter().max().unwrap_or(&0),
@@ -312,6 +313,28 @@ async fn main() {
         pct(&mut lat.clone(), 0.99),
         pct(&mut lat, 1.0)
     );
+
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in metrics.lines().filter(|l| {
+        [
+            "auditledger_commits_total",
+            "auditledger_commit_seconds_sum",
+            "auditledger_access_entries_total{action=\"read_log\"",
+            "auditledger_subscribers_lagged_total",
+            "auditledger_stale_batches_total",
+        ]
+        .iter()
+        .any(|m| l.starts_with(m))
+    }) {
+        println!("live: service metric {line}");
+    }
 
     // 3. Catch-up.
     let mut have = from + sent;

@@ -36,6 +36,10 @@ pub const RING: usize = 16_384;
 pub const RING_BYTES: usize = 64 << 20;
 /// Entries read from the log at a time.
 pub const PAGE: u32 = 1000;
+/// Entries a live subscriber takes from the feed at a time: each take costs an access entry,
+/// whose commit the subscriber waits for, so a subscriber that took only a page per commit
+/// would fall behind appends of more than a page per commit and never catch up.
+pub const LIVE_TAKE: usize = 8192;
 
 /// One entry as subscribers are sent it.
 #[derive(Debug)]

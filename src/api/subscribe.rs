@@ -234,14 +234,14 @@ async fn produce(
         } else {
             feed_use
                 .as_ref()
-                .and_then(|_| state.0.feed.take(next, feed::PAGE as usize))
+                .and_then(|_| state.0.feed.take(next, feed::LIVE_TAKE))
         };
         let from_feed = shared.is_some();
         // `scanned`: the position after the last entry looked at, delivered or skipped (a page
         // of entries this subscriber skips must move it on too).
         let (page, full, scanned) = match shared {
             Some(items) => {
-                let full = items.len() == feed::PAGE as usize;
+                let full = items.len() == feed::LIVE_TAKE;
                 let scanned = items.last().map(|p| p.seq + 1);
                 let page: Chunk = items
                     .into_iter()

@@ -15,6 +15,8 @@ pub const CHUNK: u32 = 2000;
 /// Pause after applying a chunk, so that a busy log is folded in larger chunks instead of one
 /// transaction per commit (each is a commit on SQLite's single writer).
 const SETTLE: Duration = Duration::from_millis(200);
+/// Pause after a full chunk, while the read models are behind.
+const BEHIND: Duration = Duration::from_millis(20);
 /// Re-read at least this often without a commit notice.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -55,7 +57,11 @@ pub(super) async fn run(store: Arc<dyn Store>, mut commits: tokio::sync::watch::
                         .set(size.saturating_sub(position) as f64);
                 }
                 if n > 0 {
-                    tokio::time::sleep(SETTLE).await;
+                    // A full chunk means the log is ahead by more than a chunk: go on after a
+                    // short pause (letting the writer in), or the read models would fall
+                    // behind for good under appends faster than a chunk per SETTLE.
+                    let pause = if n >= CHUNK as usize { BEHIND } else { SETTLE };
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             }
