@@ -27,6 +27,7 @@ use crate::checkpoint::{Checkpoint, CheckpointBinding, TreeHead};
 use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, SubjectIndexKey};
 use crate::entry::{EntryHash, EntryHeader, LedgerId, Seq, StreamId, SubjectHandle};
 use crate::epochs::EpochKek;
+use crate::merkle::CompactRange;
 use crate::record::Record;
 use crate::store::{AppendTx, ChainHead, IdempotencyRow, LinkRow, Store, StoreError, VaultRow};
 use crate::timefmt::now_micros;
@@ -600,22 +601,34 @@ impl Lander {
             return Ok(None);
         }
         let last = &records[records.len() - 1];
-        let cp = Checkpoint::sign(
-            &self.signing,
-            CheckpointBinding {
-                ledger_id: self.ledger_id,
-                previous_tree_size: last_checkpoint,
-            },
-            TreeHead {
-                tree_size: tree.size(),
-                root_hash: tree.root(),
-                last_entry_hash: last.entry_hash,
-                timestamp_micros: last.entry.header.recorded_at_micros.max(now_micros()),
-            },
-        );
+        let cp = sign_checkpoint(&self.signing, self.ledger_id, &tree, last, last_checkpoint);
         tx.insert_checkpoint(&cp).await?;
         Ok(Some(cp))
     }
+}
+
+/// Signs the checkpoint of `tree`, whose last entry is `last`, following the one of size
+/// `previous`. Its time is never before its last entry's.
+pub(super) fn sign_checkpoint(
+    signing: &LedgerSigningKey,
+    ledger_id: LedgerId,
+    tree: &CompactRange,
+    last: &Record,
+    previous: u64,
+) -> Checkpoint {
+    Checkpoint::sign(
+        signing,
+        CheckpointBinding {
+            ledger_id,
+            previous_tree_size: previous,
+        },
+        TreeHead {
+            tree_size: tree.size(),
+            root_hash: tree.root(),
+            last_entry_hash: last.entry_hash,
+            timestamp_micros: last.entry.header.recorded_at_micros.max(now_micros()),
+        },
+    )
 }
 
 /// Hands a committed checkpoint to the witness publisher.

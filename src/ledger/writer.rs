@@ -409,10 +409,7 @@ impl Writer {
     ) -> bool {
         match result {
             Ok(Landing::Done(wrote)) => {
-                if wrote {
-                    self.key_marked = true;
-                    self.others.left(head);
-                }
+                self.landed(wrote, head);
                 true
             }
             Ok(Landing::Failed(replies, e)) => {
@@ -424,12 +421,7 @@ impl Writer {
                 self.others.moved();
                 if let Some(again) = self.start_locked(requests, replies).await {
                     match again.landing.await {
-                        Ok(Landing::Done(wrote)) => {
-                            if wrote {
-                                self.key_marked = true;
-                                self.others.left(again.carry.head);
-                            }
-                        }
+                        Ok(Landing::Done(wrote)) => self.landed(wrote, again.carry.head),
                         Ok(Landing::Failed(replies, e)) => self.fail(replies, &e),
                         Ok(Landing::Stale(_, replies)) => {
                             let e = WriteError::Internal(
@@ -446,6 +438,14 @@ impl Writer {
                 lost_landing(&e);
                 false
             }
+        }
+    }
+
+    /// Takes note of a batch that landed, leaving the head at `head` if it `wrote`.
+    fn landed(&mut self, wrote: bool, head: Option<ChainHead>) {
+        if wrote {
+            self.key_marked = true;
+            self.others.left(head);
         }
     }
 
@@ -584,19 +584,7 @@ impl Writer {
         last: &Record,
         previous: u64,
     ) -> Checkpoint {
-        Checkpoint::sign(
-            &self.signing,
-            CheckpointBinding {
-                ledger_id: self.ledger_id,
-                previous_tree_size: previous,
-            },
-            TreeHead {
-                tree_size: tree.size(),
-                root_hash: tree.root(),
-                last_entry_hash: last.entry_hash,
-                timestamp_micros: last.entry.header.recorded_at_micros.max(now_micros()),
-            },
-        )
+        batch::sign_checkpoint(&self.signing, self.ledger_id, tree, last, previous)
     }
 
     /// Hands a committed checkpoint to the witness publisher.
