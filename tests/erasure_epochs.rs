@@ -321,12 +321,7 @@ async fn epochs_end_on_schedule_while_appends_go_on(b: Backend) {
             .iter()
             .all(|e| e["erased"] == false && !e["data"].is_null())
     );
-    let text = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(text.contains("auditledger_kek_epoch"), "{text}");
     s.terminate().await;
     assert_eq!(env.cli(&["verify"]).0, 0);
