@@ -246,6 +246,9 @@ async fn catch_up_live_resume_and_erasure(backend: Backend) {
     assert_eq!(replay[0].data["erased"], true);
     assert!(replay[0].data["data"].is_null());
     assert_eq!(replay[2].event, "erasure");
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop((typed, again, late));
     s.terminate().await;
 }
 
@@ -309,6 +312,9 @@ async fn a_slow_subscriber_is_cut_off_with_its_position_and_appends_go_on() {
     let mut resumed = Subscriber::open(&s, "?stream_prefix=log-", Some(last)).await;
     let m = resumed.next(Duration::from_secs(10)).await.unwrap();
     assert_eq!(m.id, Some(resume_from));
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop((slow, resumed));
     s.terminate().await;
 }
 
@@ -386,6 +392,9 @@ async fn queued_events_go_out_erased_after_an_erasure(backend: Backend) {
         with_data < total / 2,
         "{with_data} of {total} events arrived with their data after the erasure"
     );
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop(sub);
     s.terminate().await;
 }
 
@@ -414,6 +423,9 @@ async fn a_filtered_subscriber_gets_past_a_page_of_entries_it_skips(backend: Bac
     let mut sub = Subscriber::open(&s, "?stream_prefix=acct-", None).await;
     let m = sub.next(Duration::from_secs(10)).await.unwrap();
     assert_eq!(m.id, Some(first[0]), "catch-up: {m:?}");
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop(sub);
     s.terminate().await;
 }
 
@@ -588,6 +600,9 @@ async fn events_queued_on_another_instance_go_out_erased_after_an_erasure() {
         with_data < total / 2,
         "{with_data} of {total} arrived with data"
     );
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop(sub);
     a.terminate().await;
     b.terminate().await;
 }
@@ -651,6 +666,9 @@ async fn large_events_rendered_before_an_erasure_are_few() {
         with_data <= 20,
         "{with_data} of {total} 900 KB events arrived with their data after the erasure"
     );
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop(sub);
     s.terminate().await;
 }
 
@@ -766,6 +784,9 @@ async fn a_subscriber_on_one_instance_sees_appends_made_through_another() {
     let m = sub.next(Duration::from_secs(10)).await.unwrap();
     assert_eq!(m.id, Some(seqs[0]));
     assert_eq!(m.data["data"]["cents"], 5);
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop(sub);
     a.terminate().await;
     b.terminate().await;
 }
