@@ -337,15 +337,7 @@ async fn the_allow_deny_matrix_holds_for_every_endpoint_and_role(backend: Backen
 
     // Refusals are counted; no token's secret reaches the log.
     let (_, _, _) = call(&s, None, &Method::GET, "/healthz", None).await;
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("auditledger_auth_refusals_total{status=\"401\""),
         "{metrics}"

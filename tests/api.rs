@@ -414,15 +414,6 @@ async fn operations_endpoints_answer_and_openapi_lists_every_endpoint(b: Backend
     s.terminate().await;
 }
 
-/// A metric's value as rendered (counters and gauges render as integers here).
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no integer metric {name} in:\n{text}"))
-}
-
 async fn metrics_count_commits_conflicts_and_erasures(b: Backend) {
     let env = Env::new(b).await;
     let s = env.serve(&[]).await;
@@ -446,12 +437,16 @@ async fn metrics_count_commits_conflicts_and_erasures(b: Backend) {
             .starts_with("text/plain")
     );
     let text = r.text().await.unwrap();
-    assert_eq!(metric(&text, "auditledger_events_appended_total"), 2);
-    assert_eq!(metric(&text, "auditledger_version_conflicts_total"), 1);
-    assert_eq!(metric(&text, "auditledger_erasures_total"), 1);
-    assert_eq!(metric(&text, "auditledger_head_seq"), 1);
+    let metric = |name: &str| {
+        common::metric(&text, name)
+            .unwrap_or_else(|| panic!("no integer metric {name} in:\n{text}"))
+    };
+    assert_eq!(metric("auditledger_events_appended_total"), 2);
+    assert_eq!(metric("auditledger_version_conflicts_total"), 1);
+    assert_eq!(metric("auditledger_erasures_total"), 1);
+    assert_eq!(metric("auditledger_head_seq"), 1);
     assert!(
-        metric(&text, "auditledger_checkpoints_total") >= 1,
+        metric("auditledger_checkpoints_total") >= 1,
         "the erasure signs a checkpoint"
     );
     assert!(!text.contains("ivy"), "no identifier in metrics");

@@ -20,7 +20,7 @@ use auditledger::crypto::PublicKey;
 use auditledger::entry::EntryHash;
 use auditledger::merkle::{self, MerkleHash};
 use auditledger::report::SignedReport;
-use common::{Backend, Env, Server, one_event, raw_db, run_cli, wait_until, workdir};
+use common::{Backend, Env, Server, metric, one_event, raw_db, run_cli, wait_until, workdir};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -810,11 +810,6 @@ async fn a_webhook_witness_behind_a_private_ca_is_reached_only_when_its_ca_is_co
     private_ca(dir.path());
     let (hook, received) = tls_witness(dir.path()).await;
     let ca = dir.path().join("ca.pem");
-    let metric = |text: &str| {
-        text.lines()
-            .find(|l| l.starts_with("auditledger_witness_failures_total"))
-            .map_or(0, |l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-    };
 
     // Without the CA the certificate is not trusted: nothing is published, and it is counted.
     let s = Server::start(
@@ -827,16 +822,8 @@ async fn a_webhook_witness_behind_a_private_ca_is_reached_only_when_its_ca_is_co
         "the untrusted witness certificate to fail the publication",
         Duration::from_secs(10),
         async || {
-            let text = s
-                .client
-                .get(s.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            metric(&text) > 0
+            let text = s.metrics().await;
+            metric(&text, "auditledger_witness_failures_total").unwrap_or(0) > 0
         },
     )
     .await;

@@ -3,8 +3,6 @@
 //! PostgreSQL every instance drops an erased subject's key from its cache within a stated bound.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
     clippy::needless_pass_by_value,
     clippy::too_many_lines,
     reason = "test code"
@@ -17,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use auditledger::crypto::KeyRef;
 use auditledger::entry::SubjectHandle;
-use common::{Backend, Env, Server, wait_until};
+use common::{Backend, Env, metric, wait_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -123,26 +121,6 @@ async fn uncleaned(env: &Env) -> i64 {
         .await
 }
 
-async fn metrics(s: &Server) -> String {
-    s.client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// A metric's integer value as rendered, if present.
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-}
-
 fn server_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
 }
@@ -188,13 +166,13 @@ async fn a_long_sqlite_reader_neither_stalls_appends_nor_keeps_the_key_once_it_e
         "the blocked cleanup to show in the log and the metrics",
         CLEANED_WITHIN,
         async || {
-            let text = metrics(&s).await;
+            let text = s.metrics().await;
             metric(&text, "auditledger_erasure_cleanup_blocked_total").unwrap_or(0) >= 1
                 && server_log(env.path()).contains("cleanup")
         },
     )
     .await;
-    let text = metrics(&s).await;
+    let text = s.metrics().await;
     assert_eq!(
         metric(&text, "auditledger_erasure_cleanup_pending"),
         Some(1),
@@ -227,7 +205,7 @@ async fn a_long_sqlite_reader_neither_stalls_appends_nor_keeps_the_key_once_it_e
         .await;
     let erased_at = env.sql_count("SELECT erased_at FROM erased_subjects").await;
     assert!(cleaned_at >= erased_at);
-    let text = metrics(&s).await;
+    let text = s.metrics().await;
     assert_eq!(
         metric(&text, "auditledger_erasure_cleanup_pending"),
         Some(0),
@@ -312,7 +290,7 @@ async fn an_old_postgres_snapshot_holds_the_cleanup_back_until_it_ends() {
         CLEANED_WITHIN,
         async || {
             metric(
-                &metrics(&s).await,
+                &s.metrics().await,
                 "auditledger_erasure_cleanup_blocked_total",
             )
             .unwrap_or(0)
@@ -341,7 +319,7 @@ async fn an_old_postgres_snapshot_holds_the_cleanup_back_until_it_ends() {
     )
     .await;
     assert_eq!(
-        metric(&metrics(&s).await, "auditledger_erasure_cleanup_pending"),
+        metric(&s.metrics().await, "auditledger_erasure_cleanup_pending"),
         Some(0)
     );
     s.terminate().await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{Backend, Env, Server, one_event, wait_until};
+use common::{Backend, Env, Server, metric, one_event, wait_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -398,22 +398,12 @@ async fn lost_commit_answers_are_true() {
         "the service resolves lost commits itself ({unknown} unknown)"
     );
     // The faults did happen: six commits lost their answer, and were found committed.
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let resolved: u32 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("auditledger_commit_outcomes_resolved_total{outcome=\"committed\"}")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
-        .sum();
+    let text = s.metrics().await;
+    let resolved = metric(
+        &text,
+        "auditledger_commit_outcomes_resolved_total{outcome=\"committed\"}",
+    )
+    .unwrap_or(0);
     assert_eq!(
         proxy.after_commit.load(Ordering::SeqCst),
         0,
@@ -482,15 +472,7 @@ async fn full_sqlite_database_recovers() {
         ready["detail"].as_str().unwrap().contains("cannot write"),
         "{ready}"
     );
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(text.contains("auditledger_write_failures_total"), "{text}");
 
     // Space comes back; the service finds out by itself.

@@ -332,22 +332,9 @@ async fn keyed_load(
     out
 }
 
-/// The value of an integer counter in a server's /metrics (0 if it was never incremented).
-async fn counter(s: &common::Server, name: &str) -> u64 {
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// How many batches prepared ahead went stale on `s` (0 if none ever did).
+async fn stale_batches(s: &common::Server) -> u64 {
+    common::metric(&s.metrics().await, "auditledger_stale_batches_total").unwrap_or(0)
 }
 
 #[tokio::test]
@@ -382,8 +369,7 @@ async fn batches_prepared_ahead_that_another_instance_overtook_are_prepared_agai
     ));
     let acked_a = load_a.await.unwrap();
     let acked_b = load_b.await.unwrap();
-    let stale = counter(&a, "auditledger_stale_batches_total").await
-        + counter(&b, "auditledger_stale_batches_total").await;
+    let stale = stale_batches(&a).await + stale_batches(&b).await;
     assert!(stale > 0, "no batch prepared ahead went stale");
 
     let events = a.all_events().await;
@@ -522,7 +508,7 @@ async fn appends_on_one_instance_never_land_under_a_key_the_other_instance_erase
         acked.extend(w.await.unwrap());
     }
     // A's batches prepared ahead with her old handle were found stale and prepared again.
-    assert!(counter(&a, "auditledger_stale_batches_total").await > 0);
+    assert!(stale_batches(&a).await > 0);
     let events = a.all_entries().await;
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e["seq"], i as u64);

@@ -109,6 +109,62 @@ async fn append(s: &Server, stream: &str, events: Value) -> Vec<u64> {
         .collect()
 }
 
+/// Bytes waiting in the kernel's buffers of the TCP connections to `s`'s port: its send queues
+/// and its clients' receive queues (Linux's /proc/net/tcp, the server being on 127.0.0.1).
+fn socket_queued_bytes(s: &Server) -> u64 {
+    let port: u16 = s.base.rsplit(':').next().unwrap().parse().unwrap();
+    let port = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl local_address rem_address st tx_queue:rx_queue ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[1].ends_with(&port) || fields[2].ends_with(&port)).then(|| {
+                let (tx, rx) = fields[4].split_once(':').unwrap();
+                u64::from_str_radix(tx, 16).unwrap() + u64::from_str_radix(rx, 16).unwrap()
+            })
+        })
+        .sum()
+}
+
+/// Waits until a subscriber that reads nothing has been handed, opened, everything up to
+/// `last` (its access entries, appended as each page is opened for it, reach `last`), and the
+/// socket buffers between it and the server are as full as they get (what they hold has stopped
+/// changing for half a second): what a client that stops reading "for a while" leaves behind.
+async fn wait_until_queued(env: &Env, s: &Server, last: u64) {
+    let last = last.to_string();
+    common::wait_until(
+        "the subscriber's pages to be opened up to the last append",
+        Duration::from_secs(60),
+        async || {
+            env.access_entries()
+                .await
+                .iter()
+                .any(|m| m["action"] == "read_log" && m["to_seq"] == last.as_str())
+        },
+    )
+    .await;
+    let (mut held, mut steady) = (0, 0);
+    common::wait_until(
+        "the socket buffers to stop filling",
+        Duration::from_secs(60),
+        async || {
+            let now = socket_queued_bytes(s);
+            steady = if now > 0 && now == held {
+                steady + 1
+            } else {
+                0
+            };
+            held = now;
+            // Polled every 50 ms.
+            steady >= 10
+        },
+    )
+    .await;
+}
+
 async fn catch_up_live_resume_and_erasure(backend: Backend) {
     let env = Env::new(backend).await;
     let s = env.serve(&[]).await;
@@ -190,6 +246,9 @@ async fn catch_up_live_resume_and_erasure(backend: Backend) {
     assert_eq!(replay[0].data["erased"], true);
     assert!(replay[0].data["data"].is_null());
     assert_eq!(replay[2].event, "erasure");
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop((typed, again, late));
     s.terminate().await;
 }
 
@@ -209,16 +268,24 @@ async fn a_slow_subscriber_is_cut_off_with_its_position_and_appends_go_on() {
     let s = env
         .serve(&["--subscriber-buffer", "4", "--slow-subscriber-secs", "1"])
         .await;
-    let pad = "x".repeat(2000);
-    for _ in 0..100 {
+    let pad = "x".repeat(20_000);
+    for _ in 0..10 {
         let events: Vec<Value> = (0..100)
             .map(|i| json!({"type": "Logged", "data": {"i": i, "pad": pad}}))
             .collect();
         append(&s, "log-1", json!(events)).await;
     }
-    // 10,000 events of 2 KB: more than the socket buffers hold while the client reads nothing.
+    // 1,000 events of 20 KB: more than the socket buffers hold while the client reads nothing.
     let mut slow = Subscriber::open(&s, "?stream_prefix=log-", None).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    common::wait_until(
+        "the slow subscriber to be cut off",
+        Duration::from_secs(60),
+        async || {
+            common::metric(&s.metrics().await, "auditledger_subscribers_lagged_total")
+                .is_some_and(|n| n > 0)
+        },
+    )
+    .await;
     // Appends are not held up meanwhile.
     append(&s, "log-1", json!([{"type": "Logged", "data": {"i": -1}}])).await;
     let mut last = None;
@@ -245,6 +312,9 @@ async fn a_slow_subscriber_is_cut_off_with_its_position_and_appends_go_on() {
     let mut resumed = Subscriber::open(&s, "?stream_prefix=log-", Some(last)).await;
     let m = resumed.next(Duration::from_secs(10)).await.unwrap();
     assert_eq!(m.id, Some(resume_from));
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop((slow, resumed));
     s.terminate().await;
 }
 
@@ -285,7 +355,7 @@ async fn queued_events_go_out_erased_after_an_erasure(backend: Backend) {
             "300",
         ])
         .await;
-    let pad = "x".repeat(4000);
+    let pad = "x".repeat(40_000);
     let batch: Vec<Value> = (0..100)
         .map(|i| json!({"type": "Noted", "subject": "queued@example.com", "data": {"i": i, "pad": pad}}))
         .collect();
@@ -294,14 +364,15 @@ async fn queued_events_go_out_erased_after_an_erasure(backend: Backend) {
     // Reading has begun: the first event arrives with its data.
     let first = sub.next(Duration::from_secs(20)).await.unwrap();
     assert!(first.data["data"].is_object(), "{first:?}");
-    // 40 MB more while the client reads nothing: far more than the socket buffers hold, so
+    // 36 MB more while the client reads nothing: far more than the socket buffers hold, so
     // most of it waits, opened, in the service's queue.
-    for _ in 0..99 {
-        append(&s, "queue-1", json!(batch)).await;
+    let mut last = 0;
+    for _ in 0..9 {
+        last = *append(&s, "queue-1", json!(batch)).await.last().unwrap();
     }
-    let total = 100 * 100;
+    let total = 10 * 100;
     // Let the subscription open and queue what it can.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_until_queued(&env, &s, last).await;
     let (status, body) = s
         .post_raw(
             "/v1/subjects/erase",
@@ -315,12 +386,15 @@ async fn queued_events_go_out_erased_after_an_erasure(backend: Backend) {
     let with_data = with_data + 1;
     println!("QUEUED RESULT: with_data={with_data} erased={erased} total={total}");
     assert_eq!(with_data + erased, total);
-    // The socket buffers hold at most a few megabytes (a few hundred to a couple of thousand
-    // of these 4 KB events); the rest was in the service's hands at the erasure.
+    // The socket buffers hold at most a few megabytes (a few dozen to a couple of hundred of
+    // these 40 KB events); the rest was in the service's hands at the erasure.
     assert!(
         with_data < total / 2,
         "{with_data} of {total} events arrived with their data after the erasure"
     );
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop(sub);
     s.terminate().await;
 }
 
@@ -349,6 +423,9 @@ async fn a_filtered_subscriber_gets_past_a_page_of_entries_it_skips(backend: Bac
     let mut sub = Subscriber::open(&s, "?stream_prefix=acct-", None).await;
     let m = sub.next(Duration::from_secs(10)).await.unwrap();
     assert_eq!(m.id, Some(first[0]), "catch-up: {m:?}");
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop(sub);
     s.terminate().await;
 }
 
@@ -482,7 +559,7 @@ async fn events_queued_on_another_instance_go_out_erased_after_an_erasure() {
             ],
         )
         .await;
-    let pad = "x".repeat(4000);
+    let pad = "x".repeat(40_000);
     let batch: Vec<Value> = (0..100)
         .map(|i| json!({"type": "Noted", "subject": "far@example.com", "data": {"i": i, "pad": pad}}))
         .collect();
@@ -490,11 +567,12 @@ async fn events_queued_on_another_instance_go_out_erased_after_an_erasure() {
     let mut sub = Subscriber::open(&b, "?stream_prefix=queue-", None).await;
     let first = sub.next(Duration::from_secs(20)).await.unwrap();
     assert!(first.data["data"].is_object(), "{first:?}");
-    for _ in 0..99 {
-        append(&a, "queue-1", json!(batch)).await;
+    let mut last = 0;
+    for _ in 0..9 {
+        last = *append(&a, "queue-1", json!(batch)).await.last().unwrap();
     }
-    let total = 100 * 100;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let total = 10 * 100;
+    wait_until_queued(&env, &b, last).await;
     let (status, body) = a
         .post_raw(
             "/v1/subjects/erase",
@@ -503,8 +581,16 @@ async fn events_queued_on_another_instance_go_out_erased_after_an_erasure() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    // Within the bound every instance has forgotten the key.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Within the bound every instance has forgotten the key: B reads her events as erased.
+    common::wait_until(
+        "instance B to forget the erased key",
+        Duration::from_secs(10),
+        async || {
+            let (status, _, page) = b.get("/v1/streams/queue-1/events?limit=1").await;
+            status == StatusCode::OK && page["events"][0]["erased"] == true
+        },
+    )
+    .await;
     // The first event, read before the erasure, came with its data.
     let (with_data, erased) = count_until_erasure(&mut sub).await;
     let with_data = with_data + 1;
@@ -514,13 +600,17 @@ async fn events_queued_on_another_instance_go_out_erased_after_an_erasure() {
         with_data < total / 2,
         "{with_data} of {total} arrived with data"
     );
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop(sub);
     a.terminate().await;
     b.terminate().await;
 }
 
 /// What is handed to the connection at once is out of the vault's reach: with large events, a
-/// client that stops reading must not get a hundred of them (90 MB, far more than socket
-/// buffers hold) with their data after an erasure because they were rendered together.
+/// client that stops reading must not get dozens of them (a chunk of up to a hundred messages:
+/// here all 48, 43 MB, far more than socket buffers hold) with their data after an erasure
+/// because they were rendered together.
 #[tokio::test]
 async fn large_events_rendered_before_an_erasure_are_few() {
     let env = Env::new(Backend::Sqlite).await;
@@ -536,15 +626,16 @@ async fn large_events_rendered_before_an_erasure_are_few() {
     let batch: Vec<Value> = (0..4)
         .map(|i| json!({"type": "Noted", "subject": "big@example.com", "data": {"i": i, "pad": pad}}))
         .collect();
-    for _ in 0..50 {
-        append(&s, "big-1", json!(batch)).await;
+    let mut last = 0;
+    for _ in 0..12 {
+        last = *append(&s, "big-1", json!(batch)).await.last().unwrap();
     }
-    let total = 4 * 50;
+    let total = 4 * 12;
     let mut sub = Subscriber::open(&s, "?stream_prefix=big-", None).await;
     let first = sub.next(Duration::from_secs(60)).await.unwrap();
     assert!(first.data["data"].is_object(), "{first:?}");
     // The client reads nothing more for a while.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_until_queued(&env, &s, last).await;
     let (status, body) = s
         .post_raw(
             "/v1/subjects/erase",
@@ -575,7 +666,20 @@ async fn large_events_rendered_before_an_erasure_are_few() {
         with_data <= 20,
         "{with_data} of {total} 900 KB events arrived with their data after the erasure"
     );
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop(sub);
     s.terminate().await;
+}
+
+/// Waits until `s` has `n` live subscribers (`auditledger_subscribers`).
+async fn wait_for_subscribers(s: &Server, n: u64) {
+    common::wait_until(
+        &format!("{n} live subscribers"),
+        Duration::from_secs(30),
+        async || common::metric(&s.metrics().await, "auditledger_subscribers") == Some(n),
+    )
+    .await;
 }
 
 fn rss_mb(s: &Server) -> u64 {
@@ -609,7 +713,7 @@ async fn the_live_feed_does_not_keep_large_events_without_bound() {
         response: request.send().await.unwrap(),
         buffer: String::new(),
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_for_subscribers(&s, 1).await;
     let before = rss_mb(&s);
     let pad = "x".repeat(900_000);
     let batch: Vec<Value> = (0..4)
@@ -638,7 +742,7 @@ async fn the_live_feed_does_not_keep_large_events_without_bound() {
     let held = rss_mb(&s);
     // Once no one subscribes the feed keeps nothing: what that frees is what it held.
     drop(sub);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_for_subscribers(&s, 0).await;
     let idle = rss_mb(&s);
     println!(
         "RSS: {before} MB before, {held} MB with the subscriber caught up ({total} events of \
@@ -680,6 +784,9 @@ async fn a_subscriber_on_one_instance_sees_appends_made_through_another() {
     let m = sub.next(Duration::from_secs(10)).await.unwrap();
     assert_eq!(m.id, Some(seqs[0]));
     assert_eq!(m.data["data"]["cents"], 5);
+    // The subscribers leave first: a graceful shutdown waits for the responses in progress (up to
+    // its 10 s deadline), and an SSE stream never ends by itself.
+    drop(sub);
     a.terminate().await;
     b.terminate().await;
 }

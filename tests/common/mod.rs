@@ -296,6 +296,13 @@ impl Server {
         .await;
     }
 
+    /// The server's `/metrics`, as Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let r = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap()
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub async fn terminate(mut self) -> ExitStatus {
         signal(&self.child, "TERM");
@@ -334,6 +341,17 @@ pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The value of metric `name` in `/metrics` text (`Server::metrics`), if it is there as an
+/// integer: the line naming exactly `name`, labels included as rendered
+/// (`name{label="value"}`). Counters, and gauges holding whole numbers, render as integers;
+/// a counter never incremented is absent.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// How long one CLI command may run in a test.
