@@ -7,7 +7,8 @@
 //!    100-event requests at several concurrency levels: events/s and p50/p99 request latency,
 //!    plus the writer's own per-stage time under that load.
 //!
-//! `BENCH_SECONDS` sets the length of each end-to-end cell (default 5).
+//! `BENCH_SECONDS` sets the length of each end-to-end cell (default 5); `BENCH_EVENT=1k` sends
+//! the ~1 KB events of benches/throughput.sh (a subject each) instead of 64-byte ones.
 //! `BENCH_POSTGRES=postgres://…/admin_db` runs the service on PostgreSQL instead, in a database
 //! the benchmark creates and drops; `BENCH_INSTANCES=2` starts two service instances on it
 //! (sharing keys) and spreads the clients over both.
@@ -103,13 +104,19 @@ async fn drive(bases: &[String], events_per_request: usize, concurrency: usize, 
         let url = format!("{base}/v1/streams/bench-{events_per_request}-{concurrency}-{c}/events");
         tasks.push(tokio::spawn(async move {
             let events: Vec<_> = (0..events_per_request)
-                .map(|i| json!({"type": "PaymentInitiated", "data": {"amount": i, "currency": "EUR", "iban": "DE89370400440532013000"}, "metadata": {"source": "bench"}}))
+                .map(|i| event(c * events_per_request + i))
                 .collect();
             let body = serde_json::to_vec(&json!({"events": events})).unwrap();
             let mut lat = Vec::new();
             while Instant::now() < stop {
                 let t = Instant::now();
-                let r = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 201);
                 let _ = r.bytes().await.unwrap();
                 lat.push(t.elapsed());
@@ -132,6 +139,27 @@ async fn drive(bases: &[String], events_per_request: usize, concurrency: usize, 
         p50: pct(0.50),
         p99: pct(0.99),
         requests: lat.len(),
+    }
+}
+
+/// Whether `BENCH_EVENT=1k`: the ~1 KB event of benches/throughput.sh instead of the 64-byte
+/// one this benchmark has always sent.
+fn large_events() -> bool {
+    std::env::var("BENCH_EVENT").is_ok_and(|v| v == "1k")
+}
+
+/// The `n`th event: with `BENCH_EVENT=1k`, benches/scripts/event_1k.json (900 bytes of JSON)
+/// with an `n` member, a subject from a pool of 1,000 and two metadata pairs, as
+/// benches/scripts/append.lua sends; otherwise the 64-byte event (no subject, one pair).
+fn event(n: usize) -> serde_json::Value {
+    if large_events() {
+        let mut data: serde_json::Value =
+            serde_json::from_str(include_str!("scripts/event_1k.json")).unwrap();
+        data["n"] = json!(n);
+        json!({"type": "PaymentCaptured", "subject": format!("customer-{:04}", (n * 31) % 1000),
+               "data": data, "metadata": {"source": "bench-gateway", "request_id": format!("r{n}")}})
+    } else {
+        json!({"type": "PaymentInitiated", "data": {"amount": n, "currency": "EUR", "iban": "DE89370400440532013000"}, "metadata": {"source": "bench"}})
     }
 }
 
@@ -207,8 +235,30 @@ fn main() {
         "SQLite, synchronous=FULL"
     };
 
+    if large_events() {
+        // The subject pool exists before the clock starts (a subject's key is made on its
+        // first use), as in benches/throughput.sh.
+        let subjects: Vec<_> = (0..1000)
+            .map(|i| json!({"type": "SubjectSeen", "subject": format!("customer-{i:04}"), "data": {"seen": true}}))
+            .collect();
+        let url = format!("{}/v1/streams/warmup/events", bases[0]);
+        client_rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&json!({ "events": subjects }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        });
+    }
+    let size = if large_events() {
+        "~1 KB events (900 bytes of data, a subject from a pool of 1,000)"
+    } else {
+        "64-byte events"
+    };
     println!(
-        "## End to end over HTTP, {backend}, {} instance(s), {secs} s per cell\n",
+        "## End to end over HTTP, {backend}, {} instance(s), {size}, {secs} s per cell\n",
         services.len()
     );
     println!(
