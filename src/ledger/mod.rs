@@ -753,6 +753,9 @@ impl Ledger {
         if erased && record.entry.header.stream_id.as_str() != ERASURE_STREAM {
             return Ok(Keyed { record, key: None });
         }
+        // Its subject's erasure (as the database records it) is the only reason a payload may
+        // not open: a payload or key missing otherwise is tampering, reported as an error
+        // naming the seq, never as `erased: true`.
         let seq = record.entry.header.seq;
         let Some(payload) = &record.payload else {
             return Err(missing(seq, "payload"));
@@ -789,34 +792,6 @@ impl Ledger {
             .first()
             .is_some_and(EntryRow::erased);
         Ok(erased_now && matches!(key_ref, crate::crypto::KeyRef::Subject(_)))
-    }
-
-    /// Opens a record's payload. Its subject's erasure (as the database records it) is the only
-    /// reason a payload may not open: a payload or key missing otherwise is tampering, reported
-    /// as an error naming the seq, never as `erased: true`.
-    pub async fn open_record(&self, record: Record) -> Result<ReadEvent, ReadError> {
-        let seq = record.entry.header.seq;
-        let Some(payload) = &record.payload else {
-            return Err(missing(seq, "payload"));
-        };
-        let key_ref = payload
-            .key_ref()
-            .map_err(|reason| ReadError::Tampered { seq, reason })?;
-        let Some(key) = self.vault.key(&key_ref).await? else {
-            if self.erased_now(seq, &key_ref).await? {
-                return Ok(ReadEvent {
-                    record,
-                    data: None,
-                    erased: true,
-                });
-            }
-            return Err(missing(seq, "data key"));
-        };
-        Keyed {
-            record,
-            key: Some(key),
-        }
-        .open()
     }
 }
 
