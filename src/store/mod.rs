@@ -569,15 +569,6 @@ pub trait Store:
         limit: u32,
     ) -> Result<Vec<(Seq, EntryHash)>, StoreError>;
 
-    /// What the read models count of up to `limit` entries with `seq >= from`, in order (the
-    /// log is dense: `[from, from + limit)`). Selects those columns alone, so that the
-    /// maintainer neither reads nor decodes payloads, hashes and signatures it has no use for.
-    ///
-    /// # Errors
-    /// The database failed, or a row's counted columns do not decode ([`StoreError::Malformed`],
-    /// as [`EntryRow::into_record`] would refuse them).
-    async fn read_counted(&self, from: Seq, limit: u32) -> Result<Vec<Counted>, StoreError>;
-
     /// Up to `limit` rows of one stream with `stream_version >= from_version`, in order.
     async fn read_stream(
         &self,

@@ -20,11 +20,10 @@ use sqlx::{PgConnection, Postgres, Row};
 
 use super::epochs::{epoch_row, link_row};
 use super::{
-    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, COUNTED_COLUMNS, ChainHead, CheckpointRow,
-    Cleanup, CleanupBlocker, CountedColumns, ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices,
-    FilterBind, HEAD_SELECT, MalformedRow, SigningKeyRow, Store, StoreError, Tombstone, VaultRow,
-    chain_head, entry_hash_row, erasure_row, insert_error, key_refs, malformed_meta,
-    signing_key_row, to_i64, to_u64, vault_row,
+    AppendTx, AuditSnapshot, CHECKPOINT_COLUMNS, ChainHead, CheckpointRow, Cleanup, CleanupBlocker,
+    ENTRY_COLUMNS, ENTRY_SELECT, EntryRow, ErasureNotices, FilterBind, HEAD_SELECT, MalformedRow,
+    SigningKeyRow, Store, StoreError, Tombstone, VaultRow, chain_head, entry_hash_row, erasure_row,
+    insert_error, key_refs, malformed_meta, signing_key_row, to_i64, to_u64, vault_row,
 };
 use super::{EpochRow, ErasureRecord, IdempotencyColumns, IdempotencyRow, LinkRow, TxConn};
 use crate::checkpoint::Checkpoint;
@@ -32,7 +31,6 @@ use crate::crypto::{KekId, KeyId, KeyRef, PublicKey};
 use crate::entry::{EntryHash, LedgerId, Seq, StreamId, SubjectHandle};
 use crate::ledger::RowFilter;
 use crate::merkle::{MerkleHash, NodeId, leaf_hash};
-use crate::projections::Counted;
 use crate::record::Record;
 use crate::timefmt::now_micros;
 
@@ -370,17 +368,6 @@ impl Store for PostgresStore {
         rows.into_iter()
             .map(|(seq, hash)| entry_hash_row(seq, &hash))
             .collect()
-    }
-
-    async fn read_counted(&self, from: Seq, limit: u32) -> Result<Vec<Counted>, StoreError> {
-        let sql =
-            format!("SELECT {COUNTED_COLUMNS} FROM entries WHERE seq >= $1 ORDER BY seq LIMIT $2");
-        let rows: Vec<CountedColumns> = sqlx::query_as(&sql)
-            .bind(to_i64(from.0))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(super::counted).collect()
     }
 
     async fn read_stream(

@@ -2,7 +2,8 @@
 //! position it covers in one transaction, guarded by the position it started from.
 
 use super::StoreError;
-use crate::projections::Delta;
+use crate::entry::Seq;
+use crate::projections::{Counted, Delta};
 
 /// Rows per multi-row upsert when a delta is applied: 6 values each at most, far below
 /// SQLite's and PostgreSQL's limits on bound parameters.
@@ -31,6 +32,15 @@ pub struct CatalogueRow {
 pub trait ProjectionStore {
     /// Every entry below it is counted.
     async fn projection_position(&self) -> Result<u64, StoreError>;
+
+    /// What the read models count of up to `limit` entries with `seq >= from`, in order (the
+    /// log is dense: `[from, from + limit)`). Selects those columns alone, so that the
+    /// maintainer neither reads nor decodes payloads, hashes and signatures it has no use for.
+    ///
+    /// # Errors
+    /// The database failed, or a row's counted columns do not decode ([`StoreError::Malformed`],
+    /// as [`super::EntryRow::into_record`] would refuse them).
+    async fn read_counted(&self, from: Seq, limit: u32) -> Result<Vec<Counted>, StoreError>;
 
     /// Adds `delta`, which covers `[from, to)`, if the position is still `from`; `false` if
     /// another maintainer got there first (nothing is applied).
@@ -70,6 +80,23 @@ macro_rules! impl_projection_store {
                 .fetch_optional(&self.$read)
                 .await?;
                 Ok(p.map_or(0, $crate::store::to_u64))
+            }
+
+            async fn read_counted(
+                &self,
+                from: $crate::entry::Seq,
+                limit: u32,
+            ) -> Result<Vec<$crate::projections::Counted>, $crate::store::StoreError> {
+                let sql = format!(
+                    "SELECT {} FROM entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                    $crate::store::COUNTED_COLUMNS
+                );
+                let rows: Vec<$crate::store::CountedColumns> = sqlx::query_as(&sql)
+                    .bind($crate::store::to_i64(from.0))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.$read)
+                    .await?;
+                rows.into_iter().map($crate::store::counted).collect()
             }
 
             async fn apply_projection(
