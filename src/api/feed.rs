@@ -89,9 +89,29 @@ impl Prepared {
     }
 }
 
-/// The prefix of every event message before its JSON.
+/// An SSE message: `event: name`, `id: seq`, and `data` (one line of JSON).
 fn frame(name: &str, seq: u64, data: &str) -> Bytes {
-    Bytes::from(format!("id: {seq}\nevent: {name}\ndata: {data}\n\n"))
+    let written: Result<Bytes, std::convert::Infallible> = framed(name, seq, |out| {
+        out.extend_from_slice(data.as_bytes());
+        Ok(())
+    });
+    match written {
+        Ok(bytes) => bytes,
+        Err(never) => match never {},
+    }
+}
+
+/// As [`frame`], with the data written straight into the message by `write` (no copy of a
+/// serialised event on its way in).
+fn framed<E>(
+    name: &str,
+    seq: u64,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Bytes, E> {
+    let mut out = format!("id: {seq}\nevent: {name}\ndata: ").into_bytes();
+    write(&mut out)?;
+    out.extend_from_slice(b"\n\n");
+    Ok(Bytes::from(out))
 }
 
 /// The JSON of an event message.
@@ -193,11 +213,9 @@ const PARALLEL_RENDER_EVENTS: usize = 64;
 /// Each event's message, and whether it is erased.
 async fn event_frames(events: Vec<EventOut>) -> Result<Vec<(bool, Bytes)>, super::error::ApiError> {
     let render = |event: EventOut| {
-        let mut out = format!("id: {}\nevent: event\ndata: ", event.seq).into_bytes();
-        serde_json::to_writer(&mut out, &event)
+        let f = framed("event", event.seq, |out| serde_json::to_writer(out, &event))
             .map_err(|e| super::error::ApiError::Internal(e.to_string()))?;
-        out.extend_from_slice(b"\n\n");
-        Ok((event.erased, Bytes::from(out)))
+        Ok((event.erased, f))
     };
     let rendered: Vec<Result<(bool, Bytes), super::error::ApiError>> =
         if events.len() >= PARALLEL_RENDER_EVENTS {
