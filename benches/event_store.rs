@@ -120,6 +120,18 @@ async fn subscriber(client: reqwest::Client, url: String, until: Instant) -> Vec
     lat
 }
 
+/// Reads each page at `urls` in turn, one client: the events they held and events/s.
+async fn read_pages(client: &reqwest::Client, urls: impl Iterator<Item = String>) -> (u64, f64) {
+    let key = b"\"entry_hash\":";
+    let t = Instant::now();
+    let mut n = 0;
+    for url in urls {
+        let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
+        n += body.windows(key.len()).filter(|w| w == key).count() as u64;
+    }
+    (n, n as f64 / t.elapsed().as_secs_f64())
+}
+
 async fn post(client: reqwest::Client, url: String, body: Value) {
     let r = client
         .post(url)
@@ -382,38 +394,16 @@ async fn main() {
 
     // 4. Decrypting reads of 1,000-event pages.
     let pages = env_or("READ_PAGES", 100).min(have / 1000);
-    let count = |body: &[u8]| {
-        let key = b"\"entry_hash\":";
-        body.windows(key.len()).filter(|w| w == key).count() as u64
-    };
-    let t = Instant::now();
-    let mut n = 0;
-    for p in 0..pages {
-        let body = client
-            .get(format!("{base}/v1/events?from_seq={}&limit=1000", p * 1000))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        n += count(&body);
-    }
-    let log_rate = n as f64 / t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut in_streams = 0;
-    for c in 0..k.min(pages) {
-        let body = client
-            .get(format!("{base}/v1/streams/live-c{c}/events?limit=1000"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        in_streams += count(&body);
-    }
-    let stream_rate = in_streams as f64 / t.elapsed().as_secs_f64();
+    let (n, log_rate) = read_pages(
+        &client,
+        (0..pages).map(|p| format!("{base}/v1/events?from_seq={}&limit=1000", p * 1000)),
+    )
+    .await;
+    let (in_streams, stream_rate) = read_pages(
+        &client,
+        (0..k.min(pages)).map(|c| format!("{base}/v1/streams/live-c{c}/events?limit=1000")),
+    )
+    .await;
     println!(
         "reads, 1,000-event pages, one client: log {log_rate:.0} events/s ({n} events, {:.3} of the open limit), streams {stream_rate:.0} events/s ({in_streams} events, {:.3})",
         log_rate / limit,
