@@ -856,7 +856,7 @@ impl BundleVerifier {
             )));
         }
         let proven = verifier.finish()?;
-        check_key_lines(&self.key_lines, &proven)?;
+        check_key_lines(&self.key_lines, &proven, header.ledger_size)?;
         Ok(Summary {
             proven,
             keys_from_bundle: self.keys_from_bundle,
@@ -866,7 +866,13 @@ impl BundleVerifier {
 }
 
 /// Each key the history used has a key line whose range agrees with that use.
-fn check_key_lines(lines: &[KeyLine], proven: &Proven) -> Result<(), Failure> {
+///
+/// A key the bundle does not see retired may still have been retired later: by a rotation after
+/// the bundle's last entry and before the ledger's size the header states, which is the only
+/// place one can lie. A line that reaches the ledger's end (or a bundle that does) must say null,
+/// so that there is exactly one right key line for every key the bundle shows.
+fn check_key_lines(lines: &[KeyLine], proven: &Proven, ledger_size: u64) -> Result<(), Failure> {
+    let bundle_end = proven.range.map(|(_, last)| last);
     for u in &proven.keys {
         let id = u.key_id.to_hex();
         let fail = |why: String| {
@@ -894,7 +900,7 @@ fn check_key_lines(lines: &[KeyLine], proven: &Proven) -> Result<(), Failure> {
         match (u.retired_at, line.last_seq) {
             (Some(r), Some(l)) if r == l => {}
             (None, None) => {}
-            (None, Some(l)) if u.last_seq.is_none_or(|s| s <= l) => {}
+            (None, Some(l)) if bundle_end.is_some_and(|end| end < l) && l < ledger_size => {}
             (retired, last) => {
                 return Err(fail(format!(
                     "its key line says last_seq {last:?}, but the history retires it at {retired:?}"

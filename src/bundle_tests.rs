@@ -253,3 +253,69 @@ fn a_partial_bundle_verifies_against_a_trusted_checkpoint_of_its_start() {
     // tampered.
     assert!(unusable(check(trusting(&b), Some(cp), &partial(&b, 5))).contains("export from seq 4"));
 }
+
+/// The bundle of `b` cut after `last`, as an export of a ledger of `size` entries writes it.
+fn prefix(b: &Builder, last: usize, size: u64) -> Vec<String> {
+    let all = b.bundle(100);
+    let mut lines = vec![edit(&all[0], |v| {
+        v["to_seq"] = (last as u64).into();
+        v["ledger_size"] = size.into();
+    })];
+    lines.extend(all[1..3 + last].iter().cloned());
+    lines.push(format!(
+        "{{\"kind\":\"footer\",\"entries\":{},\"checkpoints\":0}}",
+        last + 1
+    ));
+    lines
+}
+
+fn with_last_seq(lines: &[String], last_seq: Option<u64>) -> Vec<String> {
+    let mut l = lines.to_vec();
+    l[1] = edit(&l[1], |v| v["last_seq"] = last_seq.into());
+    l
+}
+
+#[test]
+fn a_current_keys_line_says_null_when_the_bundle_reaches_the_ledgers_end() {
+    // The whole ledger is in the bundle and no rotation retires the key: its line's last_seq
+    // can only be null. Any number claims a retirement the ledger does not have.
+    let b = ledger();
+    let lines = b.bundle(100);
+    assert!(check(trusting(&b), None, &lines).is_ok());
+    for claim in [6, 7, 1000, u64::MAX] {
+        assert_eq!(
+            tampered(check(
+                trusting(&b),
+                None,
+                &with_last_seq(&lines, Some(claim))
+            )),
+            (0, FailureKind::KeyLineMismatch),
+            "last_seq {claim}"
+        );
+    }
+}
+
+#[test]
+fn a_bundle_that_ends_before_a_rotation_names_it_within_the_ledger() {
+    // Entries 0..=4 of a ledger of 10, whose key a rotation at 7 retired (after the bundle).
+    let b = ledger();
+    let lines = prefix(&b, 4, 10);
+    for ok in [None, Some(5), Some(7), Some(9)] {
+        assert!(
+            check(trusting(&b), None, &with_last_seq(&lines, ok)).is_ok(),
+            "last_seq {ok:?}"
+        );
+    }
+    // At or before the bundle's last entry, which is no rotation; at or beyond the ledger's size.
+    for claim in [0, 4, 10, u64::MAX] {
+        assert_eq!(
+            tampered(check(
+                trusting(&b),
+                None,
+                &with_last_seq(&lines, Some(claim))
+            )),
+            (0, FailureKind::KeyLineMismatch),
+            "last_seq {claim}"
+        );
+    }
+}

@@ -89,7 +89,12 @@ pub async fn write_bundle(
         }),
     )
     .await?;
-    for key in key_lines(store).await? {
+    for mut key in key_lines(store).await? {
+        // A rotation made after the head this bundle was cut at is not this bundle's to state:
+        // as of `ledger_size` the key was still the current one (FORMAT.md §12.4).
+        if key.last_seq.is_some_and(|l| l >= size) {
+            key.last_seq = None;
+        }
         send(&out, &BundleLine::Key(key)).await?;
     }
     let mut footer = Footer {

@@ -91,7 +91,28 @@ async fn a_rotation_while_serving_is_recorded_in_the_chain_and_verifies(backend:
     let body = export(&s).await;
     let bundle = env.path().join("bundle.ndjson");
     std::fs::write(&bundle, body).unwrap();
+    // A bundle that ends before the rotation names it: the old key's line says it was retired
+    // at 4, after the bundle's last entry and within the ledger the header states.
+    let r = s
+        .client
+        .get(s.url("/v1/export?to_seq=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let prefix_text = r.text().await.unwrap();
+    let old_line = prefix_text
+        .lines()
+        .find(|l| l.contains(&old_id))
+        .unwrap()
+        .to_owned();
+    assert!(old_line.contains("\"last_seq\":4"), "{old_line}");
+    let prefix = env.path().join("prefix.ndjson");
+    std::fs::write(&prefix, &prefix_text).unwrap();
     s.terminate().await;
+    let retired = env.path().join(format!("keys/retired/{old_id}.json"));
+    let (code, out) = bundle_ok(&env, &prefix, &["--public-key", retired.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
 
     let (code, out, err) = env.cli(&["verify"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -104,7 +125,6 @@ async fn a_rotation_while_serving_is_recorded_in_the_chain_and_verifies(backend:
         "{out}"
     );
     // The retired key's file carries its range.
-    let retired = env.path().join(format!("keys/retired/{old_id}.json"));
     let (code, out) = bundle_ok(
         &env,
         &bundle,
