@@ -351,19 +351,28 @@ pub struct Summary {
     pub keys_from_bundle: bool,
     /// The ledger's size at export, as the header claims it.
     pub ledger_size: u64,
+    /// Keys whose line says a rotation retired them after the bundle's last entry, and at
+    /// which seq: the bundle's claim, which nothing in it can confirm.
+    pub retired_after: Vec<(String, u64)>,
 }
 
 impl Summary {
     /// What was proven, in sentences, for the person running the verifier.
     #[must_use]
     pub fn describe(&self) -> Vec<String> {
-        describe(
+        let mut out = describe(
             &self.proven,
             Source::Bundle {
                 keys_from_bundle: self.keys_from_bundle,
             },
             self.ledger_size,
-        )
+        );
+        for (key_id, at) in &self.retired_after {
+            out.push(format!(
+                "key {key_id}: the bundle says a rotation at seq {at}, after its last entry, retired it; not verified here"
+            ));
+        }
+        out
     }
 }
 
@@ -472,7 +481,7 @@ pub fn describe(p: &Proven, source: Source, ledger_size: u64) -> Vec<String> {
     {
         let size = ledger_size;
         out.push(format!(
-            "range: the ledger held {size} entries; entries from seq {} on were not verified here",
+            "range: the ledger held {size} entries (the header's claim); entries from seq {} on were not verified here",
             last + 1
         ));
     }
@@ -856,22 +865,30 @@ impl BundleVerifier {
             )));
         }
         let proven = verifier.finish()?;
-        check_key_lines(&self.key_lines, &proven, header.ledger_size)?;
+        let retired_after = check_key_lines(&self.key_lines, &proven, header.ledger_size)?;
         Ok(Summary {
             proven,
             keys_from_bundle: self.keys_from_bundle,
             ledger_size: header.ledger_size,
+            retired_after,
         })
     }
 }
 
-/// Each key the history used has a key line whose range agrees with that use.
+/// Each key the history used has a key line whose range agrees with that use. Returns the
+/// retirements key lines claim after the bundle's last entry.
 ///
-/// A key the bundle does not see retired may still have been retired later: by a rotation after
-/// the bundle's last entry and before the ledger's size the header states, which is the only
-/// place one can lie. A line that reaches the ledger's end (or a bundle that does) must say null,
-/// so that there is exactly one right key line for every key the bundle shows.
-fn check_key_lines(lines: &[KeyLine], proven: &Proven, ledger_size: u64) -> Result<(), Failure> {
+/// A key the bundle does not see retired may still have been retired later, by a rotation
+/// after the bundle's last entry: the exporter writes null then (FORMAT.md §12.4), but an older
+/// one wrote that rotation's seq. Such a line is accepted only below the ledger's size the
+/// header states, and only as a claim the summary states as unverified; a number anywhere else
+/// claims a retirement the bundle would show.
+fn check_key_lines(
+    lines: &[KeyLine],
+    proven: &Proven,
+    ledger_size: u64,
+) -> Result<Vec<(String, u64)>, Failure> {
+    let mut retired_after = Vec::new();
     let bundle_end = proven.range.map(|(_, last)| last);
     for u in &proven.keys {
         let id = u.key_id.to_hex();
@@ -900,7 +917,9 @@ fn check_key_lines(lines: &[KeyLine], proven: &Proven, ledger_size: u64) -> Resu
         match (u.retired_at, line.last_seq) {
             (Some(r), Some(l)) if r == l => {}
             (None, None) => {}
-            (None, Some(l)) if bundle_end.is_some_and(|end| end < l) && l < ledger_size => {}
+            (None, Some(l)) if bundle_end.is_some_and(|end| end < l) && l < ledger_size => {
+                retired_after.push((id.clone(), l));
+            }
             (retired, last) => {
                 return Err(fail(format!(
                     "its key line says last_seq {last:?}, but the history retires it at {retired:?}"
@@ -908,7 +927,7 @@ fn check_key_lines(lines: &[KeyLine], proven: &Proven, ledger_size: u64) -> Resu
             }
         }
     }
-    Ok(())
+    Ok(retired_after)
 }
 
 #[cfg(test)]

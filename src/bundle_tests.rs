@@ -300,10 +300,26 @@ fn a_bundle_that_ends_before_a_rotation_names_it_within_the_ledger() {
     // Entries 0..=4 of a ledger of 10, whose key a rotation at 7 retired (after the bundle).
     let b = ledger();
     let lines = prefix(&b, 4, 10);
-    for ok in [None, Some(5), Some(7), Some(9)] {
+    // The exporter writes null; an older one wrote the rotation's seq, which the summary
+    // states as the bundle's claim.
+    assert!(
+        check(trusting(&b), None, &with_last_seq(&lines, None))
+            .unwrap()
+            .retired_after
+            .is_empty()
+    );
+    for claim in [5, 7, 9] {
+        let s = check(trusting(&b), None, &with_last_seq(&lines, Some(claim))).unwrap();
+        assert_eq!(
+            s.retired_after,
+            vec![(b.key.public_key().key_id().to_hex(), claim)]
+        );
+        let words = s.describe().join("\n");
         assert!(
-            check(trusting(&b), None, &with_last_seq(&lines, ok)).is_ok(),
-            "last_seq {ok:?}"
+            words.contains(&format!(
+                "a rotation at seq {claim}, after its last entry, retired it; not verified here"
+            )),
+            "{words}"
         );
     }
     // At or before the bundle's last entry, which is no rotation; at or beyond the ledger's size.
@@ -318,4 +334,33 @@ fn a_bundle_that_ends_before_a_rotation_names_it_within_the_ledger() {
             "last_seq {claim}"
         );
     }
+}
+
+#[test]
+fn a_retirement_claimed_behind_an_inflated_ledger_size_is_said_to_be_a_claim() {
+    // Found in review: a whole-ledger bundle (7 entries, no rotation) whose header says the
+    // ledger has 2^64 - 1 entries, and whose key line says a rotation after the bundle retired
+    // the key. It has the shape of a genuine export of a prefix, so nothing in it can refute
+    // either claim; the "ok" must say that both are claims, never state them as facts.
+    let b = ledger();
+    let lines = b.bundle(100);
+    let mut forged = with_last_seq(&lines, Some(u64::MAX - 1));
+    forged[0] = edit(&forged[0], |v| v["ledger_size"] = u64::MAX.into());
+    let s = check(trusting(&b), None, &forged).unwrap();
+    let words = s.describe().join("\n");
+    assert!(
+        words.contains(&format!(
+            "range: the ledger held {} entries (the header's claim); entries from seq 7 on were not verified here",
+            u64::MAX
+        )),
+        "{words}"
+    );
+    assert!(
+        words.contains(&format!(
+            "the bundle says a rotation at seq {}, after its last entry, retired it; not verified here",
+            u64::MAX - 1
+        )),
+        "{words}"
+    );
+    assert!(!words.contains("then retired"), "{words}");
 }

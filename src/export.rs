@@ -89,10 +89,12 @@ pub async fn write_bundle(
         }),
     )
     .await?;
+    // A rotation after the bundle's last entry is not the bundle's to state, since nothing in
+    // it could confirm it: as far as the bundle shows, the key is still the current one
+    // (FORMAT.md §12.4).
+    let end = last.map_or(from.0, |l| l.0 + 1);
     for mut key in key_lines(store).await? {
-        // A rotation made after the head this bundle was cut at is not this bundle's to state:
-        // as of `ledger_size` the key was still the current one (FORMAT.md §12.4).
-        if key.last_seq.is_some_and(|l| l >= size) {
+        if key.last_seq.is_some_and(|l| l >= end) {
             key.last_seq = None;
         }
         send(&out, &BundleLine::Key(key)).await?;

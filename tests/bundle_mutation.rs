@@ -484,7 +484,9 @@ fn wrong_ok(original: &str, changed: &str) -> Option<String> {
     if summary == expected && before == after {
         return None;
     }
-    if newest_checkpoints_dropped_and_said(&before, &after, &expected, &summary) {
+    if newest_checkpoints_dropped_and_said(&before, &after, &expected, &summary)
+        || unconfirmable_claims_changed_and_said(&before, &after, &expected, &summary)
+    {
         return None;
     }
     let first_diff = before
@@ -544,6 +546,59 @@ fn newest_checkpoints_dropped_and_said(
         said.proven.uncovered_tail
     );
     *summary == said && summary.describe().iter().any(|l| l.starts_with(&tail))
+}
+
+/// The two claims a bundle makes about what lies after its last entry, which nothing in it can
+/// confirm (a genuine export of a prefix makes them): a larger ledger size in the header, and a
+/// key line's retirement after the last entry. Accepted only when the "ok" states each as the
+/// bundle's claim, everything else the same.
+fn unconfirmable_claims_changed_and_said(
+    before: &[Value],
+    after: &[Value],
+    expected: &Summary,
+    summary: &Summary,
+) -> bool {
+    if before.len() != after.len() {
+        return false;
+    }
+    let words = summary.describe();
+    let mut restored = after.to_vec();
+    for (was, is) in before.iter().zip(restored.iter_mut()) {
+        if was == is {
+            continue;
+        }
+        let (field, said) = match is["kind"].as_str() {
+            Some("header") => (
+                "ledger_size",
+                is["ledger_size"].as_u64().is_some_and(|n| {
+                    n == summary.ledger_size
+                        && words.iter().any(|l| {
+                            l.starts_with(&format!(
+                                "range: the ledger held {n} entries (the header's claim)"
+                            ))
+                        })
+                }),
+            ),
+            Some("key") => (
+                "last_seq",
+                is["last_seq"].as_u64().is_some_and(|n| {
+                    summary
+                        .retired_after
+                        .iter()
+                        .any(|(id, at)| *at == n && is["key_id"] == id.as_str())
+                }),
+            ),
+            _ => return false,
+        };
+        if !said {
+            return false;
+        }
+        is[field] = was[field].clone();
+    }
+    let mut unsaid = summary.clone();
+    unsaid.ledger_size = expected.ledger_size;
+    unsaid.retired_after.clear();
+    restored == before && unsaid == *expected
 }
 
 #[test]
@@ -719,4 +774,31 @@ fn no_class_of_change_gets_a_wrong_ok() {
         failing.len(),
         failing.join("\n")
     );
+}
+
+/// The changes `unconfirmable_claims_changed_and_said` lets through: each verifies only with its
+/// claim stated, and a claim of a retirement within the bundle is refused.
+#[test]
+fn claims_after_the_last_entry_verify_only_as_stated_claims() {
+    let text = original();
+    let edit_line = |kind: &str, field: &str, value: Value| -> String {
+        text.lines()
+            .map(|l| {
+                let mut o: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
+                if o["kind"] == kind {
+                    o.insert(field.to_owned(), value.clone());
+                    format!("{}\n", write_line(o))
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect()
+    };
+    let bigger = edit_line("header", "ledger_size", json!(u64::MAX));
+    assert!(verify(&bigger).is_ok());
+    assert_eq!(wrong_ok(&text, &bigger), None);
+    for claim in [u64::MAX, 10, 0] {
+        let retired = edit_line("key", "last_seq", json!(claim));
+        assert!(verify(&retired).is_err(), "last_seq {claim}");
+    }
 }
