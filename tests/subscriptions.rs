@@ -411,6 +411,84 @@ async fn queued_events_go_out_erased_after_an_erasure_on_postgres() {
 /// A page (1,000) of entries a subscription does not want (other streams, or the ledger's own
 /// entries) must not stop it: its position moves past what it skipped, in catch-up (its own
 /// reads of the database) and live (the shared feed).
+/// A live subscriber's disclosures are recorded in the transaction of the events they disclose
+/// (the access entry follows them in their own batch, with their time), so delivery waits for
+/// no second commit; a subscriber whose filter admits none of a batch gets no entry for it; and
+/// nothing goes out unrecorded.
+async fn live_disclosures_are_recorded_with_the_events(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    let mut sub = Subscriber::open(&s, "?stream_prefix=acct-", None).await;
+    let mut other = Subscriber::open(&s, "?type=Closed", None).await;
+    let first = append(
+        &s,
+        "acct-1",
+        json!([{"type": "Opened", "subject": "ann@example.com", "data": {"n": 0}}]),
+    )
+    .await;
+    assert_eq!(sub.take(1).await[0].id, Some(first[0]));
+    let mut batches = Vec::new();
+    for i in 1..=5 {
+        let seqs = append(
+            &s,
+            "acct-1",
+            json!([
+                {"type": "Deposited", "subject": "ann@example.com", "data": {"n": i}},
+                {"type": "Deposited", "subject": "bob@example.com", "data": {"n": i}},
+                {"type": "Noted", "data": {"n": i}},
+            ]),
+        )
+        .await;
+        let got: Vec<u64> = sub.take(3).await.iter().filter_map(|m| m.id).collect();
+        assert_eq!(got, seqs);
+        batches.push(seqs);
+    }
+    let closed = append(&s, "acct-1", json!([{"type": "Closed", "data": {}}])).await;
+    assert_eq!(other.take(1).await[0].id, Some(closed[0]));
+    let _ = sub.take(1).await;
+    let rows = env.entry_rows().await;
+    let reads: Vec<&common::EntryRowSeen> = rows
+        .iter()
+        .filter(|r| r.stream_id == "auditledger:access" && r.metadata["action"] == "read_log")
+        .collect();
+    for seqs in &batches {
+        let (a, b) = (seqs[0], seqs[1]);
+        let events = rows.iter().find(|r| r.seq == a).unwrap();
+        let (from, to) = (a.to_string(), b.to_string());
+        let entry = reads
+            .iter()
+            .find(|r| {
+                r.metadata["from_seq"] == from.as_str() && r.metadata["to_seq"] == to.as_str()
+            })
+            .unwrap_or_else(|| panic!("no access entry for seqs {a} to {b}: {reads:#?}"));
+        assert_eq!(entry.metadata["events"], "2", "{entry:?}");
+        assert_eq!(entry.metadata["subjects"], "2", "{entry:?}");
+        assert_eq!(
+            (entry.seq, entry.recorded_at),
+            (seqs[2] + 1, events.recorded_at),
+            "the access entry is not in the events' batch: {entry:?}"
+        );
+    }
+    // Nothing the type filter of `other` admitted until `Closed`, which has no subject: it
+    // disclosed no personal data, so no entry for it at all.
+    assert_eq!(
+        reads.len(),
+        1 + batches.len(),
+        "one entry per batch of personal data, for `sub` only: {reads:#?}"
+    );
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn live_disclosures_are_recorded_with_the_events_on_sqlite() {
+    live_disclosures_are_recorded_with_the_events(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn live_disclosures_are_recorded_with_the_events_on_postgres() {
+    live_disclosures_are_recorded_with_the_events(Backend::Postgres).await;
+}
+
 async fn a_filtered_subscriber_gets_past_a_page_of_entries_it_skips(backend: Backend) {
     let env = Env::new(backend).await;
     let s = env.serve(&[]).await;

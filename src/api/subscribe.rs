@@ -27,6 +27,7 @@ use super::feed::{self, Feed, Prepared};
 use super::params::Position;
 use crate::access::record::{AccessAction, Disclosure};
 use crate::entry::{EventType, Seq};
+use crate::ledger::live::Registration;
 use crate::store::EntryRow;
 use crate::subscription::{self, Delivery, Filter};
 
@@ -212,6 +213,15 @@ async fn produce(
     final_tx: oneshot::Sender<Bytes>,
 ) {
     let feed_use = (!filter.asks_for_ledger_entries()).then(|| Feed::join(&state));
+    // From the next batch the writer prepares on, it records what it discloses to this
+    // subscriber in the batch itself (`ledger::live`); what it did not, the subscriber does.
+    let live = state.0.access_entries.then(|| {
+        state
+            .0
+            .ledger
+            .live_readers()
+            .register(caller.actor(), filter.clone())
+    });
     let mut head = state.0.feed.changed();
     let mut commits = state.0.ledger.commits();
     let limits = state.0.subscriptions;
@@ -247,13 +257,20 @@ async fn produce(
                     .into_iter()
                     .filter(|p| p.delivery(&filter) != Delivery::Skip)
                     .collect();
-                if let Err(e) = record(&state, &caller, &filter, &page).await {
+                if let Err(e) = record(&state, &caller, &filter, &page, live.as_ref()).await {
                     tracing::warn!(error = %e, "a subscription could not record its access; it ends");
                     break;
                 }
                 (page, full, scanned)
             }
-            None => match read_log(&state, &caller, &filter, next, rows_ahead, &mut ahead).await {
+            None => match read_log(
+                (&state, &caller, &filter, live.as_ref()),
+                next,
+                rows_ahead,
+                &mut ahead,
+            )
+            .await
+            {
                 Ok(read) => read,
                 Err(e) => {
                     tracing::warn!(error = %e, "a subscription could not read the log; it ends");
@@ -263,6 +280,9 @@ async fn produce(
         };
         if let Some(scanned) = scanned {
             next = next.max(scanned);
+        }
+        if let Some(live) = &live {
+            live.passed(next);
         }
         for chunk in page.chunks(chunk_size) {
             match tokio::time::timeout(limits.slow_client, tx.send(chunk.to_vec())).await {
@@ -288,17 +308,25 @@ async fn produce(
     gone();
 }
 
-/// Records what `page` discloses to the subscriber (before any of it is sent).
+/// Whether the entry at `seq` still has to be recorded for the subscriber: its batch did not
+/// record it (`ledger::live`).
+fn unrecorded(live: Option<&Registration>, seq: u64) -> bool {
+    !live.is_some_and(|l| l.covers(seq))
+}
+
+/// Records what `page` discloses to the subscriber (before any of it is sent), where its batch
+/// did not.
 async fn record(
     state: &AppState,
     caller: &Caller,
     filter: &Filter,
     page: &[Arc<Prepared>],
+    live: Option<&Registration>,
 ) -> Result<(), ApiError> {
     let mut d = Disclosure::default();
     for p in page
         .iter()
-        .filter(|p| p.delivery(filter) == Delivery::Event)
+        .filter(|p| p.delivery(filter) == Delivery::Event && unrecorded(live, p.seq))
     {
         d.count(p.seq, &p.stream_id, p.subject, p.decrypted);
     }
@@ -308,9 +336,7 @@ async fn record(
 /// The page of the log from `next` (its rows read ahead, if they were), opened for this
 /// subscriber; when it is full, the next page's rows start being read into `ahead`.
 async fn read_log(
-    state: &AppState,
-    caller: &Caller,
-    filter: &Filter,
+    (state, caller, filter, live): (&AppState, &Caller, &Filter, Option<&Registration>),
     next: u64,
     rows_ahead: Option<RowsAhead>,
     ahead: &mut Option<ReadAhead>,
@@ -326,7 +352,7 @@ async fn read_log(
     {
         *ahead = Some(ReadAhead::start(state, r.disclosure_fields().0 + 1));
     }
-    read(state, caller, filter, rows).await
+    read(state, caller, filter, rows, live).await
 }
 
 /// Rows of the log being read ahead.
@@ -358,13 +384,14 @@ async fn read(
     caller: &Caller,
     filter: &Filter,
     rows: Vec<EntryRow>,
+    live: Option<&Registration>,
 ) -> Result<(Chunk, bool, Option<u64>), ApiError> {
     let full = rows.len() == feed::PAGE as usize;
     let scanned = rows.last().map(|r| r.disclosure_fields().0 + 1);
     let mut d = Disclosure::default();
     for r in &rows {
         let (seq, stream, subject) = r.disclosure_fields();
-        if filter.classify(stream, r.event_type_str()) == Delivery::Event {
+        if filter.classify(stream, r.event_type_str()) == Delivery::Event && unrecorded(live, seq) {
             d.count(seq, stream, subject, !r.erased());
         }
     }

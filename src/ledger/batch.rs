@@ -19,10 +19,12 @@ use std::time::Instant;
 
 use rand::RngCore;
 
+use super::live::{LiveReader, LiveReaders};
 use super::writer::{
     Draft, IdempotencyTag, WriteError, elapsed_ns, extend_tree, load_tree, next_position,
 };
 use super::{AppendError, AppendRequest, Appended, Committed, StageStats};
+use crate::access::record::{AccessAction, AccessOutcome, AccessRecord, Disclosure};
 use crate::checkpoint::{Checkpoint, CheckpointBinding, TreeHead};
 use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, SubjectIndexKey};
 use crate::entry::{EntryHash, EntryHeader, LedgerId, Seq, StreamId, SubjectHandle};
@@ -30,8 +32,13 @@ use crate::epochs::EpochKek;
 use crate::merkle::CompactRange;
 use crate::record::Record;
 use crate::store::{AppendTx, ChainHead, IdempotencyRow, LinkRow, Store, StoreError, VaultRow};
+use crate::subscription::Delivery;
 use crate::timefmt::now_micros;
 use crate::vault::{Vault, VaultError};
+
+/// The live readers a batch covers, its access entries for them, and the access stream's
+/// version after them (if it wrote any).
+type LiveRecorded = (Vec<Arc<LiveReader>>, u64, Option<(StreamId, u64)>);
 
 /// A request and its idempotency tag, as the writer keeps it until the batch has landed.
 pub(super) type Request = (AppendRequest, Option<IdempotencyTag>);
@@ -76,6 +83,9 @@ pub(super) struct Prepared {
     /// Keys created, to remember in the vault once committed.
     pub created: Vec<(KeyRef, Arc<DataKey>)>,
     idempotency: Vec<IdempotencyRow>,
+    /// The live readers whose disclosures of this batch it records (`live`), and how many
+    /// access entries that took.
+    live: (Vec<Arc<LiveReader>>, u64),
     pub carry: Carry,
 }
 
@@ -94,6 +104,8 @@ pub(super) struct Preparer<'w> {
     pub signing: &'w Arc<LedgerSigningKey>,
     pub stats: &'w Arc<StageStats>,
     pub idempotency_window_micros: i64,
+    /// Subscribers whose disclosures the batch records (`live`).
+    pub live: &'w LiveReaders,
 }
 
 /// Subjects resolved while preparing one batch.
@@ -120,6 +132,21 @@ impl<'c> Subjects<'c> {
             created: Vec::new(),
             epoch: None,
         }
+    }
+}
+
+/// The row that records `tag`'s idempotency key already, if one does: in this batch (`keys`),
+/// the batch in flight, or the database.
+async fn recorded_key(
+    reads: &mut dyn AppendTx,
+    tag: Option<IdempotencyTag>,
+    (keys, carried): (&HashMap<[u8; 32], IdempotencyRow>, &Carry),
+    not_before: i64,
+) -> Result<Option<IdempotencyRow>, WriteError> {
+    let Some(tag) = tag else { return Ok(None) };
+    match keys.get(&tag.key_hash).or(carried.keys.get(&tag.key_hash)) {
+        Some(row) => Ok(Some(*row)),
+        None => Ok(reads.idempotency(&tag.key_hash, not_before).await?),
     }
 }
 
@@ -179,15 +206,9 @@ impl Preparer<'_> {
         for (req, tag) in requests {
             // Before the version check: a retry of a committed append must get its original
             // answer, although its expectation no longer holds.
-            if let Some(tag) = tag {
-                let row = match keys.get(&tag.key_hash).or(carried.keys.get(&tag.key_hash)) {
-                    Some(row) => Some(*row),
-                    None => reads.idempotency(&tag.key_hash, not_before).await?,
-                };
-                if let Some(row) = row {
-                    plans.push(Plan::Duplicate(row));
-                    continue;
-                }
+            if let Some(row) = recorded_key(reads, *tag, (&keys, carried), not_before).await? {
+                plans.push(Plan::Duplicate(row));
+                continue;
             }
             let current = if let Some(v) = versions.get(&req.stream) {
                 *v
@@ -231,6 +252,12 @@ impl Preparer<'_> {
                 replayed: false,
             }));
         }
+        let live = self
+            .record_live_readers(reads, &mut subjects, &mut out, carried, &mut versions)
+            .await?;
+        if let Some((stream, version)) = live.2 {
+            written.insert(stream, version);
+        }
         let records = if out.made.is_empty() {
             Vec::new()
         } else {
@@ -248,6 +275,7 @@ impl Preparer<'_> {
             subjects: subjects.new,
             created: subjects.created,
             idempotency: keys.values().copied().collect(),
+            live: (live.0, live.1),
             carry: Carry {
                 head,
                 versions: written,
@@ -255,6 +283,67 @@ impl Preparer<'_> {
                 keys,
             },
         })
+    }
+
+    /// Drafts, after the batch's events, an access entry for each live reader (`live`) that
+    /// the batch discloses personal data to: what the reader's filter admits of it, counted as
+    /// a read of the log counts it. Returns the readers the batch covers (all those registered,
+    /// since a batch that discloses nothing to one has nothing to record for it), the number
+    /// of entries, and the access stream's version after them.
+    async fn record_live_readers(
+        &self,
+        reads: &mut dyn AppendTx,
+        subjects: &mut Subjects<'_>,
+        out: &mut Drafts,
+        carried: &Carry,
+        versions: &mut HashMap<StreamId, Option<u64>>,
+    ) -> Result<LiveRecorded, WriteError> {
+        if out.made.is_empty() {
+            return Ok((Vec::new(), 0, None));
+        }
+        let readers = self.live.current();
+        let mut requests = Vec::new();
+        for reader in &readers {
+            let mut d = Disclosure::default();
+            for h in out.made.iter().map(|draft| &draft.header) {
+                let (stream, event_type) = (h.stream_id.as_str(), h.event_type.as_str());
+                if reader.filter.classify(stream, event_type) == Delivery::Event {
+                    d.count(h.seq.0, stream, h.subject, true);
+                }
+            }
+            if d.is_empty() {
+                continue;
+            }
+            let mut record = AccessRecord::new(
+                reader.actor.clone(),
+                AccessAction::ReadLog,
+                AccessOutcome::Ok,
+            );
+            record.range = d.range;
+            record.events = d.events;
+            record.subjects = d.subjects.len() as u64;
+            requests.push(
+                super::system::access_request(record, &d.subjects, None)
+                    .map_err(|e| WriteError::Internal(e.to_string()))?,
+            );
+        }
+        let Some(stream) = requests.first().map(|r| r.stream.clone()) else {
+            return Ok((readers, 0, None));
+        };
+        let current = match versions.get(&stream) {
+            Some(v) => *v,
+            None => match carried.versions.get(&stream) {
+                Some(v) => Some(*v),
+                None => reads.stream_version(&stream).await?,
+            },
+        };
+        let mut version = current.map_or(0, |v| v + 1);
+        for req in &requests {
+            self.draft(reads, subjects, out, req, version).await?;
+            version += 1;
+        }
+        versions.insert(stream.clone(), Some(version - 1));
+        Ok((readers, requests.len() as u64, Some((stream, version - 1))))
     }
 
     /// Drafts `req`'s events at the next seqs, from `first_version` of its stream on.
@@ -482,6 +571,21 @@ impl Lander {
             Err(e) => return Landing::Failed(replies, e),
         };
         self.health.succeeded();
+        // Before subscribers are woken: what they are sent of this batch is recorded already.
+        if let (Some(first), Some(last)) = (prepared.records.first(), prepared.records.last()) {
+            let (first, last) = (first.entry.header.seq.0, last.entry.header.seq.0);
+            for reader in &prepared.live.0 {
+                reader.cover(first, last);
+            }
+            if prepared.live.1 > 0 {
+                metrics::counter!(
+                    crate::telemetry::ACCESS_ENTRIES,
+                    "action" => AccessAction::ReadLog.as_str(),
+                    "outcome" => "appended"
+                )
+                .increment(prepared.live.1);
+            }
+        }
         for (key_ref, key) in prepared.created.drain(..) {
             self.vault.remember(key_ref, key);
         }

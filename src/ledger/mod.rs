@@ -10,6 +10,7 @@ mod erasures;
 mod health;
 mod holds;
 mod idempotency;
+pub mod live;
 pub mod projector;
 mod proofs;
 mod rotation;
@@ -321,6 +322,20 @@ pub struct Ledger {
     schemas: Mutex<schemas::Registry>,
     /// The subjects of streams whose entries a snapshot's PUT has verified, as far as verified.
     verified_streams: verified_streams::VerifiedStreams,
+    /// Subscribers whose disclosures the writer records with the events (`live`).
+    live: Arc<live::LiveReaders>,
+}
+
+/// Asks the writer for a checkpoint every `interval` (it makes one if the log grew).
+async fn tick_checkpoints(sender: mpsc::Sender<WriterMsg>, interval: Duration) {
+    let mut every = tokio::time::interval(interval);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        if sender.send(WriterMsg::Checkpoint(None)).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl std::fmt::Debug for Ledger {
@@ -347,6 +362,7 @@ impl Ledger {
         let idempotency_window_micros =
             i64::try_from(config.idempotency_window.as_micros()).unwrap_or(i64::MAX);
         let commits = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let live = Arc::new(live::LiveReaders::default());
         let writer = Writer {
             ledger_id: keys.ledger_id,
             store: Arc::clone(&store),
@@ -367,20 +383,13 @@ impl Ledger {
             commits: Arc::clone(&commits),
             others: writer::OtherWriters::default(),
             pipeline: config.pipeline,
+            live: Arc::clone(&live),
         };
         let handle = tokio::spawn(writer.run(receiver));
-        let tick_sender = sender.clone();
-        let interval = config.checkpoint_interval.max(Duration::from_millis(100));
-        let ticker = tokio::spawn(async move {
-            let mut every = tokio::time::interval(interval);
-            every.tick().await;
-            loop {
-                every.tick().await;
-                if tick_sender.send(WriterMsg::Checkpoint(None)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let ticker = tokio::spawn(tick_checkpoints(
+            sender.clone(),
+            config.checkpoint_interval.max(Duration::from_millis(100)),
+        ));
         let rotator = keys.keys_dir.clone().map(|dir| {
             let sender = sender.clone();
             let cell = Arc::clone(&signing);
@@ -439,7 +448,14 @@ impl Ledger {
             commits,
             schemas: Mutex::new(schemas::Registry::default()),
             verified_streams: verified_streams::VerifiedStreams::default(),
+            live,
         }
+    }
+
+    /// Subscribers whose disclosures the writer records with the events they disclose.
+    #[must_use]
+    pub fn live_readers(&self) -> &Arc<live::LiveReaders> {
+        &self.live
     }
 
     /// A receiver that changes after every commit (see the field).

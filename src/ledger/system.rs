@@ -23,9 +23,56 @@ fn internal(e: impl std::fmt::Display) -> AppendError {
     AppendError::Unavailable(e.to_string())
 }
 
+/// The request that appends one of the ledger's own entries (never a client's: no API path
+/// reaches here with a client's stream).
+fn own_request(
+    stream: &str,
+    event_type: &str,
+    metadata: Metadata,
+    data: &serde_json::Value,
+    idempotency: Option<&str>,
+) -> Result<AppendRequest, AppendError> {
+    Ok(AppendRequest {
+        stream: StreamId::parse(stream).map_err(internal)?,
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent {
+            event_type: EventType::parse(event_type).map_err(internal)?,
+            schema_version: 1,
+            subject: None,
+            data: Zeroizing::new(serde_json::to_vec(data).map_err(internal)?),
+            metadata,
+        }],
+        idempotency: idempotency
+            .map(|k| IdempotencyKey::parse(k.as_bytes()))
+            .transpose()
+            .map_err(|_| internal("an idempotency key of the ledger's own is malformed"))?,
+    })
+}
+
+/// The request that appends an access entry: its facts in the metadata, `handles` (the
+/// subjects whose data was decrypted) in its payload, sealed under the system key.
+pub(super) fn access_request(
+    mut record: AccessRecord,
+    handles: &BTreeSet<SubjectHandle>,
+    idempotency: Option<&str>,
+) -> Result<AppendRequest, AppendError> {
+    if record.subjects == 0 {
+        record.subjects = handles.len() as u64;
+    }
+    let data = json!({
+        "subject_handles": handles.iter().map(SubjectHandle::to_hex).collect::<Vec<_>>(),
+    });
+    own_request(
+        ACCESS_STREAM,
+        ACCESS_RECORDED,
+        record.to_metadata(),
+        &data,
+        idempotency,
+    )
+}
+
 impl Ledger {
-    /// Appends one of the ledger's own entries (never a client's: no API path reaches here with
-    /// a client's stream).
+    /// Appends one of the ledger's own entries.
     async fn append_own(
         &self,
         stream: &str,
@@ -34,22 +81,14 @@ impl Ledger {
         data: serde_json::Value,
         idempotency: Option<&str>,
     ) -> Result<Appended, AppendError> {
-        let request = AppendRequest {
-            stream: StreamId::parse(stream).map_err(internal)?,
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                event_type: EventType::parse(event_type).map_err(internal)?,
-                schema_version: 1,
-                subject: None,
-                data: Zeroizing::new(serde_json::to_vec(&data).map_err(internal)?),
-                metadata,
-            }],
-            idempotency: idempotency
-                .map(|k| IdempotencyKey::parse(k.as_bytes()))
-                .transpose()
-                .map_err(|_| internal("an idempotency key of the ledger's own is malformed"))?,
-        };
-        self.append(request).await
+        self.append(own_request(
+            stream,
+            event_type,
+            metadata,
+            &data,
+            idempotency,
+        )?)
+        .await
     }
 
     /// Appends an access entry; `handles` are the subjects whose data the request decrypted
@@ -57,24 +96,13 @@ impl Ledger {
     /// Returns its seq.
     pub async fn record_access(
         &self,
-        mut record: AccessRecord,
+        record: AccessRecord,
         handles: &BTreeSet<SubjectHandle>,
         idempotency: Option<&str>,
     ) -> Result<Seq, AppendError> {
-        if record.subjects == 0 {
-            record.subjects = handles.len() as u64;
-        }
-        let data = json!({
-            "subject_handles": handles.iter().map(SubjectHandle::to_hex).collect::<Vec<_>>(),
-        });
+        let action = record.action;
         let appended = self
-            .append_own(
-                ACCESS_STREAM,
-                ACCESS_RECORDED,
-                record.to_metadata(),
-                data,
-                idempotency,
-            )
+            .append(access_request(record, handles, idempotency)?)
             .await;
         let outcome = if appended.is_ok() {
             "appended"
@@ -83,7 +111,7 @@ impl Ledger {
         };
         metrics::counter!(
             crate::telemetry::ACCESS_ENTRIES,
-            "action" => record.action.as_str(),
+            "action" => action.as_str(),
             "outcome" => outcome
         )
         .increment(1);

@@ -149,6 +149,8 @@ pub(super) struct Writer {
     pub others: OtherWriters,
     /// Whether batches may be prepared while the one before commits.
     pub pipeline: bool,
+    /// Subscribers whose disclosures each batch records (`live`).
+    pub live: Arc<super::live::LiveReaders>,
 }
 
 impl Writer {
@@ -359,6 +361,7 @@ impl Writer {
             signing: &self.signing,
             stats: &self.stats,
             idempotency_window_micros: self.idempotency_window_micros,
+            live: &self.live,
         }
     }
 

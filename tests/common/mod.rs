@@ -401,6 +401,15 @@ pub fn one_event(ty: &str, data: Value) -> Value {
     serde_json::json!({"events": [{"type": ty, "data": data}]})
 }
 
+/// An entry as the database holds it (the columns a test compares).
+#[derive(Debug, Clone)]
+pub struct EntryRowSeen {
+    pub seq: u64,
+    pub stream_id: String,
+    pub recorded_at: i64,
+    pub metadata: Value,
+}
+
 /// Opens the test's SQLite database directly, as an attacker with file access would.
 pub async fn raw_db(dir: &Path) -> sqlx::SqlitePool {
     let opts = sqlx::sqlite::SqliteConnectOptions::new()
@@ -556,24 +565,39 @@ impl Env {
 
     /// The metadata of the ledger's access entries, in seq order.
     pub async fn access_entries(&self) -> Vec<Value> {
-        let q = "SELECT metadata FROM entries WHERE stream_id = 'auditledger:access' ORDER BY seq";
-        let rows: Vec<String> = match &self.pg {
+        self.entry_rows()
+            .await
+            .into_iter()
+            .filter(|r| r.stream_id == "auditledger:access")
+            .map(|r| r.metadata)
+            .collect()
+    }
+
+    /// Every entry's seq, stream, time and metadata, read from the database, in seq order.
+    pub async fn entry_rows(&self) -> Vec<EntryRowSeen> {
+        let q = "SELECT seq, stream_id, recorded_at, metadata FROM entries ORDER BY seq";
+        let rows: Vec<(i64, String, i64, String)> = match &self.pg {
             None => {
                 let db = raw_db(self.path()).await;
-                let r = sqlx::query_scalar(q).fetch_all(&db).await.unwrap();
+                let r = sqlx::query_as(q).fetch_all(&db).await.unwrap();
                 db.close().await;
                 r
             }
             Some(pg) => {
                 use sqlx::Connection;
                 let mut conn = sqlx::PgConnection::connect(&pg.url).await.unwrap();
-                let r = sqlx::query_scalar(q).fetch_all(&mut conn).await.unwrap();
+                let r = sqlx::query_as(q).fetch_all(&mut conn).await.unwrap();
                 conn.close().await.unwrap();
                 r
             }
         };
-        rows.iter()
-            .map(|m| serde_json::from_str(m).unwrap())
+        rows.into_iter()
+            .map(|(seq, stream_id, recorded_at, m)| EntryRowSeen {
+                seq: u64::try_from(seq).unwrap(),
+                stream_id,
+                recorded_at,
+                metadata: serde_json::from_str(&m).unwrap(),
+            })
             .collect()
     }
 
