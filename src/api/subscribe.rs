@@ -220,7 +220,7 @@ async fn produce(
             .0
             .ledger
             .live_readers()
-            .register(caller.actor(), filter.clone())
+            .register(caller.actor(), filter.clone(), next)
     });
     let mut head = state.0.feed.changed();
     let mut commits = state.0.ledger.commits();

@@ -301,7 +301,7 @@ impl Preparer<'_> {
         if out.made.is_empty() {
             return Ok((Vec::new(), 0, None));
         }
-        let readers = self.live.current();
+        let readers = self.live.current(out.made[0].header.seq.0);
         let mut requests = Vec::new();
         for reader in &readers {
             let mut d = Disclosure::default();

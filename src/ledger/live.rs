@@ -16,14 +16,16 @@
 //! than was read, never less.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::access::record::Actor;
 use crate::subscription::Filter;
 
-/// Batches a reader may have covered ahead of its position: a reader further behind (catching
-/// up from far back) records its own pages, and the writer records nothing for it meanwhile.
-pub const MAX_COVERED_AHEAD: usize = 4096;
+/// How far behind a batch a reader's position may be for the batch to record for it: a reader
+/// further behind (catching up from far back) records its own pages, so that an access entry
+/// does not claim, long before, what the reader may never reach.
+pub const MAX_BEHIND: u64 = 16_384;
 
 /// The readers registered in this process.
 #[derive(Debug, Default)]
@@ -38,6 +40,8 @@ pub struct LiveReader {
     pub actor: Actor,
     /// What the reader is sent.
     pub filter: Filter,
+    /// The seq it reads next.
+    position: AtomicU64,
     /// Ranges of seqs (inclusive, ascending, from committed batches) recorded for it.
     covered: Mutex<VecDeque<(u64, u64)>>,
 }
@@ -52,10 +56,11 @@ pub struct Registration {
 impl LiveReaders {
     /// Registers a reader; the writer records for it from the next batch it prepares.
     #[must_use]
-    pub fn register(self: &Arc<Self>, actor: Actor, filter: Filter) -> Registration {
+    pub fn register(self: &Arc<Self>, actor: Actor, filter: Filter, from: u64) -> Registration {
         let reader = Arc::new(LiveReader {
             actor,
             filter,
+            position: AtomicU64::new(from),
             covered: Mutex::new(VecDeque::new()),
         });
         self.lock().push(Arc::clone(&reader));
@@ -65,11 +70,16 @@ impl LiveReaders {
         }
     }
 
-    /// The readers a batch prepared now records for (those not too far behind).
-    pub(super) fn current(&self) -> Vec<Arc<LiveReader>> {
+    /// The readers a batch from `first` on records for (those not too far behind it).
+    pub(super) fn current(&self, first: u64) -> Vec<Arc<LiveReader>> {
         self.lock()
             .iter()
-            .filter(|r| r.lock().len() < MAX_COVERED_AHEAD)
+            .filter(|r| {
+                r.position
+                    .load(Ordering::Relaxed)
+                    .saturating_add(MAX_BEHIND)
+                    >= first
+            })
             .cloned()
             .collect()
     }
@@ -103,8 +113,9 @@ impl Registration {
         c.get(at).is_some_and(|&(first, _)| first <= seq)
     }
 
-    /// Forgets what is covered below `seq` (the reader has moved past it).
+    /// Moves the reader to `seq`, forgetting what is covered below it.
     pub fn passed(&self, seq: u64) {
+        self.reader.position.fetch_max(seq, Ordering::Relaxed);
         let mut c = self.reader.lock();
         while c.front().is_some_and(|&(_, last)| last < seq) {
             c.pop_front();
@@ -131,6 +142,7 @@ mod tests {
                 role: "reader".to_owned(),
             },
             Filter::default(),
+            0,
         )
     }
 
@@ -139,25 +151,24 @@ mod tests {
         let readers = Arc::new(LiveReaders::default());
         let r = reader(&readers);
         assert!(!r.covers(0));
-        readers.current()[0].cover(3, 5);
-        readers.current()[0].cover(6, 7);
-        readers.current()[0].cover(10, 12);
+        readers.current(0)[0].cover(3, 5);
+        readers.current(0)[0].cover(6, 7);
+        readers.current(0)[0].cover(10, 12);
         let covered: Vec<u64> = (0..15).filter(|&s| r.covers(s)).collect();
         assert_eq!(covered, vec![3, 4, 5, 6, 7, 10, 11, 12]);
         r.passed(8);
         assert!(!r.covers(5) && r.covers(10));
         drop(r);
-        assert!(readers.current().is_empty());
+        assert!(readers.current(0).is_empty());
     }
 
     #[test]
     fn a_reader_far_behind_is_not_recorded_for() {
         let readers = Arc::new(LiveReaders::default());
-        let _r = reader(&readers);
-        let live = readers.current();
-        for i in 0..MAX_COVERED_AHEAD as u64 {
-            live[0].cover(i * 10, i * 10 + 5);
-        }
-        assert!(readers.current().is_empty());
+        let r = reader(&readers);
+        assert_eq!(readers.current(MAX_BEHIND).len(), 1);
+        assert!(readers.current(MAX_BEHIND + 1).is_empty());
+        r.passed(1);
+        assert_eq!(readers.current(MAX_BEHIND + 1).len(), 1);
     }
 }
