@@ -43,7 +43,7 @@ impl Default for Limits {
 }
 
 /// What a subscription asked for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
     /// Only streams whose id starts with this.
     pub stream_prefix: Option<String>,

@@ -24,7 +24,7 @@ use super::writer::{
     Draft, IdempotencyTag, WriteError, elapsed_ns, extend_tree, load_tree, next_position,
 };
 use super::{AppendError, AppendRequest, Appended, Committed, StageStats};
-use crate::access::record::{AccessAction, AccessOutcome, AccessRecord, Disclosure};
+use crate::access::record::{AccessAction, AccessOutcome, AccessRecord, Actor, Disclosure};
 use crate::checkpoint::{Checkpoint, CheckpointBinding, TreeHead};
 use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, SubjectIndexKey};
 use crate::entry::{EntryHash, EntryHeader, LedgerId, Seq, StreamId, SubjectHandle};
@@ -32,7 +32,7 @@ use crate::epochs::EpochKek;
 use crate::merkle::CompactRange;
 use crate::record::Record;
 use crate::store::{AppendTx, ChainHead, IdempotencyRow, LinkRow, Store, StoreError, VaultRow};
-use crate::subscription::Delivery;
+use crate::subscription::{Delivery, Filter};
 use crate::timefmt::now_micros;
 use crate::vault::{Vault, VaultError};
 
@@ -303,7 +303,15 @@ impl Preparer<'_> {
         }
         let readers = self.live.current(out.made[0].header.seq.0);
         let mut requests = Vec::new();
+        let mut recorded: Vec<(&Actor, &Filter)> = Vec::new();
         for reader in &readers {
+            // Subscriptions of one token with one filter are sent the same entries: one access
+            // entry records what the token was sent.
+            let who = (&reader.actor, &reader.filter);
+            if recorded.contains(&who) {
+                continue;
+            }
+            recorded.push(who);
             let mut d = Disclosure::default();
             for h in out.made.iter().map(|draft| &draft.header) {
                 let (stream, event_type) = (h.stream_id.as_str(), h.event_type.as_str());
