@@ -313,9 +313,13 @@ impl Preparer<'_> {
             }
             recorded.push(who);
             let mut d = Disclosure::default();
+            // Not what lies below where the reader goes on from (it will skip that): its
+            // position only grows, so this may leave to the reader what it would skip anyway.
+            let from = reader.position();
             for h in out.made.iter().map(|draft| &draft.header) {
                 let (stream, event_type) = (h.stream_id.as_str(), h.event_type.as_str());
-                if reader.filter.classify(stream, event_type) == Delivery::Event {
+                if h.seq.0 >= from && reader.filter.classify(stream, event_type) == Delivery::Event
+                {
                     d.count(h.seq.0, stream, h.subject, true);
                 }
             }

@@ -90,6 +90,11 @@ impl LiveReaders {
 }
 
 impl LiveReader {
+    /// The seq it reads next (as last reported; it only grows).
+    pub(super) fn position(&self) -> u64 {
+        self.position.load(Ordering::Relaxed)
+    }
+
     /// Notes that a committed batch, `first..=last`, recorded what it disclosed to this reader.
     pub(super) fn cover(&self, first: u64, last: u64) {
         let mut c = self.lock();
