@@ -76,6 +76,20 @@ impl fmt::Display for Seq {
     }
 }
 
+/// Lowercase hex of `bytes`: what `hex::encode` writes, without its iterator of characters
+/// (a page of 1,000 events shows seven hex values per event; that iterator was 5 % of the
+/// service's time reading pages).
+#[must_use]
+pub fn encode_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
 /// Decodes exactly `out.len()` bytes of lowercase hex: the only spelling this format writes,
 /// so the only one it reads (upper-case or other spellings of the same bytes are refused).
 pub fn decode_hex_exact(s: &str, out: &mut [u8]) -> bool {
@@ -94,7 +108,7 @@ macro_rules! hash_newtype {
             /// Lowercase hex, as the API and the export show it.
             #[must_use]
             pub fn to_hex(&self) -> String {
-                hex::encode(self.0)
+                encode_hex(&self.0)
             }
 
             /// Parses 64 hex digits.
@@ -140,7 +154,7 @@ impl SubjectHandle {
     /// Lowercase hex.
     #[must_use]
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        encode_hex(&self.0)
     }
 
     /// Parses 32 hex digits.
@@ -176,7 +190,7 @@ impl LedgerId {
     /// Lowercase hex, 32 digits.
     #[must_use]
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        encode_hex(&self.0)
     }
 
     /// Parses exactly 32 lowercase hex digits.
@@ -522,6 +536,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn encode_hex_writes_what_the_hex_crate_writes(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let ours = encode_hex(&bytes);
+            prop_assert_eq!(&ours, &hex::encode(&bytes));
+            let mut back = vec![0u8; bytes.len()];
+            prop_assert!(decode_hex_exact(&ours, &mut back));
+            prop_assert_eq!(back, bytes);
+        }
+    }
 
     fn sample() -> Entry {
         Entry {

@@ -29,7 +29,7 @@ impl MerkleHash {
     /// Lowercase hex.
     #[must_use]
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::entry::encode_hex(&self.0)
     }
 
     /// Parses exactly 64 lowercase hex digits.

@@ -96,7 +96,7 @@ impl KekId {
     /// Lowercase hex.
     #[must_use]
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::entry::encode_hex(&self.0)
     }
 }
 

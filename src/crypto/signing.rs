@@ -28,7 +28,7 @@ impl KeyId {
     /// Lowercase hex, 16 digits.
     #[must_use]
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::entry::encode_hex(&self.0)
     }
 
     /// Parses 16 hex digits.
@@ -61,7 +61,7 @@ impl Signature {
     /// Lowercase hex, 128 digits.
     #[must_use]
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::entry::encode_hex(&self.0)
     }
 
     /// Takes exactly 64 bytes.
