@@ -4,11 +4,12 @@
 //! A subscriber may send nothing it has not recorded (an access entry naming the subjects whose
 //! data it decrypts), and recording used to be an append of its own: one more commit between
 //! an event's commit and its delivery. A registered reader is instead recorded by the writer:
-//! each batch it prepares carries, for every reader registered then, an access entry for what
-//! that reader's filter admits of the batch (`batch::Preparer::prepare`), and once the batch
-//! has committed the reader learns that the batch's seqs are covered. The subscriber then
-//! records only what no committed batch covered for it (entries of other instances, of work
-//! that runs alone, of batches prepared before it registered).
+//! each batch it prepares carries, for the readers registered then and within [`MAX_BEHIND`] of
+//! it, an access entry per token and filter for what the filter admits of the batch at or after
+//! the reader's position (`batch::Preparer::record_live_readers`), and once the batch has
+//! committed those readers learn that the batch's seqs are covered. The subscriber then records
+//! only what no committed batch covered for it (entries of other instances, of work that runs
+//! alone, of batches prepared before it registered or while it was far behind).
 //!
 //! Such an entry records a disclosure when the events commit, before they are sent; a reader
 //! that goes away before sending them, or whose events go out erased because the subject was
