@@ -320,29 +320,38 @@ impl From<ReadEvent> for EventOut {
     }
 }
 
-/// Pages of at least this many events are rendered on every core.
+/// Events rendered from this many on are rendered on a blocking thread, spread over every
+/// core.
 const PARALLEL_RENDER_EVENTS: usize = 64;
 
-/// Each event's JSON, exactly as serialising it in the page would write it (compact), rendered
-/// on every core for a large page: a page of 1,000 events is about a megabyte of JSON, which
-/// one runtime thread would otherwise write alone.
+/// `render` of each event, in order: on every core when there are many (a page of 1,000 events
+/// is about a megabyte of JSON, which one runtime thread would otherwise write alone).
+///
+/// # Errors
+/// The first event `render` fails on, in order.
+pub(super) async fn render_each<R: Send + 'static>(
+    events: Vec<EventOut>,
+    render: impl Fn(EventOut) -> Result<R, ApiError> + Send + Sync + 'static,
+) -> Result<Vec<R>, ApiError> {
+    let rendered: Vec<Result<R, ApiError>> = if events.len() >= PARALLEL_RENDER_EVENTS {
+        tokio::task::spawn_blocking(move || {
+            use rayon::prelude::*;
+            events.into_par_iter().map(render).collect()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    } else {
+        events.into_iter().map(render).collect()
+    };
+    rendered.into_iter().collect()
+}
+
+/// Each event's JSON, exactly as serialising it in the page would write it (compact).
 async fn rendered(events: Vec<EventOut>) -> Result<Vec<Box<RawValue>>, ApiError> {
-    let render = |e: &EventOut| serde_json::value::to_raw_value(e);
-    let parts: Vec<Result<Box<RawValue>, serde_json::Error>> =
-        if events.len() >= PARALLEL_RENDER_EVENTS {
-            tokio::task::spawn_blocking(move || {
-                use rayon::prelude::*;
-                events.par_iter().map(render).collect()
-            })
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-        } else {
-            events.iter().map(render).collect()
-        };
-    parts
-        .into_iter()
-        .map(|p| p.map_err(|e| ApiError::Internal(e.to_string())))
-        .collect()
+    render_each(events, |e| {
+        serde_json::value::to_raw_value(&e).map_err(|e| ApiError::Internal(e.to_string()))
+    })
+    .await
 }
 
 /// A page of a stream.

@@ -206,29 +206,14 @@ pub async fn prepare(
     Ok(out)
 }
 
-/// Events rendered from this many on are rendered on a blocking thread, spread over every
-/// core.
-const PARALLEL_RENDER_EVENTS: usize = 64;
-
 /// Each event's message, and whether it is erased.
 async fn event_frames(events: Vec<EventOut>) -> Result<Vec<(bool, Bytes)>, super::error::ApiError> {
-    let render = |event: EventOut| {
+    super::events::render_each(events, |event| {
         let f = framed("event", event.seq, |out| serde_json::to_writer(out, &event))
             .map_err(|e| super::error::ApiError::Internal(e.to_string()))?;
         Ok((event.erased, f))
-    };
-    let rendered: Vec<Result<(bool, Bytes), super::error::ApiError>> =
-        if events.len() >= PARALLEL_RENDER_EVENTS {
-            tokio::task::spawn_blocking(move || {
-                use rayon::prelude::*;
-                events.into_par_iter().map(render).collect()
-            })
-            .await
-            .map_err(|e| super::error::ApiError::Internal(e.to_string()))?
-        } else {
-            events.into_iter().map(render).collect()
-        };
-    rendered.into_iter().collect()
+    })
+    .await
 }
 
 /// What a connection is handed for `items`, checked against the vault now; `Err` with what
