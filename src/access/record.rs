@@ -204,6 +204,16 @@ impl AccessRecord {
         }
     }
 
+    /// The record of a successful read that disclosed `d`.
+    #[must_use]
+    pub fn disclosing(actor: Actor, action: AccessAction, d: &Disclosure) -> AccessRecord {
+        let mut record = AccessRecord::new(actor, action, AccessOutcome::Ok);
+        record.range = d.range;
+        record.events = d.events;
+        record.subjects = d.subjects.len() as u64;
+        record
+    }
+
     /// The entry's metadata.
     #[must_use]
     pub fn to_metadata(&self) -> Metadata {

@@ -79,11 +79,8 @@ pub async fn record_disclosure(
     if d.is_empty() {
         return Ok(());
     }
-    let mut record = AccessRecord::new(caller.actor(), action, AccessOutcome::Ok);
+    let mut record = AccessRecord::disclosing(caller.actor(), action, &d);
     record.stream = stream.map(str::to_owned);
-    record.range = d.range;
-    record.events = d.events;
-    record.subjects = d.subjects.len() as u64;
     record_entry(state, record, &d.subjects).await.map(|_| ())
 }
 

@@ -24,7 +24,7 @@ use super::writer::{
     Draft, IdempotencyTag, WriteError, elapsed_ns, extend_tree, load_tree, next_position,
 };
 use super::{AppendError, AppendRequest, Appended, Committed, StageStats};
-use crate::access::record::{AccessAction, AccessOutcome, AccessRecord, Actor, Disclosure};
+use crate::access::record::{AccessAction, AccessRecord, Actor, Disclosure};
 use crate::checkpoint::{Checkpoint, CheckpointBinding, TreeHead};
 use crate::crypto::{DataKey, KeyRef, LedgerSigningKey, SubjectIndexKey};
 use crate::entry::{EntryHash, EntryHeader, LedgerId, Seq, StreamId, SubjectHandle};
@@ -326,14 +326,7 @@ impl Preparer<'_> {
             if d.is_empty() {
                 continue;
             }
-            let mut record = AccessRecord::new(
-                reader.actor.clone(),
-                AccessAction::ReadLog,
-                AccessOutcome::Ok,
-            );
-            record.range = d.range;
-            record.events = d.events;
-            record.subjects = d.subjects.len() as u64;
+            let record = AccessRecord::disclosing(reader.actor.clone(), AccessAction::ReadLog, &d);
             requests.push(
                 super::system::access_request(record, &d.subjects, None)
                     .map_err(|e| WriteError::Internal(e.to_string()))?,
