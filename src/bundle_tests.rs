@@ -275,6 +275,17 @@ fn with_last_seq(lines: &[String], last_seq: Option<u64>) -> Vec<String> {
     l
 }
 
+/// Each of `claims` as the key line's `last_seq` is a key-line mismatch.
+fn refused_claims(b: &Builder, lines: &[String], claims: &[u64]) {
+    for &claim in claims {
+        assert_eq!(
+            tampered(check(trusting(b), None, &with_last_seq(lines, Some(claim)))),
+            (0, FailureKind::KeyLineMismatch),
+            "last_seq {claim}"
+        );
+    }
+}
+
 #[test]
 fn a_current_keys_line_says_null_when_the_bundle_reaches_the_ledgers_end() {
     // The whole ledger is in the bundle and no rotation retires the key: its line's last_seq
@@ -282,17 +293,7 @@ fn a_current_keys_line_says_null_when_the_bundle_reaches_the_ledgers_end() {
     let b = ledger();
     let lines = b.bundle(100);
     assert!(check(trusting(&b), None, &lines).is_ok());
-    for claim in [6, 7, 1000, u64::MAX] {
-        assert_eq!(
-            tampered(check(
-                trusting(&b),
-                None,
-                &with_last_seq(&lines, Some(claim))
-            )),
-            (0, FailureKind::KeyLineMismatch),
-            "last_seq {claim}"
-        );
-    }
+    refused_claims(&b, &lines, &[6, 7, 1000, u64::MAX]);
 }
 
 #[test]
@@ -323,17 +324,7 @@ fn a_bundle_that_ends_before_a_rotation_names_it_within_the_ledger() {
         );
     }
     // At or before the bundle's last entry, which is no rotation; at or beyond the ledger's size.
-    for claim in [0, 4, 10, u64::MAX] {
-        assert_eq!(
-            tampered(check(
-                trusting(&b),
-                None,
-                &with_last_seq(&lines, Some(claim))
-            )),
-            (0, FailureKind::KeyLineMismatch),
-            "last_seq {claim}"
-        );
-    }
+    refused_claims(&b, &lines, &[0, 4, 10, u64::MAX]);
 }
 
 #[test]
