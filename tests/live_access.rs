@@ -13,73 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::sse::{Message, Subscriber};
 use common::{Backend, Env, Server};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// One SSE message: its event name, id and data.
-#[derive(Debug, Clone)]
-struct Message {
-    event: String,
-    id: Option<u64>,
-    data: Value,
-}
-
-struct Sse {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Sse {
-    async fn open(s: &Server, client: &reqwest::Client, query: &str, last: Option<u64>) -> Sse {
-        let mut request = client.get(s.url(&format!("/v1/subscribe{query}")));
-        if let Some(id) = last {
-            request = request.header("last-event-id", id.to_string());
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        Sse {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// `Err(())` if nothing came within `within`; `Ok(None)` at the end of the stream.
-    async fn next(&mut self, within: Duration) -> Result<Option<Message>, ()> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut m = Message {
-                    event: "message".to_owned(),
-                    id: None,
-                    data: Value::Null,
-                };
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        v.trim().clone_into(&mut m.event);
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        m.id = Some(v.trim().parse().unwrap());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if data.is_empty() {
-                    continue;
-                }
-                m.data = serde_json::from_str(&data).unwrap();
-                return Ok(Some(m));
-            }
-            let chunk = tokio::time::timeout(within, self.response.chunk())
-                .await
-                .map_err(|_| ())?;
-            match chunk {
-                Ok(Some(bytes)) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
-                Ok(None) | Err(_) => return Ok(None),
-            }
-        }
-    }
-}
 
 /// A subscriber of the stress run: its token, query, when it opens, and whether it drops and
 /// resumes (with `Last-Event-ID`) every so many messages.
@@ -99,11 +36,11 @@ async fn subscribe_until_quiet(
 ) -> Vec<Message> {
     tokio::time::sleep(Duration::from_millis(plan.open_after_ms)).await;
     let mut got: Vec<Message> = Vec::new();
-    let mut sse = Sse::open(&s, &client, plan.query, None).await;
+    let mut sse = Subscriber::open_with(&s, &client, plan.query, None).await;
     let mut since_open = 0;
     let mut quiet_since = Instant::now();
     loop {
-        match sse.next(Duration::from_millis(500)).await {
+        match sse.try_next(Duration::from_millis(500)).await {
             Ok(Some(m)) => {
                 quiet_since = Instant::now();
                 assert!(m.event != "lagged", "a subscriber lagged: {m:?}");
@@ -112,7 +49,7 @@ async fn subscribe_until_quiet(
                 if plan.reconnect_every.is_some_and(|n| since_open >= n) {
                     let last = got.iter().rev().find_map(|m| m.id);
                     drop(sse);
-                    sse = Sse::open(&s, &client, plan.query, last).await;
+                    sse = Subscriber::open_with(&s, &client, plan.query, last).await;
                     since_open = 0;
                 }
             }
@@ -398,8 +335,12 @@ async fn a_reader_far_behind_is_not_recorded_for_by_the_writer() {
     assert_ne!(id, "anonymous");
     let client = common::client_with(Some(&token));
     // Catching up from the start, then reading nothing more: it stays behind the head.
-    let mut sub = Sse::open(&s, &client, "?stream_prefix=acct-&from_seq=0", None).await;
-    let first = sub.next(Duration::from_secs(20)).await.unwrap().unwrap();
+    let mut sub = Subscriber::open_with(&s, &client, "?stream_prefix=acct-&from_seq=0", None).await;
+    let first = sub
+        .try_next(Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.data["stream_id"], "acct-old");
     tokio::time::sleep(Duration::from_secs(3)).await;
     // 40 batches of 500 events with personal data: 20,000 entries past the stalled reader.

@@ -11,92 +11,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::sse::Subscriber;
 use common::{Backend, Env, Server};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// One SSE message: its event name, id and data.
-#[derive(Debug)]
-struct Message {
-    event: String,
-    id: Option<u64>,
-    data: Value,
-}
-
-/// A client reading an SSE stream.
-struct Subscriber {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Subscriber {
-    async fn open(s: &Server, query: &str, last_event_id: Option<u64>) -> Subscriber {
-        let mut request = s.client.get(s.url(&format!("/v1/subscribe{query}")));
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id.to_string());
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()["content-type"].to_str().unwrap(),
-            "text/event-stream"
-        );
-        Subscriber {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next message (keep-alive comments skipped), `None` at the end of the stream; fails
-    /// if none comes within `within`.
-    async fn next(&mut self, within: Duration) -> Option<Message> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut m = Message {
-                    event: "message".to_owned(),
-                    id: None,
-                    data: Value::Null,
-                };
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        v.trim().clone_into(&mut m.event);
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        m.id = Some(v.trim().parse().unwrap());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if data.is_empty() {
-                    continue;
-                }
-                m.data = serde_json::from_str(&data).unwrap();
-                return Some(m);
-            }
-            let chunk = tokio::time::timeout(within, self.response.chunk())
-                .await
-                .unwrap_or_else(|_| panic!("no message within {within:?}"));
-            match chunk {
-                Ok(Some(bytes)) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-
-    /// The next `n` messages.
-    async fn take(&mut self, n: usize) -> Vec<Message> {
-        let mut out = Vec::new();
-        for _ in 0..n {
-            out.push(
-                self.next(Duration::from_secs(20))
-                    .await
-                    .expect("stream ended"),
-            );
-        }
-        out
-    }
-}
 
 async fn append(s: &Server, stream: &str, events: Value) -> Vec<u64> {
     let (status, body) = s.append(stream, &json!({ "events": events })).await;
@@ -801,10 +719,7 @@ async fn the_live_feed_does_not_keep_large_events_without_bound() {
     if let Some(t) = &s.token {
         request = request.bearer_auth(t);
     }
-    let mut sub = Subscriber {
-        response: request.send().await.unwrap(),
-        buffer: String::new(),
-    };
+    let mut sub = Subscriber::from_response(request.send().await.unwrap());
     wait_for_subscribers(&s, 1).await;
     let before = rss_mb(&s);
     let pad = "x".repeat(900_000);
