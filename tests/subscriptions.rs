@@ -180,6 +180,94 @@ async fn catch_up_live_resume_and_erasure_on_postgres() {
     catch_up_live_resume_and_erasure(Backend::Postgres).await;
 }
 
+/// Live events are sent as a read of the log shows them, whether the live feed opened them
+/// from the batch the writer had just committed (SQLite) or read them back: several batches,
+/// subjects and plain events, metadata, and entries written by work that runs alone (a
+/// legal hold, an erasure) between them, which the feed reads from the database.
+async fn live_events_are_sent_as_reads_show_them(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = env.serve(&[]).await;
+    append(&s, "acct-0", json!([{"type": "Opened", "data": {"n": 0}}])).await;
+    let mut sub = Subscriber::open(&s, "?from_seq=1", None).await;
+    let mut expected = Vec::new();
+    for round in 0..4 {
+        let seqs = append(
+            &s,
+            &format!("acct-{round}"),
+            json!([
+                {"type": "Deposited", "subject": format!("p{round}@example.com"),
+                 "data": {"cents": round, "note": "caf\u{e9} \"quoted\""},
+                 "metadata": {"source": "teller"}},
+                {"type": "Noted", "data": {"round": round}},
+                {"type": "Deposited", "subject": "shared@example.com", "data": {"cents": 7}},
+            ]),
+        )
+        .await;
+        expected.extend(seqs);
+        // Work that runs alone between batches: an entry the writer did not batch.
+        let (status, body) = if round == 1 {
+            s.post_raw(
+                "/v1/subjects/erase",
+                json!({"subject": "p1@example.com", "reason": "Art. 17", "request_ref": "R-9"})
+                    .to_string(),
+            )
+            .await
+        } else {
+            s.post_raw(
+                "/v1/subjects/hold",
+                json!({"subject": format!("p{round}@example.com"), "reference": "CASE-1",
+                       "reason": "litigation"})
+                .to_string(),
+            )
+            .await
+        };
+        assert!(status.is_success(), "{status} {body}");
+    }
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let m = sub
+            .next(Duration::from_secs(20))
+            .await
+            .expect("a live event");
+        if m.event == "event" {
+            got.push(m);
+        }
+    }
+    assert_eq!(
+        got.iter().map(|m| m.id.unwrap()).collect::<Vec<_>>(),
+        expected
+    );
+    let (_, _, page) = s.get("/v1/events?from_seq=1&limit=100").await;
+    for m in &got {
+        let read = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["seq"] == m.id.unwrap())
+            .unwrap();
+        let mut sent = m.data.clone();
+        // p1's event may have gone out before its erasure; a read now shows it erased.
+        if read["erased"] == true && sent["erased"] == false {
+            assert_eq!(sent["subject"], read["subject"]);
+            sent["erased"] = json!(true);
+            sent["data"] = Value::Null;
+        }
+        assert_eq!(&sent, read, "seq {}", m.id.unwrap());
+    }
+    drop(sub);
+    s.terminate().await;
+}
+
+#[tokio::test]
+async fn live_events_are_sent_as_reads_show_them_on_sqlite() {
+    live_events_are_sent_as_reads_show_them(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn live_events_are_sent_as_reads_show_them_on_postgres() {
+    live_events_are_sent_as_reads_show_them(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn a_slow_subscriber_is_cut_off_with_its_position_and_appends_go_on() {
     let env = Env::new(Backend::Sqlite).await;

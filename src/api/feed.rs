@@ -26,6 +26,7 @@ use super::{App, AppState};
 use crate::crypto::KeyRef;
 use crate::entry::{Seq, SubjectHandle};
 use crate::ledger::ReadError;
+use crate::record::Record;
 use crate::store::EntryRow;
 use crate::subscription::{AtSend, Delivery, Filter, Forgetting, at_send};
 
@@ -133,25 +134,44 @@ fn erased_frame(seq: u64, opened: &[u8]) -> Option<Bytes> {
     Some(frame("event", seq, &v.to_string()))
 }
 
-/// Prepares `rows`: those `admit` accepts are opened (their access is not recorded here:
-/// that is the sender's, per subscriber), upcast and rendered; the others become
-/// [`Message::None`].
+/// Rows decoded for [`prepare`], each with whether the database marks it erased.
+///
+/// # Errors
+/// A row that does not decode.
+pub fn decoded(rows: Vec<EntryRow>) -> Result<Vec<(Record, bool)>, super::error::ApiError> {
+    rows.into_iter()
+        .map(|row| {
+            let erased = row.erased();
+            row.into_record()
+                .map(|r| (r, erased))
+                .map_err(|e| super::error::ApiError::from(ReadError::from(e)))
+        })
+        .collect()
+}
+
+/// Prepares `records` (each with whether the database marks it erased): those `admit`
+/// accepts are opened (their access is not recorded here: that is the sender's, per
+/// subscriber), upcast and rendered; the others become [`Message::None`].
 ///
 /// # Errors
 /// A read or upcast failure.
 pub async fn prepare(
     state: &AppState,
-    rows: Vec<EntryRow>,
+    records: Vec<(Record, bool)>,
     admit: impl Fn(&str, &str) -> Delivery,
 ) -> Result<Vec<Prepared>, super::error::ApiError> {
     // Read before any key is asked for: a forget after this point is seen at sending.
     let opened = state.0.ledger.vault().forgetting();
-    let mut out = Vec::with_capacity(rows.len());
+    let mut out = Vec::with_capacity(records.len());
     let mut to_open = Vec::new();
     let mut slots = Vec::new();
-    for row in rows {
-        let (seq, stream, subject) = row.disclosure_fields();
-        let (stream, event_type) = (stream.to_owned(), row.event_type_str().to_owned());
+    for row in records {
+        let h = &row.0.entry.header;
+        let (seq, subject) = (h.seq.0, h.subject);
+        let (stream, event_type) = (
+            h.stream_id.as_str().to_owned(),
+            h.event_type.as_str().to_owned(),
+        );
         let message = match admit(&stream, &event_type) {
             Delivery::Skip => Message::None,
             Delivery::Erasure => Message::Fixed(frame(
@@ -177,7 +197,7 @@ pub async fn prepare(
     if to_open.is_empty() {
         return Ok(out);
     }
-    let opened_events = state.0.ledger.open_rows(to_open).await?;
+    let opened_events = state.0.ledger.open_records(to_open).await?;
     let keys: Vec<Option<KeyRef>> = opened_events
         .iter()
         .map(|e| {
@@ -370,6 +390,7 @@ async fn follow(app: Weak<App>) {
         let notified = wake.notified();
         if state.0.feed.users.load(Ordering::SeqCst) == 0 {
             state.0.feed.reset(false, 0, Forgetting::default());
+            state.0.ledger.recent().follow(false);
             next = None;
             // Not holding the service while idle.
             drop(state);
@@ -390,6 +411,7 @@ async fn follow(app: Weak<App>) {
             _ => match state.0.ledger.head().await {
                 Ok(h) => {
                     let n = next.unwrap_or_else(|| h.map_or(0, |h| h.seq.0 + 1));
+                    state.0.ledger.recent().follow(true);
                     feed.reset(true, n, vault_now);
                     n
                 }
@@ -426,18 +448,25 @@ async fn follow(app: Weak<App>) {
 
 /// Adds the entries from `at` on: the next position, or `None` when there were none.
 async fn step(state: &AppState, at: u64) -> Result<Option<u64>, super::error::ApiError> {
-    let rows = state
-        .0
-        .ledger
-        .global_rows(Seq(at), PAGE)
-        .await
-        .map_err(|e: ReadError| super::error::ApiError::from(e))?;
-    if rows.is_empty() {
+    // The batches this process committed last, as the writer holds them, when they reach on
+    // from `at`; the database otherwise (`ledger::recent`).
+    let records = if let Some(records) = state.0.ledger.recent().from(at, PAGE as usize) {
+        records.into_iter().map(|r| (r, false)).collect()
+    } else {
+        let rows = state
+            .0
+            .ledger
+            .global_rows(Seq(at), PAGE)
+            .await
+            .map_err(|e: ReadError| super::error::ApiError::from(e))?;
+        decoded(rows)?
+    };
+    if records.is_empty() {
         return Ok(None);
     }
     // Every client event and every erasure; not the ledger's own entries, which only a
     // subscription that names their stream gets (and it reads the database).
-    let prepared = prepare(state, rows, |stream, event_type| {
+    let prepared = prepare(state, records, |stream, event_type| {
         Filter::default().classify(stream, event_type)
     })
     .await?;

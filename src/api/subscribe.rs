@@ -397,7 +397,7 @@ async fn read(
     }
     let (recorded, prepared) = tokio::join!(
         audited::record_disclosure(state, caller, AccessAction::ReadLog, None, d),
-        feed::prepare(state, rows, |s, t| filter.classify(s, t))
+        async { feed::prepare(state, feed::decoded(rows)?, |s, t| filter.classify(s, t)).await }
     );
     recorded?;
     let page = prepared?

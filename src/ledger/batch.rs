@@ -545,6 +545,8 @@ pub(super) struct Lander {
     pub published: Option<tokio::sync::mpsc::UnboundedSender<Checkpoint>>,
     /// Bumped after each commit: wakes this instance's subscribers.
     pub commits: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Committed batches kept for the live feed.
+    pub recent: Arc<super::recent::Recent>,
 }
 
 /// How a batch's landing ended.
@@ -576,6 +578,8 @@ impl Lander {
             Err(e) => return Landing::Failed(replies, e),
         };
         self.health.succeeded();
+        // Before the commit is announced: the live feed, woken by it, finds the batch here.
+        self.recent.committed(&prepared.records);
         // Before subscribers are woken: what they are sent of this batch is recorded already.
         if let (Some(first), Some(last)) = (prepared.records.first(), prepared.records.last()) {
             let (first, last) = (first.entry.header.seq.0, last.entry.header.seq.0);

@@ -13,6 +13,7 @@ mod idempotency;
 pub mod live;
 pub mod projector;
 mod proofs;
+pub mod recent;
 mod rotation;
 mod schemas;
 mod snapshots;
@@ -324,6 +325,7 @@ pub struct Ledger {
     verified_streams: verified_streams::VerifiedStreams,
     /// Subscribers whose disclosures the writer records with the events (`live`).
     live: Arc<live::LiveReaders>,
+    recent: Arc<recent::Recent>,
 }
 
 /// Asks the writer for a checkpoint every `interval` (it makes one if the log grew).
@@ -363,6 +365,10 @@ impl Ledger {
             i64::try_from(config.idempotency_window.as_micros()).unwrap_or(i64::MAX);
         let commits = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let live = Arc::new(live::LiveReaders::default());
+        // Another instance's erasure reaches this one's key cache only within a bound, while a
+        // row read back carries it at once: the feed opens this instance's batches from memory
+        // only where no other process writes.
+        let recent = Arc::new(recent::Recent::new(!store.shared()));
         let writer = Writer {
             ledger_id: keys.ledger_id,
             store: Arc::clone(&store),
@@ -384,6 +390,7 @@ impl Ledger {
             others: writer::OtherWriters::default(),
             pipeline: config.pipeline,
             live: Arc::clone(&live),
+            recent: Arc::clone(&recent),
         };
         let handle = tokio::spawn(writer.run(receiver));
         let ticker = tokio::spawn(tick_checkpoints(
@@ -427,6 +434,7 @@ impl Ledger {
                 Arc::clone(&store),
                 config.idempotency_window,
             )),
+            tokio::spawn(checkpoint_wal(Arc::clone(&store), commits.subscribe())),
         ];
         Ledger {
             id: keys.ledger_id,
@@ -449,7 +457,14 @@ impl Ledger {
             schemas: Mutex::new(schemas::Registry::default()),
             verified_streams: verified_streams::VerifiedStreams::default(),
             live,
+            recent,
         }
+    }
+
+    /// Batches this process has just committed, for the live feed.
+    #[must_use]
+    pub fn recent(&self) -> &recent::Recent {
+        &self.recent
     }
 
     /// Subscribers whose disclosures the writer records with the events they disclose.
@@ -726,13 +741,42 @@ impl Ledger {
 
     /// Decodes rows and opens their payloads (erased ones read as erased).
     pub async fn open_rows(&self, rows: Vec<EntryRow>) -> Result<Vec<ReadEvent>, ReadError> {
+        let mut records = Vec::with_capacity(rows.len());
+        let mut stopped: Option<ReadError> = None;
+        for row in rows {
+            let erased = row.erased();
+            match row.into_record() {
+                Ok(record) => records.push((record, erased)),
+                Err(e) => {
+                    stopped = Some(e.into());
+                    break;
+                }
+            }
+        }
+        let opened = self.open_records(records).await;
+        match (opened, stopped) {
+            (Ok(_), Some(e)) | (Err(e), _) => Err(e),
+            (Ok(opened), None) => Ok(opened),
+        }
+    }
+
+    /// [`Ledger::open_rows`] for decoded rows, each with whether the database marks it erased
+    /// (`false` for a batch this process has just committed: the vault's answer for its key
+    /// then decides, as it does for a row read before its subject's erasure committed).
+    ///
+    /// # Errors
+    /// As [`Ledger::open_rows`].
+    pub async fn open_records(
+        &self,
+        records: Vec<(Record, bool)>,
+    ) -> Result<Vec<ReadEvent>, ReadError> {
         // First, in order, each row's key (the vault may have to unwrap it); then the payloads
         // are opened, on every core when there are many. The first error in row order wins, as
         // if the rows were opened one by one.
-        let mut keyed = Vec::with_capacity(rows.len());
+        let mut keyed = Vec::with_capacity(records.len());
         let mut stopped = None;
-        for row in rows {
-            match self.key_for(row).await {
+        for (record, erased) in records {
+            match self.key_for(record, erased).await {
                 Ok(k) => keyed.push(k),
                 Err(e) => {
                     stopped = Some(e);
@@ -760,10 +804,9 @@ impl Ledger {
         }
     }
 
-    /// A row decoded, with the key that opens its payload (`None`: it reads as erased).
-    async fn key_for(&self, row: EntryRow) -> Result<Keyed, ReadError> {
-        let erased = row.erased();
-        let record = row.into_record()?;
+    /// A decoded row (`erased`: as the database marks it), with the key that opens its
+    /// payload (`None`: it reads as erased).
+    async fn key_for(&self, record: Record, erased: bool) -> Result<Keyed, ReadError> {
         // A subject erased by any instance reads as erased here too, whatever this process's
         // key cache still holds; the erasure entry itself stays readable.
         if erased && record.entry.header.stream_id.as_str() != ERASURE_STREAM {
@@ -878,6 +921,21 @@ async fn probe_while_failing(health: Arc<WriteHealth>, sender: mpsc::Sender<Writ
             return;
         }
         let _ = answer.await;
+    }
+}
+
+/// Shortest time between two background WAL checkpoints: each copies what the commits since
+/// the one before wrote (a few MB at most at full append speed) and fsyncs the database file.
+const WAL_CHECKPOINT_PAUSE: Duration = Duration::from_millis(250);
+
+/// Checkpoints the WAL after commits, off the writer's path (`Store::checkpoint_wal`), at most
+/// once per [`WAL_CHECKPOINT_PAUSE`].
+async fn checkpoint_wal(store: Arc<dyn Store>, mut commits: tokio::sync::watch::Receiver<u64>) {
+    while commits.changed().await.is_ok() {
+        if let Err(e) = store.checkpoint_wal().await {
+            tracing::warn!(error = %e, "could not checkpoint the write-ahead log");
+        }
+        tokio::time::sleep(WAL_CHECKPOINT_PAUSE).await;
     }
 }
 

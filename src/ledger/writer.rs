@@ -151,6 +151,8 @@ pub(super) struct Writer {
     pub pipeline: bool,
     /// Subscribers whose disclosures each batch records (`live`).
     pub live: Arc<super::live::LiveReaders>,
+    /// Committed batches kept for the live feed (`recent`).
+    pub recent: Arc<super::recent::Recent>,
 }
 
 impl Writer {
@@ -376,6 +378,7 @@ impl Writer {
             health: Arc::clone(&self.health),
             published: self.published.clone(),
             commits: Arc::clone(&self.commits),
+            recent: Arc::clone(&self.recent),
         }
     }
 

@@ -656,6 +656,21 @@ pub trait Store:
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Whether other processes may write to the same database (several instances on
+    /// PostgreSQL); `false` where one process owns it (SQLite).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Copies what the write-ahead log holds into the database file, outside the writer's
+    /// path, where the backend leaves that to the application (SQLite, whose writer does not
+    /// checkpoint: a commit that did would wait for the copy and its fsync). Never waits on a
+    /// reader or the writer: what they hold is copied by a later call. Nothing to do on
+    /// PostgreSQL.
+    async fn checkpoint_wal(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The idempotency key `key_hash`, if an append recorded it at or after `not_before`.
     async fn idempotency(
         &self,

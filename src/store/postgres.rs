@@ -640,6 +640,10 @@ impl Store for PostgresStore {
         Ok(Some(Box::new(PgAppendNotices { listener })))
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

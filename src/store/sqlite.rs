@@ -113,8 +113,9 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
-    /// The cleaner's own connection, which never waits: truncating the WAL must not queue
-    /// behind (or hold up) the writer's connection.
+    /// The connection that checkpoints the WAL (the cleaner's truncations and the background
+    /// copies of `checkpoint_wal`), which never waits: checkpointing must not queue behind
+    /// (or hold up) the writer's connection.
     cleaner: SqlitePool,
 }
 
@@ -143,6 +144,11 @@ impl SqliteStore {
             // The default page size; a quota is approximate by nature.
             write_options = write_options.pragma("max_page_count", (bytes / 4096).to_string());
         }
+        // The writer never checkpoints: by default the commit that fills the WAL past 1,000
+        // pages copies it into the database file and fsyncs that file before it returns
+        // (tens of milliseconds on the append path). `checkpoint_wal` does it in the
+        // background; the last connection to close checkpoints what is left.
+        write_options = write_options.pragma("wal_autocheckpoint", "0");
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(write_options)
@@ -398,6 +404,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn checkpoint_wal(&self) -> Result<(), StoreError> {
+        // PASSIVE: copies the frames no reader still needs, without waiting for anyone. Under
+        // steady appends it never catches up with the last commit, so the WAL is never
+        // restarted and would grow for as long as the appends go on; past
+        // WAL_RESTART_FRAMES a RESTART (the little left to copy, new writers held back for at
+        // most the connection's 5 ms busy timeout) lets the next commit start it over.
+        let Some((_, frames, _)) = wal_checkpoint(&self.cleaner, "PASSIVE").await? else {
+            return Ok(());
+        };
+        if frames > WAL_RESTART_FRAMES {
+            wal_checkpoint(&self.cleaner, "RESTART").await?;
+        }
+        Ok(())
+    }
+
     async fn read_subject(
         &self,
         handle: &SubjectHandle,
@@ -470,13 +491,9 @@ impl Store for SqliteStore {
         };
         // The row is (busy, WAL frames, frames checkpointed); busy = 1 when a reader (or the
         // writer) kept the WAL from being reset, in which case its old frames remain.
-        let busy = match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&self.cleaner)
-            .await
-        {
-            Ok((busy, _, _)) => busy != 0,
-            Err(e) if is_busy(&e) => true,
-            Err(e) => return Err(e.into()),
+        let busy = match wal_checkpoint(&self.cleaner, "TRUNCATE").await? {
+            Some((busy, _, _)) => busy != 0,
+            None => true,
         };
         if busy {
             return Ok(Cleanup::Blocked {
@@ -611,6 +628,26 @@ impl Store for SqliteStore {
 }
 
 /// SQLITE_BUSY or SQLITE_LOCKED (any extended code): someone else holds a lock.
+/// Frames (pages) the WAL may hold before a background checkpoint makes the next commit start
+/// it over (~16 MB).
+const WAL_RESTART_FRAMES: i64 = 4096;
+
+/// Runs `PRAGMA wal_checkpoint(mode)` on `pool`: (busy, frames in the WAL, frames copied), or
+/// `None` when another checkpoint was running (it copies these frames too).
+async fn wal_checkpoint(
+    pool: &SqlitePool,
+    mode: &str,
+) -> Result<Option<(i64, i64, i64)>, StoreError> {
+    match sqlx::query_as::<_, (i64, i64, i64)>(&format!("PRAGMA wal_checkpoint({mode})"))
+        .fetch_one(pool)
+        .await
+    {
+        Ok(row) => Ok(Some(row)),
+        Err(e) if is_busy(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn is_busy(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(sqlx::error::DatabaseError::code)
@@ -1110,4 +1147,76 @@ where
     .await?;
     row.map(|(k, d, f, l, c)| IdempotencyRow::decode(&k, &d, f, l, c))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{SqliteStore, Store, WAL_RESTART_FRAMES};
+
+    /// Commits `n` transactions of 64 KB each (16 pages).
+    async fn fill(store: &SqliteStore, n: usize) {
+        for i in 0..n {
+            sqlx::query("INSERT INTO filler (b) VALUES (?)")
+                .bind(vec![u8::try_from(i % 251).unwrap(); 64 * 1024])
+                .execute(&store.write)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// A commit never copies the WAL into the database file (that copy and its fsync would be
+    /// on the append path); `checkpoint_wal` does, in the background, and keeps the WAL from
+    /// growing for as long as appends go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_is_checkpointed_in_the_background_not_by_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("l.db"), None)
+            .await
+            .unwrap();
+        let auto: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(&store.write)
+            .await
+            .unwrap();
+        assert_eq!(auto, 0, "the writer's connection must not checkpoint");
+        sqlx::query("CREATE TABLE filler (b BLOB)")
+            .execute(&store.write)
+            .await
+            .unwrap();
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
+        // 1,600 pages, past SQLite's default of 1,000: no commit copied them.
+        fill(&store, 100).await;
+        assert!(
+            size("l.db") < 1 << 20,
+            "{} bytes in the database file",
+            size("l.db")
+        );
+        // A background checkpoint does.
+        store.checkpoint_wal().await.unwrap();
+        assert!(
+            size("l.db") > 6 << 20,
+            "{} bytes in the database file",
+            size("l.db")
+        );
+
+        // Appends that never pause: 4 thresholds' worth (~64 MB) written while checkpoints
+        // run beside them; the WAL (whose file keeps its largest size) stays within about
+        // two thresholds.
+        let writer = {
+            let store = store.clone();
+            let pages = usize::try_from(WAL_RESTART_FRAMES).unwrap() * 4;
+            tokio::spawn(async move { fill(&store, pages / 16).await })
+        };
+        while !writer.is_finished() {
+            store.checkpoint_wal().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        writer.await.unwrap();
+        let wal_pages = size("l.db-wal") / 4096;
+        assert!(
+            wal_pages < u64::try_from(WAL_RESTART_FRAMES).unwrap() * 2,
+            "the WAL grew to {wal_pages} pages"
+        );
+    }
 }
