@@ -134,44 +134,70 @@ fn erased_frame(seq: u64, opened: &[u8]) -> Option<Bytes> {
     Some(frame("event", seq, &v.to_string()))
 }
 
-/// Rows decoded for [`prepare`], each with whether the database marks it erased.
-///
-/// # Errors
-/// A row that does not decode.
-pub fn decoded(rows: Vec<EntryRow>) -> Result<Vec<(Record, bool)>, super::error::ApiError> {
-    rows.into_iter()
-        .map(|row| {
-            let erased = row.erased();
-            row.into_record()
-                .map(|r| (r, erased))
-                .map_err(|e| super::error::ApiError::from(ReadError::from(e)))
-        })
-        .collect()
+/// An entry to prepare: a row read from the database, or a record of a batch this process
+/// has just committed (`ledger::recent`).
+pub enum Item {
+    /// Read back.
+    Row(EntryRow),
+    /// As the writer committed it.
+    Committed(Record),
 }
 
-/// Prepares `records` (each with whether the database marks it erased): those `admit`
-/// accepts are opened (their access is not recorded here: that is the sender's, per
-/// subscriber), upcast and rendered; the others become [`Message::None`].
+impl Item {
+    /// Its seq, stream, type and subject.
+    fn fields(&self) -> (u64, &str, &str, Option<SubjectHandle>) {
+        match self {
+            Item::Row(row) => {
+                let (seq, stream, subject) = row.disclosure_fields();
+                (seq, stream, row.event_type_str(), subject)
+            }
+            Item::Committed(r) => {
+                let h = &r.entry.header;
+                (
+                    h.seq.0,
+                    h.stream_id.as_str(),
+                    h.event_type.as_str(),
+                    h.subject,
+                )
+            }
+        }
+    }
+
+    /// Decoded, with whether the database marks it erased (a batch just committed is not:
+    /// the vault's answer for its key decides, see `Ledger::open_records`). Only what is
+    /// opened is decoded: a row the filter skips is not.
+    fn decoded(self) -> Result<(Record, bool), super::error::ApiError> {
+        match self {
+            Item::Row(row) => {
+                let erased = row.erased();
+                row.into_record()
+                    .map(|r| (r, erased))
+                    .map_err(|e| super::error::ApiError::from(ReadError::from(e)))
+            }
+            Item::Committed(r) => Ok((r, false)),
+        }
+    }
+}
+
+/// Prepares `items`: those `admit` accepts are opened (their access is not recorded here:
+/// that is the sender's, per subscriber), upcast and rendered; the others become
+/// [`Message::None`].
 ///
 /// # Errors
 /// A read or upcast failure.
 pub async fn prepare(
     state: &AppState,
-    records: Vec<(Record, bool)>,
+    items: Vec<Item>,
     admit: impl Fn(&str, &str) -> Delivery,
 ) -> Result<Vec<Prepared>, super::error::ApiError> {
     // Read before any key is asked for: a forget after this point is seen at sending.
     let opened = state.0.ledger.vault().forgetting();
-    let mut out = Vec::with_capacity(records.len());
+    let mut out = Vec::with_capacity(items.len());
     let mut to_open = Vec::new();
     let mut slots = Vec::new();
-    for row in records {
-        let h = &row.0.entry.header;
-        let (seq, subject) = (h.seq.0, h.subject);
-        let (stream, event_type) = (
-            h.stream_id.as_str().to_owned(),
-            h.event_type.as_str().to_owned(),
-        );
+    for item in items {
+        let (seq, stream, event_type, subject) = item.fields();
+        let (stream, event_type) = (stream.to_owned(), event_type.to_owned());
         let message = match admit(&stream, &event_type) {
             Delivery::Skip => Message::None,
             Delivery::Erasure => Message::Fixed(frame(
@@ -181,7 +207,7 @@ pub async fn prepare(
             )),
             Delivery::Event => {
                 slots.push(out.len());
-                to_open.push(row);
+                to_open.push(item.decoded()?);
                 Message::None
             }
         };
@@ -450,8 +476,8 @@ async fn follow(app: Weak<App>) {
 async fn step(state: &AppState, at: u64) -> Result<Option<u64>, super::error::ApiError> {
     // The batches this process committed last, as the writer holds them, when they reach on
     // from `at`; the database otherwise (`ledger::recent`).
-    let records = if let Some(records) = state.0.ledger.recent().from(at, PAGE as usize) {
-        records.into_iter().map(|r| (r, false)).collect()
+    let items: Vec<Item> = if let Some(records) = state.0.ledger.recent().from(at, PAGE as usize) {
+        records.into_iter().map(Item::Committed).collect()
     } else {
         let rows = state
             .0
@@ -459,14 +485,14 @@ async fn step(state: &AppState, at: u64) -> Result<Option<u64>, super::error::Ap
             .global_rows(Seq(at), PAGE)
             .await
             .map_err(|e: ReadError| super::error::ApiError::from(e))?;
-        decoded(rows)?
+        rows.into_iter().map(Item::Row).collect()
     };
-    if records.is_empty() {
+    if items.is_empty() {
         return Ok(None);
     }
     // Every client event and every erasure; not the ledger's own entries, which only a
     // subscription that names their stream gets (and it reads the database).
-    let prepared = prepare(state, records, |stream, event_type| {
+    let prepared = prepare(state, items, |stream, event_type| {
         Filter::default().classify(stream, event_type)
     })
     .await?;

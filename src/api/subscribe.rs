@@ -397,7 +397,11 @@ async fn read(
     }
     let (recorded, prepared) = tokio::join!(
         audited::record_disclosure(state, caller, AccessAction::ReadLog, None, d),
-        async { feed::prepare(state, feed::decoded(rows)?, |s, t| filter.classify(s, t)).await }
+        feed::prepare(
+            state,
+            rows.into_iter().map(feed::Item::Row).collect(),
+            |s, t| filter.classify(s, t)
+        )
     );
     recorded?;
     let page = prepared?

@@ -578,8 +578,6 @@ impl Lander {
             Err(e) => return Landing::Failed(replies, e),
         };
         self.health.succeeded();
-        // Before the commit is announced: the live feed, woken by it, finds the batch here.
-        self.recent.committed(&prepared.records);
         // Before subscribers are woken: what they are sent of this batch is recorded already.
         if let (Some(first), Some(last)) = (prepared.records.first(), prepared.records.last()) {
             let (first, last) = (first.entry.header.seq.0, last.entry.header.seq.0);
@@ -601,6 +599,9 @@ impl Lander {
         if let Some(cp) = checkpoint {
             publish(self.published.as_ref(), cp);
         }
+        // After the batch's readers are covered and its new keys cached, before the commit is
+        // announced: the live feed, woken by it, finds the batch here.
+        self.recent.committed(&prepared.records);
         let wrote = prepared.writes();
         for (reply, answer) in replies.into_iter().zip(answers(&mut prepared, requests)) {
             let _ = reply.send(answer);

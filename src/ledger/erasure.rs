@@ -234,6 +234,10 @@ impl Writer {
         self.keep_tombstone(tx.as_mut(), &receipt, &epoch, &tombstone_mac, now)
             .await?;
         if let Err(e) = tx.commit().await {
+            // Forgotten before the outcome is known (it may stay unknown): if the erasure did
+            // commit, nothing in this process may open the subject's data from the cache; if
+            // it rolled back, the key is read again from the database.
+            self.vault.forget(&KeyRef::Subject(handle));
             self.resolve_lost_commit(e, seq, entry_hash).await?;
         }
         self.publish(checkpoint);

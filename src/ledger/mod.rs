@@ -928,10 +928,24 @@ async fn probe_while_failing(health: Arc<WriteHealth>, sender: mpsc::Sender<Writ
 /// the one before wrote (a few MB at most at full append speed) and fsyncs the database file.
 const WAL_CHECKPOINT_PAUSE: Duration = Duration::from_millis(250);
 
-/// Checkpoints the WAL after commits, off the writer's path (`Store::checkpoint_wal`), at most
-/// once per [`WAL_CHECKPOINT_PAUSE`].
+/// Checkpoints the WAL at least this often, commits or not (the read models, durable
+/// subscriptions and purges write outside the ledger's commits).
+const WAL_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Takes the WAL's checkpoints off the writer's path (`Store::checkpoint_in_background`) and
+/// makes them: after commits, at most once per [`WAL_CHECKPOINT_PAUSE`], and at least once per
+/// [`WAL_CHECKPOINT_EVERY`].
 async fn checkpoint_wal(store: Arc<dyn Store>, mut commits: tokio::sync::watch::Receiver<u64>) {
-    while commits.changed().await.is_ok() {
+    // Until this succeeds the writer's commits checkpoint, as SQLite does by default.
+    while let Err(e) = store.checkpoint_in_background().await {
+        tracing::warn!(error = %e, "could not take the write-ahead log's checkpoints over");
+        tokio::time::sleep(WAL_CHECKPOINT_EVERY).await;
+    }
+    loop {
+        tokio::select! {
+            changed = commits.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(WAL_CHECKPOINT_EVERY) => {}
+        }
         if let Err(e) = store.checkpoint_wal().await {
             tracing::warn!(error = %e, "could not checkpoint the write-ahead log");
         }

@@ -20,6 +20,9 @@ use crate::record::Record;
 
 /// Records kept at most: the feed follows within a few batches, or reads the database.
 pub const KEEP: usize = 8192;
+/// Bytes of sealed payloads kept at most (an event may hold up to a MiB; 8,192 of them
+/// would be 8 GiB), as the feed's own ring is bounded by `api::feed::RING_BYTES`.
+pub const KEEP_BYTES: usize = 64 << 20;
 
 /// The recent batches, while someone follows them.
 #[derive(Debug)]
@@ -37,6 +40,25 @@ struct Inner {
     batches: VecDeque<Arc<[Record]>>,
     /// Records held in `batches`.
     held: usize,
+    /// Bytes of sealed payloads held in `batches`.
+    bytes: usize,
+}
+
+/// What a record's sealed payload weighs.
+fn weight(batch: &[Record]) -> usize {
+    batch
+        .iter()
+        .map(|r| r.payload.as_ref().map_or(0, |p| p.0.len()))
+        .sum()
+}
+
+impl Inner {
+    fn drop_front(&mut self) {
+        if let Some(dropped) = self.batches.pop_front() {
+            self.held -= dropped.len();
+            self.bytes -= weight(&dropped);
+        }
+    }
 }
 
 impl Recent {
@@ -57,27 +79,28 @@ impl Recent {
     pub fn follow(&self, on: bool) {
         let mut inner = self.lock();
         inner.following = on && self.enabled;
-        if !on {
-            inner.batches.clear();
-            inner.held = 0;
+        if !inner.following {
+            *inner = Inner::default();
         }
     }
 
     /// Keeps a copy of a committed batch, if anyone follows.
     pub(super) fn committed(&self, records: &[Record]) {
-        if records.is_empty() {
+        if records.is_empty() || !self.lock().following {
             return;
         }
+        // Copied outside the lock, which the feed takes too.
+        let batch: Arc<[Record]> = records.into();
+        let bytes = weight(&batch);
         let mut inner = self.lock();
         if !inner.following {
             return;
         }
-        inner.held += records.len();
-        inner.batches.push_back(records.into());
-        while inner.held > KEEP && inner.batches.len() > 1 {
-            if let Some(dropped) = inner.batches.pop_front() {
-                inner.held -= dropped.len();
-            }
+        inner.held += batch.len();
+        inner.bytes += bytes;
+        inner.batches.push_back(batch);
+        while (inner.held > KEEP || inner.bytes > KEEP_BYTES) && !inner.batches.is_empty() {
+            inner.drop_front();
         }
     }
 
@@ -86,26 +109,34 @@ impl Recent {
     /// (read the database). Batches wholly before `seq` are dropped: the caller has them.
     #[must_use]
     pub fn from(&self, seq: u64, max: usize) -> Option<Vec<Record>> {
-        let mut inner = self.lock();
-        while inner
-            .batches
-            .front()
-            .and_then(|b| b.last())
-            .is_some_and(|r| r.entry.header.seq.0 < seq)
-        {
-            if let Some(dropped) = inner.batches.pop_front() {
-                inner.held -= dropped.len();
+        let (batches, skip) = {
+            let mut inner = self.lock();
+            while inner
+                .batches
+                .front()
+                .and_then(|b| b.last())
+                .is_some_and(|r| r.entry.header.seq.0 < seq)
+            {
+                inner.drop_front();
             }
-        }
-        let first = inner.batches.front()?;
-        let skip = usize::try_from(seq.checked_sub(first.first()?.entry.header.seq.0)?).ok()?;
+            let first = inner.batches.front()?;
+            let skip = usize::try_from(seq.checked_sub(first.first()?.entry.header.seq.0)?).ok()?;
+            let mut taken = Vec::new();
+            let mut count = 0;
+            for batch in &inner.batches {
+                if count >= max {
+                    break;
+                }
+                count += batch.len();
+                taken.push(Arc::clone(batch));
+            }
+            (taken, skip)
+        };
+        // Copied outside the lock.
         let mut out = Vec::new();
         let mut next = seq;
-        for batch in &inner.batches {
-            if out.len() >= max {
-                break;
-            }
-            let from = if out.is_empty() { skip } else { 0 };
+        for (i, batch) in batches.iter().enumerate() {
+            let from = if i == 0 { skip } else { 0 };
             let Some(part) = batch.get(from..) else { break };
             if part.first().map(|r| r.entry.header.seq.0) != Some(next) {
                 break;
@@ -205,5 +236,25 @@ mod tests {
         recent.committed(&batch(10..10 + big));
         assert!(recent.from(0, 10).is_none(), "the oldest were dropped");
         assert_eq!(recent.from(10, 1).unwrap().len(), KEEP);
+        // A batch larger than what may be kept is not kept at all.
+        recent.committed(&batch(10 + big..11 + 2 * big));
+        assert!(recent.from(10 + big, 1).is_none());
+    }
+
+    #[test]
+    fn large_payloads_are_kept_up_to_keep_bytes() {
+        let recent = Recent::new(true);
+        recent.follow(true);
+        let each = 64 * 1024;
+        let n = u64::try_from(2 * KEEP_BYTES / each).unwrap();
+        for seq in 0..n {
+            let mut r = record(seq);
+            r.payload = Some(crate::crypto::SealedPayload(vec![0; each]));
+            recent.committed(&[r]);
+        }
+        assert!(recent.from(0, 1).is_none(), "the oldest were dropped");
+        let kept = u64::try_from(KEEP_BYTES / each).unwrap();
+        assert_eq!(recent.from(n - kept, 1).unwrap().len(), 1);
+        assert!(recent.from(n - kept - 1, 1).is_none());
     }
 }

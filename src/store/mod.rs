@@ -662,11 +662,16 @@ pub trait Store:
         false
     }
 
+    /// From now on the writer's commits leave the write-ahead log to [`Store::checkpoint_wal`]
+    /// (SQLite: a commit that checkpointed would wait for the copy and its fsync). For a
+    /// process that calls `checkpoint_wal` regularly (a ledger). Nothing to do on PostgreSQL.
+    async fn checkpoint_in_background(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Copies what the write-ahead log holds into the database file, outside the writer's
-    /// path, where the backend leaves that to the application (SQLite, whose writer does not
-    /// checkpoint: a commit that did would wait for the copy and its fsync). Never waits on a
-    /// reader or the writer: what they hold is copied by a later call. Nothing to do on
-    /// PostgreSQL.
+    /// path (SQLite). Never waits on a reader, and on the writer only briefly: what they hold
+    /// is copied by a later call. Nothing to do on PostgreSQL.
     async fn checkpoint_wal(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 mod epochs;
@@ -117,6 +119,8 @@ pub struct SqliteStore {
     /// copies of `checkpoint_wal`), which never waits: checkpointing must not queue behind
     /// (or hold up) the writer's connection.
     cleaner: SqlitePool,
+    /// Whether the WAL is checkpointed in the background, not by the writer's commits.
+    background: Arc<AtomicBool>,
 }
 
 fn options(path: &Path) -> SqliteConnectOptions {
@@ -144,13 +148,26 @@ impl SqliteStore {
             // The default page size; a quota is approximate by nature.
             write_options = write_options.pragma("max_page_count", (bytes / 4096).to_string());
         }
-        // The writer never checkpoints: by default the commit that fills the WAL past 1,000
-        // pages copies it into the database file and fsyncs that file before it returns
-        // (tens of milliseconds on the append path). `checkpoint_wal` does it in the
-        // background; the last connection to close checkpoints what is left.
-        write_options = write_options.pragma("wal_autocheckpoint", "0");
+        // Once a ledger checkpoints in the background (`checkpoint_in_background`), the writer's
+        // connection no longer does: by default the commit that fills the WAL past 1,000 pages
+        // copies it into the database file and fsyncs that file before it returns (tens of
+        // milliseconds on the append path). Set again on a connection the pool re-opens; a
+        // process without a ledger (offline commands) keeps SQLite's default.
+        let background = Arc::new(AtomicBool::new(false));
+        let on_connect = Arc::clone(&background);
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .after_connect(move |conn, _| {
+                let background = on_connect.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if background {
+                        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(write_options)
             .await?;
         sqlx::migrate::Migrator::new(super::Embedded(MIGRATIONS))
@@ -169,6 +186,7 @@ impl SqliteStore {
             write,
             read,
             cleaner,
+            background,
         })
     }
 
@@ -186,6 +204,7 @@ impl SqliteStore {
             write: read.clone(),
             cleaner: read.clone(),
             read,
+            background: Arc::default(),
         })
     }
 }
@@ -404,12 +423,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn checkpoint_in_background(&self) -> Result<(), StoreError> {
+        self.background.store(true, Ordering::SeqCst);
+        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
     async fn checkpoint_wal(&self) -> Result<(), StoreError> {
         // PASSIVE: copies the frames no reader still needs, without waiting for anyone. Under
         // steady appends it never catches up with the last commit, so the WAL is never
         // restarted and would grow for as long as the appends go on; past
-        // WAL_RESTART_FRAMES a RESTART (the little left to copy, new writers held back for at
-        // most the connection's 5 ms busy timeout) lets the next commit start it over.
+        // WAL_RESTART_FRAMES a RESTART lets the next commit start it over. A RESTART holds
+        // the write lock while it copies what the PASSIVE left (the frames of a few commits)
+        // and fsyncs, and gives up if it cannot take the lock within the connection's 5 ms:
+        // one short stall of the appends per ~16 MB of WAL, where SQLite's own checkpoint
+        // stalls the commit that fills each 4 MB for the whole copy.
         let Some((_, frames, _)) = wal_checkpoint(&self.cleaner, "PASSIVE").await? else {
             return Ok(());
         };
@@ -627,7 +657,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// SQLITE_BUSY or SQLITE_LOCKED (any extended code): someone else holds a lock.
 /// Frames (pages) the WAL may hold before a background checkpoint makes the next commit start
 /// it over (~16 MB).
 const WAL_RESTART_FRAMES: i64 = 4096;
@@ -648,6 +677,7 @@ async fn wal_checkpoint(
     }
 }
 
+/// SQLITE_BUSY or SQLITE_LOCKED (any extended code): someone else holds a lock.
 fn is_busy(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(sqlx::error::DatabaseError::code)
@@ -1175,11 +1205,23 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("l.db"), None)
             .await
             .unwrap();
-        let auto: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
-            .fetch_one(&store.write)
-            .await
-            .unwrap();
-        assert_eq!(auto, 0, "the writer's connection must not checkpoint");
+        let auto = || async {
+            sqlx::query_scalar::<_, i64>("PRAGMA wal_autocheckpoint")
+                .fetch_one(&store.write)
+                .await
+                .unwrap()
+        };
+        assert_eq!(
+            auto().await,
+            1000,
+            "SQLite's default until a ledger takes over"
+        );
+        store.checkpoint_in_background().await.unwrap();
+        assert_eq!(
+            auto().await,
+            0,
+            "the writer's connection must not checkpoint"
+        );
         sqlx::query("CREATE TABLE filler (b BLOB)")
             .execute(&store.write)
             .await
