@@ -348,6 +348,11 @@ async fn main() {
         println!("live: service metric {line}");
     }
 
+    let (p50, p99, n) = bucket_quantiles(&metrics, "auditledger_live_delivery_seconds");
+    println!(
+        "live: from commit to the subscriber's connection (service histogram, {n} parts of up to 64 KB, each counted at its oldest event): p50 <= {p50} ms, p99 <= {p99} ms"
+    );
+
     // 3. Catch-up.
     let mut have = from + sent;
     let mut k = 0;
@@ -414,6 +419,34 @@ async fn main() {
         rayon::current_num_threads()
     );
     child.kill().await.ok();
+}
+
+/// The bucket bounds (ms) under which half and 99 % of a Prometheus histogram's observations
+/// fall, and how many there were.
+fn bucket_quantiles(metrics: &str, name: &str) -> (String, String, u64) {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(String, u64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.to_owned(), count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0, |b| b.1);
+    let at = |q: f64| {
+        buckets
+            .iter()
+            .find(|(_, c)| *c as f64 >= q * total as f64)
+            .map_or_else(
+                || "?".to_owned(),
+                |(le, _)| {
+                    le.parse::<f64>()
+                        .map_or_else(|_| le.clone(), |s| format!("{}", s * 1000.0))
+                },
+            )
+    };
+    (at(0.5), at(0.99), total)
 }
 
 /// Events per second that opening their sealed payloads alone reaches on every core (rayon):

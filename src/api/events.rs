@@ -321,8 +321,8 @@ impl From<ReadEvent> for EventOut {
 }
 
 /// Events rendered from this many on are rendered on a blocking thread, spread over every
-/// core.
-const PARALLEL_RENDER_EVENTS: usize = 64;
+/// core; fewer in place (see `ledger::PARALLEL_OPEN_ROWS`: the same reason).
+const PARALLEL_RENDER_EVENTS: usize = 512;
 
 /// `render` of each event, in order: on every core when there are many (a page of 1,000 events
 /// is about a megabyte of JSON, which one runtime thread would otherwise write alone).

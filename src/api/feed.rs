@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use serde_json::json;
@@ -57,6 +57,8 @@ pub struct Prepared {
     pub decrypted: bool,
     /// The message.
     pub message: Message,
+    /// When its batch's commit returned, where the feed took it from the writer.
+    pub committed: Option<Instant>,
 }
 
 /// An SSE message, ready to send.
@@ -139,8 +141,8 @@ fn erased_frame(seq: u64, opened: &[u8]) -> Option<Bytes> {
 pub enum Item {
     /// Read back.
     Row(EntryRow),
-    /// As the writer committed it.
-    Committed(Record),
+    /// As the writer committed it, with when its commit returned.
+    Committed(Record, Instant),
 }
 
 impl Item {
@@ -151,7 +153,7 @@ impl Item {
                 let (seq, stream, subject) = row.disclosure_fields();
                 (seq, stream, row.event_type_str(), subject)
             }
-            Item::Committed(r) => {
+            Item::Committed(r, _) => {
                 let h = &r.entry.header;
                 (
                     h.seq.0,
@@ -174,7 +176,7 @@ impl Item {
                     .map(|r| (r, erased))
                     .map_err(|e| super::error::ApiError::from(ReadError::from(e)))
             }
-            Item::Committed(r) => Ok((r, false)),
+            Item::Committed(r, _) => Ok((r, false)),
         }
     }
 }
@@ -197,6 +199,10 @@ pub async fn prepare(
     let mut slots = Vec::new();
     for item in items {
         let (seq, stream, event_type, subject) = item.fields();
+        let committed = match &item {
+            Item::Committed(_, at) => Some(*at),
+            Item::Row(_) => None,
+        };
         let (stream, event_type) = (stream.to_owned(), event_type.to_owned());
         let message = match admit(&stream, &event_type) {
             Delivery::Skip => Message::None,
@@ -218,6 +224,7 @@ pub async fn prepare(
             subject,
             decrypted: false,
             message,
+            committed,
         });
     }
     if to_open.is_empty() {
@@ -477,7 +484,10 @@ async fn step(state: &AppState, at: u64) -> Result<Option<u64>, super::error::Ap
     // The batches this process committed last, as the writer holds them, when they reach on
     // from `at`; the database otherwise (`ledger::recent`).
     let items: Vec<Item> = if let Some(records) = state.0.ledger.recent().from(at, PAGE as usize) {
-        records.into_iter().map(Item::Committed).collect()
+        records
+            .into_iter()
+            .map(|(r, at)| Item::Committed(r, at))
+            .collect()
     } else {
         let rows = state
             .0
@@ -533,6 +543,7 @@ mod tests {
             subject: None,
             decrypted: true,
             message,
+            committed: None,
         })
     }
 

@@ -179,7 +179,13 @@ impl Outgoing {
             part.extend(self.pending.pop_front());
         }
         match feed::render(&self.state, &part) {
-            Ok(bytes) => Some((Ok(bytes), self)),
+            Ok(bytes) => {
+                if let Some(at) = part.iter().find_map(|p| p.committed) {
+                    metrics::histogram!(crate::telemetry::LIVE_DELIVERY_SECONDS)
+                        .record(at.elapsed().as_secs_f64());
+                }
+                Some((Ok(bytes), self))
+            }
             Err((sent, resume_from)) => {
                 // The vault emptied its cache since these were opened: send what is
                 // safe, then end; the client resumes and reads the rest afresh.

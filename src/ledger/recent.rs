@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use crate::record::Record;
 
@@ -36,8 +37,9 @@ pub struct Recent {
 struct Inner {
     /// Whether anyone follows (nothing is kept otherwise).
     following: bool,
-    /// Committed batches, in seq order; consecutive only where no other entry came between.
-    batches: VecDeque<Arc<[Record]>>,
+    /// Committed batches, in seq order (consecutive only where no other entry came between),
+    /// each with when its commit returned.
+    batches: VecDeque<(Arc<[Record]>, Instant)>,
     /// Records held in `batches`.
     held: usize,
     /// Bytes of sealed payloads held in `batches`.
@@ -54,7 +56,7 @@ fn weight(batch: &[Record]) -> usize {
 
 impl Inner {
     fn drop_front(&mut self) {
-        if let Some(dropped) = self.batches.pop_front() {
+        if let Some((dropped, _)) = self.batches.pop_front() {
             self.held -= dropped.len();
             self.bytes -= weight(&dropped);
         }
@@ -89,6 +91,7 @@ impl Recent {
         if records.is_empty() || !self.lock().following {
             return;
         }
+        let at = Instant::now();
         // Copied outside the lock, which the feed takes too.
         let batch: Arc<[Record]> = records.into();
         let bytes = weight(&batch);
@@ -98,51 +101,52 @@ impl Recent {
         }
         inner.held += batch.len();
         inner.bytes += bytes;
-        inner.batches.push_back(batch);
+        inner.batches.push_back((batch, at));
         while (inner.held > KEEP || inner.bytes > KEEP_BYTES) && !inner.batches.is_empty() {
             inner.drop_front();
         }
     }
 
-    /// The records from `seq` on, up to at least `max` (whole batches), if the first held
-    /// batch that reaches `seq` holds it and nothing is missing after it; `None` otherwise
-    /// (read the database). Batches wholly before `seq` are dropped: the caller has them.
+    /// The records from `seq` on, each with when its batch's commit returned, up to at least
+    /// `max` (whole batches), if the first held batch that reaches `seq` holds it and nothing
+    /// is missing after it; `None` otherwise (read the database). Batches wholly before `seq`
+    /// are dropped: the caller has them.
     #[must_use]
-    pub fn from(&self, seq: u64, max: usize) -> Option<Vec<Record>> {
+    pub fn from(&self, seq: u64, max: usize) -> Option<Vec<(Record, Instant)>> {
         let (batches, skip) = {
             let mut inner = self.lock();
             while inner
                 .batches
                 .front()
-                .and_then(|b| b.last())
+                .and_then(|(b, _)| b.last())
                 .is_some_and(|r| r.entry.header.seq.0 < seq)
             {
                 inner.drop_front();
             }
-            let first = inner.batches.front()?;
+            let (first, _) = inner.batches.front()?;
             let skip = usize::try_from(seq.checked_sub(first.first()?.entry.header.seq.0)?).ok()?;
             let mut taken = Vec::new();
             let mut count = 0;
-            for batch in &inner.batches {
+            for (batch, at) in &inner.batches {
                 if count >= max {
                     break;
                 }
                 count += batch.len();
-                taken.push(Arc::clone(batch));
+                taken.push((Arc::clone(batch), *at));
             }
             (taken, skip)
         };
         // Copied outside the lock.
         let mut out = Vec::new();
         let mut next = seq;
-        for (i, batch) in batches.iter().enumerate() {
+        for (i, (batch, at)) in batches.iter().enumerate() {
             let from = if i == 0 { skip } else { 0 };
             let Some(part) = batch.get(from..) else { break };
             if part.first().map(|r| r.entry.header.seq.0) != Some(next) {
                 break;
             }
-            out.extend_from_slice(part);
-            next = out.last().map_or(next, |r| r.entry.header.seq.0 + 1);
+            out.extend(part.iter().map(|r| (r.clone(), *at)));
+            next = out.last().map_or(next, |(r, _)| r.entry.header.seq.0 + 1);
         }
         (!out.is_empty()).then_some(out)
     }
@@ -186,8 +190,8 @@ mod tests {
         seqs.map(record).collect()
     }
 
-    fn seqs(records: &[Record]) -> Vec<u64> {
-        records.iter().map(|r| r.entry.header.seq.0).collect()
+    fn seqs(records: &[(Record, Instant)]) -> Vec<u64> {
+        records.iter().map(|(r, _)| r.entry.header.seq.0).collect()
     }
 
     #[test]
