@@ -509,8 +509,9 @@ impl IdempotencyRow {
     }
 }
 
-/// Commits announced by any instance (PostgreSQL LISTEN/NOTIFY): what wakes subscribers on
-/// one instance for appends made through another.
+/// Commits announced by other instances (PostgreSQL LISTEN/NOTIFY): what wakes subscribers on
+/// one instance for appends made through another. An instance's own commits are not among
+/// them: its writer wakes its subscribers once a batch has fully landed.
 #[async_trait]
 pub trait AppendNotices: Send {
     /// Returns when the next commit is announced. Notices sent while the connection was lost

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod epochs;
@@ -122,6 +123,10 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// This process's name in commit notices: its own are not relayed to its subscribers,
+    /// whom the writer wakes itself once a batch is fully landed (its live readers' access
+    /// recorded as covered); a notice, sent at COMMIT, could wake them before that.
+    instance: Arc<str>,
 }
 
 fn malformed(seq: Seq, what: &str) -> StoreError {
@@ -144,7 +149,10 @@ impl PostgresStore {
             .await?
             .run(&pool)
             .await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            instance: format!("{:032x}", rand::random::<u128>()).into(),
+        })
     }
 
     /// Closes the pool.
@@ -303,13 +311,19 @@ impl Store for PostgresStore {
             .bind(LEDGER_LOCK)
             .execute(tx.conn())
             .await?;
-        Ok(Box::new(PgAppendTx { tx }))
+        Ok(Box::new(PgAppendTx {
+            tx,
+            instance: Arc::clone(&self.instance),
+        }))
     }
 
     async fn begin_snapshot(&self) -> Result<Box<dyn AppendTx>, StoreError> {
         // No advisory lock: reads only, trusted after the head is checked under the lock.
         let tx = TxConn::begin(&self.pool, "BEGIN").await?;
-        Ok(Box::new(PgAppendTx { tx }))
+        Ok(Box::new(PgAppendTx {
+            tx,
+            instance: Arc::clone(&self.instance),
+        }))
     }
 
     async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
@@ -637,7 +651,10 @@ impl Store for PostgresStore {
     async fn append_notices(&self) -> Result<Option<Box<dyn super::AppendNotices>>, StoreError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(APPEND_CHANNEL).await?;
-        Ok(Some(Box::new(PgAppendNotices { listener })))
+        Ok(Some(Box::new(PgAppendNotices {
+            listener,
+            own: Arc::clone(&self.instance),
+        })))
     }
 
     fn shared(&self) -> bool {
@@ -735,13 +752,19 @@ impl Store for PostgresStore {
 /// Commit notices on a LISTEN connection (sqlx re-makes it when it drops).
 struct PgAppendNotices {
     listener: PgListener,
+    /// This instance's name: its own commits' notices are skipped.
+    own: Arc<str>,
 }
 
 #[async_trait]
 impl super::AppendNotices for PgAppendNotices {
     async fn next(&mut self) -> Result<(), StoreError> {
-        self.listener.recv().await?;
-        Ok(())
+        loop {
+            let notice = self.listener.recv().await?;
+            if notice.payload() != self.own.as_ref() {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -908,6 +931,8 @@ fn xid_precedes(a: u32, b: u32) -> bool {
 
 struct PgAppendTx {
     tx: TxConn<Postgres>,
+    /// The notice its commit sends: the instance's name.
+    instance: Arc<str>,
 }
 
 #[async_trait]
@@ -1308,9 +1333,11 @@ impl AppendTx for PgAppendTx {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
-        // Delivered at commit, to every instance's subscribers (nothing if it rolls back).
-        sqlx::query("SELECT pg_notify($1, '')")
+        // Delivered at commit, to every other instance's subscribers (nothing if it rolls
+        // back), naming this instance.
+        sqlx::query("SELECT pg_notify($1, $2)")
             .bind(APPEND_CHANNEL)
+            .bind(self.instance.as_ref())
             .execute(self.tx.conn())
             .await?;
         self.tx.commit().await
