@@ -170,12 +170,9 @@ impl Item {
     /// opened is decoded: a row the filter skips is not.
     fn decoded(self) -> Result<(Record, bool), super::error::ApiError> {
         match self {
-            Item::Row(row) => {
-                let erased = row.erased();
-                row.into_record()
-                    .map(|r| (r, erased))
-                    .map_err(|e| super::error::ApiError::from(ReadError::from(e)))
-            }
+            Item::Row(row) => row
+                .into_marked_record()
+                .map_err(|e| super::error::ApiError::from(ReadError::from(e))),
             Item::Committed(r, _) => Ok((r, false)),
         }
     }

@@ -744,9 +744,8 @@ impl Ledger {
         let mut records = Vec::with_capacity(rows.len());
         let mut stopped: Option<ReadError> = None;
         for row in rows {
-            let erased = row.erased();
-            match row.into_record() {
-                Ok(record) => records.push((record, erased)),
+            match row.into_marked_record() {
+                Ok(marked) => records.push(marked),
                 Err(e) => {
                     stopped = Some(e.into());
                     break;

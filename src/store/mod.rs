@@ -323,6 +323,15 @@ impl EntryRow {
         )
     }
 
+    /// Decodes the row, with whether its subject has been erased ([`EntryRow::erased`]).
+    ///
+    /// # Errors
+    /// As [`EntryRow::into_record`].
+    pub fn into_marked_record(self) -> Result<(Record, bool), MalformedRow> {
+        let erased = self.erased;
+        self.into_record().map(|r| (r, erased))
+    }
+
     /// Decodes the row; any column out of shape is reported with the row's seq.
     pub fn into_record(self) -> Result<Record, MalformedRow> {
         let seq = Seq(u64::try_from(self.seq).unwrap_or(u64::MAX));

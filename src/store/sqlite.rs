@@ -161,9 +161,7 @@ impl SqliteStore {
                 let background = on_connect.load(Ordering::SeqCst);
                 Box::pin(async move {
                     if background {
-                        sqlx::query("PRAGMA wal_autocheckpoint = 0")
-                            .execute(conn)
-                            .await?;
+                        sqlx::query(NO_AUTOCHECKPOINT).execute(conn).await?;
                     }
                     Ok(())
                 })
@@ -425,9 +423,7 @@ impl Store for SqliteStore {
 
     async fn checkpoint_in_background(&self) -> Result<(), StoreError> {
         self.background.store(true, Ordering::SeqCst);
-        sqlx::query("PRAGMA wal_autocheckpoint = 0")
-            .execute(&self.write)
-            .await?;
+        sqlx::query(NO_AUTOCHECKPOINT).execute(&self.write).await?;
         Ok(())
     }
 
@@ -656,6 +652,9 @@ impl Store for SqliteStore {
         self.write.close().await;
     }
 }
+
+/// Turns SQLite's checkpoint at commit off on a connection.
+const NO_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 0";
 
 /// Frames (pages) the WAL may hold before a background checkpoint makes the next commit start
 /// it over (~16 MB).
